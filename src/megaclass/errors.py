@@ -1,0 +1,52 @@
+"""Typed errors raised by megaclass.
+
+Every user-facing failure is a subclass of :class:`MegaclassError`, so callers
+(and the CLI, which turns them into a one-line message and a non-zero exit) can
+catch them in one place. Each also subclasses the closest builtin so ordinary
+``except ValueError`` / ``except KeyError`` code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class MegaclassError(Exception):
+    """Base class of every error megaclass raises on purpose."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class InvalidInputError(MegaclassError, ValueError):
+    """Input that cannot be used: NaN/inf vectors, empty sample lists, bad shapes."""
+
+
+class DimensionMismatchError(InvalidInputError):
+    """A vector or model whose dimension differs from the gallery's."""
+
+
+class EmptyClassError(InvalidInputError):
+    """A class with zero samples or templates, or a folder with no images."""
+
+
+class CorruptImageError(InvalidInputError):
+    """An image file that cannot be decoded."""
+
+
+class UnknownLabelError(MegaclassError, KeyError):
+    """A label that is not enrolled (erase, verify, add_templates)."""
+
+
+class DuplicateLabelError(MegaclassError, ValueError):
+    """Enrolling a label that already exists without ``replace=True``."""
+
+
+class NotAGalleryError(MegaclassError, ValueError):
+    """A directory that is not a megaclass gallery (or is damaged beyond use)."""
+
+
+class ModelFormatError(MegaclassError, ValueError):
+    """A model directory that is missing files or holds an unsupported config."""
+
+
+class ConfigError(MegaclassError, ValueError):
+    """An invalid option: unknown head name, bad data spec, out-of-range parameter."""
