@@ -1,0 +1,388 @@
+"""The ``megaclass`` command line: demo, train, enroll, identify, verify, erase, calibrate, evaluate.
+
+Every command takes paths for data, model and gallery, prints rich tables (or
+JSON with ``--json``), and turns megaclass errors into a one-line message and
+exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import InvalidInputError, MegaclassError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="megaclass: recognition among millions of classes that keep growing after training.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model directory (config.json + model.safetensors).")]
+GalleryOpt = Annotated[Path, typer.Option("--gallery", "-g", help="Gallery directory (created on first enroll).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+SeedOpt = Annotated[int, typer.Option(help="Drawing stream for glyph:ID samples (0 = training stream).")]
+SamplesArg = Annotated[list[str], typer.Argument(
+    help="Image files, folders of images, or glyph:ID (a built-in glyph drawing of class ID).")]
+
+
+def _emit(data: dict, as_json: bool, table: Table | None = None) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=float))
+    elif table is not None:
+        console.print(table)
+
+
+def _load_samples(items: list[str], size: int, seed: int, index: int = 0):
+    """Turn CLI sample arguments into an image batch (paths, folders, glyph:ID)."""
+    import torch
+
+    from .data.glyphs import GlyphSource
+    from .data.images import IMAGE_EXTENSIONS, to_batch
+
+    parts = []
+    for item in items:
+        if item.startswith("glyph:"):
+            try:
+                cid = int(item.split(":", 1)[1])
+            except ValueError:
+                raise InvalidInputError(f"bad sample {item!r}: use glyph:<class id>") from None
+            parts.append(GlyphSource.samples(cid, n=1, seed=seed, size=size, start=index))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise InvalidInputError(f"folder {path} holds no images")
+            parts.append(to_batch([str(f) for f in files], size=size))
+        else:
+            parts.append(to_batch(str(path), size=size))
+    if not parts:
+        raise InvalidInputError("no samples given")
+    return torch.cat(parts)
+
+
+def _recognizer(model: Path, gallery: Path, create: bool = False, threshold: float | None = None):
+    from .gallery import Gallery
+    from .models import Encoder
+    from .recognizer import Recognizer
+
+    encoder = Encoder.load(model)
+    if not create and not (gallery / "gallery.db").exists():
+        raise InvalidInputError(f"{gallery} is not a gallery (enroll something first)")
+    return Recognizer(encoder, Gallery.open(gallery, dim=encoder.dim), threshold=threshold)
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option(help="Folder for report.json, scores.png, model and gallery.")] = Path("demo-output"),
+         quick: Annotated[bool, typer.Option(help="A seconds-long miniature (for smoke tests).")] = False,
+         as_json: JsonOpt = False) -> None:
+    """Train on 2,000 glyph classes, enroll 5,000 unseen ones, identify with rejection, report."""
+    from .demo import DemoConfig, run_demo
+
+    log = (lambda *a: None) if as_json else console.print
+    report = run_demo(out, DemoConfig.quick() if quick else DemoConfig(), progress=not as_json, log=log)
+    if as_json:
+        _emit(report, True)
+        return
+    m, b, t, c = report["model"], report["raw_pixel_baseline"], report["timing"], report["config"]
+    table = Table(title=f"megaclass demo: {c['enrolled']:,} unseen classes enrolled, "
+                        f"{c['non_mated']:,} never-enrolled classes as non-mated")
+    table.add_column("metric")
+    table.add_column("trained encoder", justify="right")
+    table.add_column("raw-pixel baseline", justify="right")
+    table.add_row("top-1 (enrolled classes)", f"{m['top1']:.1%}", f"{b['top1']:.1%}")
+    table.add_row("top-5 (enrolled classes)", f"{m['top5']:.1%}", f"{b['top5']:.1%}")
+    table.add_row(f"FNIR @ FPIR {c['target_fpir']:.0%} (calibrated)", f"{m['fnir']:.1%}", f"{b['fnir']:.1%}")
+    table.add_row("FPIR measured on held-out non-mated", f"{m['fpir']:.2%}", f"{b['fpir']:.2%}")
+    table.add_row("threshold", f"{m['threshold']:.3f}", f"{b['threshold']:.3f}")
+    console.print(table)
+    timing = Table(title="time")
+    timing.add_column("step")
+    timing.add_column("seconds", justify="right")
+    timing.add_row(f"train ({c['train_classes']:,} classes, {t['train_images_per_second']:,.0f} img/s)",
+                   f"{t['train_seconds']:.1f}")
+    timing.add_row(f"enroll {c['enrolled']:,} new classes (embed + store), no retraining",
+                   f"{t['enroll_seconds']:.1f}")
+    timing.add_row("identify throughput (queries/s)", f"{t['search_queries_per_second']:,.0f}")
+    timing.add_row("whole demo", f"{t['total_seconds']:.1f}")
+    console.print(timing)
+    console.print(f"report: {out / 'report.json'}   plot: {out / 'scores.png'}")
+
+
+@app.command()
+def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) or an image folder root/<class>/<image>.")],
+          model: Annotated[Path, typer.Option("--model", "-m", help="Output model directory.")],
+          head: Annotated[str, typer.Option(help="softmax | cosface | arcface | normface")] = "cosface",
+          epochs: int = 3,
+          steps: Annotated[int | None, typer.Option(help="Total steps (overrides --epochs).")] = None,
+          batch_size: int = 256,
+          m_per_class: Annotated[int, typer.Option(help="Samples of each class in a batch.")] = 4,
+          optimizer: Annotated[str, typer.Option(help="adamw | sgd")] = "adamw",
+          lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 3e-3 AdamW, 0.1 SGD).")] = None,
+          scale: Annotated[float | None, typer.Option(help="Margin heads: logit scale s.")] = None,
+          margin: Annotated[float | None, typer.Option(help="Margin heads: margin m.")] = None,
+          dim: Annotated[int, typer.Option(help="Embedding dimension.")] = 128,
+          size: Annotated[int, typer.Option(help="Input image side in pixels.")] = 32,
+          samples_per_class: Annotated[int, typer.Option(help="Glyphs: drawings per class per epoch.")] = 32,
+          checkpoint_dir: Annotated[Path | None, typer.Option(help="Where to write checkpoints.")] = None,
+          checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0 = at the end only).")] = 0,
+          resume: Annotated[bool, typer.Option(help="Resume from the latest checkpoint in --checkpoint-dir.")] = False,
+          seed: int = 0,
+          workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 1,
+          as_json: JsonOpt = False) -> None:
+    """Train an encoder on DATA and save it to --model."""
+    from .data.spec import open_source
+    from .train import Trainer
+
+    source = open_source(data, size=size, samples_per_class=samples_per_class)
+    trainer = Trainer(source, head=head, epochs=epochs, steps=steps, batch_size=batch_size,
+                      m_per_class=m_per_class, optimizer=optimizer, lr=lr, scale=scale,
+                      margin=margin, dim=dim, seed=seed, num_workers=workers,
+                      checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
+                      checkpoint_every=checkpoint_every, resume=resume, progress=not as_json)
+    encoder = trainer.fit()
+    encoder.save(model)
+    result = {"model": str(model), "classes": source.num_classes, "steps": len(trainer.history_),
+              "final_loss": trainer.history_[-1]["loss"] if trainer.history_ else None,
+              "seconds": trainer.seconds_, "images_per_second": trainer.images_per_second_,
+              "fingerprint": encoder.fingerprint()}
+    if as_json:
+        _emit(result, True)
+    else:
+        console.print(f"saved {model} ({source.num_classes:,} classes, {result['steps']} steps, "
+                      f"loss {result['final_loss']}, {trainer.images_per_second_:,.0f} img/s)")
+
+
+@app.command()
+def enroll(model: ModelOpt, gallery: GalleryOpt,
+           label: Annotated[str | None, typer.Argument(help="Label of the new class.")] = None,
+           samples: Annotated[list[str] | None, typer.Argument(help="Its samples: image files, folders, glyph:ID.")] = None,
+           from_data: Annotated[str | None, typer.Option("--from", help="Enroll every class of a folder or glyphs:START-END spec.")] = None,
+           per_class: Annotated[int, typer.Option(help="With --from glyphs: samples per class.")] = 5,
+           replace: Annotated[bool, typer.Option(help="Replace a class that is already enrolled.")] = False,
+           seed: SeedOpt = 1, as_json: JsonOpt = False) -> None:
+    """Enroll LABEL from SAMPLES, or every class of --from, into the gallery (no retraining)."""
+    from .data.spec import parse_glyph_range
+
+    rec = _recognizer(model, gallery, create=True)
+    size = rec.encoder.input_size
+    with rec:
+        if from_data:
+            ids = parse_glyph_range(from_data)
+            if ids is not None:
+                from .data.glyphs import GlyphSource
+
+                items = [(f"glyph-{i}", GlyphSource.samples(i, n=per_class, seed=seed, size=size)) for i in ids]
+            else:
+                from .data.folder import ImageFolderSource
+
+                items = list(ImageFolderSource(Path(from_data), size=size).iter_classes())
+            n = rec.enroll_many(items, replace=replace)
+            result = {"classes": len(items), "templates": n, "gallery_classes": len(rec)}
+        else:
+            if not label or not samples:
+                raise InvalidInputError("give LABEL and SAMPLES, or --from DATA")
+            n = rec.enroll(label, _load_samples(samples, size, seed), replace=replace)
+            result = {"label": label, "templates": n, "gallery_classes": len(rec)}
+    if as_json:
+        _emit(result, True)
+    else:
+        console.print(f"enrolled {result.get('classes', 1):,} class(es), {result['templates']:,} "
+                      f"templates; gallery now holds {result['gallery_classes']:,} classes")
+
+
+@app.command()
+def identify(model: ModelOpt, gallery: GalleryOpt, samples: SamplesArg,
+             k: Annotated[int, typer.Option("-k", help="Candidates to list per sample.")] = 5,
+             threshold: Annotated[float | None, typer.Option(help="Override the calibrated threshold.")] = None,
+             seed: SeedOpt = 2, as_json: JsonOpt = False) -> None:
+    """Identify each sample among the enrolled classes (1:N); unknown below the threshold."""
+    rec = _recognizer(model, gallery, threshold=threshold)
+    with rec:
+        decisions = rec.identify(_load_samples(samples, rec.encoder.input_size, seed), k=k)
+        thr = rec.threshold
+    rows = [{"sample": s, "label": d.label, "score": d.score,
+             "candidates": [{"label": m.label, "score": m.score} for m in d.candidates]}
+            for s, d in zip(_expand_names(samples, len(decisions)), decisions, strict=True)]
+    table = Table(title=f"identify (threshold {'none' if thr is None else f'{thr:.3f}'})")
+    for col in ("sample", "decision", "score", "candidates"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["sample"], r["label"] or "[red]unknown[/red]", f"{r['score']:.3f}",
+                      ", ".join(f"{c['label']} {c['score']:.2f}" for c in r["candidates"]))
+    _emit({"threshold": thr, "results": rows}, as_json, table)
+
+
+def _expand_names(items: list[str], n: int) -> list[str]:
+    names: list[str] = []
+    for item in items:
+        p = Path(item)
+        if not item.startswith("glyph:") and p.is_dir():
+            from .data.images import IMAGE_EXTENSIONS
+
+            names += [str(f) for f in sorted(p.iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
+        else:
+            names.append(item)
+    return names if len(names) == n else [str(i) for i in range(n)]
+
+
+@app.command()
+def verify(model: ModelOpt, gallery: GalleryOpt,
+           label: Annotated[str, typer.Argument(help="The claimed class.")],
+           sample: Annotated[str, typer.Argument(help="One image file or glyph:ID.")],
+           threshold: Annotated[float | None, typer.Option(help="Override the calibrated threshold.")] = None,
+           seed: SeedOpt = 2, as_json: JsonOpt = False) -> None:
+    """Verify that SAMPLE belongs to LABEL (1:1). Exit 0 if accepted, 1 if rejected."""
+    rec = _recognizer(model, gallery, threshold=threshold)
+    with rec:
+        v = rec.verify(_load_samples([sample], rec.encoder.input_size, seed), label)
+    result = {"label": v.label, "accepted": v.accepted, "score": v.score, "threshold": v.threshold}
+    if as_json:
+        _emit(result, True)
+    else:
+        verdict = "[green]accepted[/green]" if v.accepted else "[red]rejected[/red]"
+        console.print(f"{label}: {verdict} (score {v.score:.3f}, threshold {v.threshold})")
+    raise typer.Exit(0 if v.accepted else 1)
+
+
+@app.command()
+def erase(gallery: GalleryOpt, label: Annotated[str, typer.Argument(help="Class to remove.")],
+          as_json: JsonOpt = False) -> None:
+    """Erase a class and all its templates from the gallery."""
+    from .gallery import Gallery
+
+    if not (gallery / "gallery.db").exists():
+        raise InvalidInputError(f"{gallery} is not a gallery")
+    with Gallery.open(gallery, create=False) as g:
+        n = g.erase(label)
+        left = len(g)
+    if as_json:
+        _emit({"label": label, "templates_removed": n, "gallery_classes": left}, True)
+    else:
+        console.print(f"erased {label} ({n} templates); {left:,} classes left")
+
+
+@app.command()
+def calibrate(model: ModelOpt, gallery: GalleryOpt,
+              non_mated: Annotated[str, typer.Option(help="Classes NOT enrolled: glyphs:START-END or a folder.")],
+              target_fpir: Annotated[float, typer.Option(help="Target false-positive identification rate.")] = 0.01,
+              per_class: Annotated[int, typer.Option(help="With glyphs: searches per class.")] = 2,
+              seed: SeedOpt = 3, as_json: JsonOpt = False) -> None:
+    """Set the gallery's threshold for a target FPIR from non-mated searches."""
+    rec = _recognizer(model, gallery)
+    with rec:
+        images, _ = _labelled(non_mated, rec.encoder.input_size, per_class, seed)
+        cal = rec.calibrate(images, target_fpir)
+    if as_json:
+        _emit(cal.to_dict(), True)
+    else:
+        lo, hi = cal.fpir_ci95
+        console.print(f"threshold {cal.threshold:.4f}: FPIR {cal.achieved_fpir:.4f} on "
+                      f"{cal.n_non_mated:,} non-mated searches (95% CI {lo:.4f}-{hi:.4f})")
+
+
+def _labelled(spec: str, size: int, per_class: int, seed: int):
+    """Images and their labels for a data spec (glyph labels are glyph-<id>)."""
+    import torch
+
+    from .data.spec import parse_glyph_range
+
+    ids = parse_glyph_range(spec)
+    if ids is not None:
+        from .data.glyphs import GlyphSource
+
+        images, cls = GlyphSource.batch(np.asarray(ids), per_class, seed=seed, size=size)
+        return images, [f"glyph-{i}" for i in cls]
+    from .data.folder import ImageFolderSource
+
+    src = ImageFolderSource(Path(spec), size=size)
+    pairs = [src[i] for i in range(len(src))]
+    return torch.stack([p[0] for p in pairs]), [src.class_names[p[1]] for p in pairs]
+
+
+@app.command()
+def evaluate(model: ModelOpt, gallery: GalleryOpt,
+             mated: Annotated[str, typer.Option(help="Samples of ENROLLED classes (labels must match): glyphs:START-END or a folder.")],
+             non_mated: Annotated[str | None, typer.Option(help="Samples of classes NOT enrolled.")] = None,
+             target_fpir: Annotated[list[float], typer.Option(help="FPIR(s) to report FNIR at.")] = [0.01],
+             per_class: Annotated[int, typer.Option(help="With glyphs: queries per class.")] = 1,
+             seed: SeedOpt = 4, as_json: JsonOpt = False) -> None:
+    """Closed-set top-1/top-5 on mated searches; FNIR at FPIR with non-mated searches."""
+    from .evaluate import fnir_at_fpir, top_k_accuracy
+
+    rec = _recognizer(model, gallery)
+    with rec:
+        images, truth = _labelled(mated, rec.encoder.input_size, per_class, seed)
+        decisions = rec.identify(images, k=5)
+        result: dict = {"mated_searches": len(truth), **top_k_accuracy(
+            [[m.label for m in d.candidates] for d in decisions], truth, ks=(1, 5))}
+        if non_mated:
+            nm_images, _ = _labelled(non_mated, rec.encoder.input_size, per_class, seed)
+            nm_scores = [d.score for d in rec.identify(nm_images, k=1)]
+            scores = [d.score for d in decisions]
+            correct = [bool(d.candidates) and d.candidates[0].label == t
+                       for d, t in zip(decisions, truth, strict=True)]
+            result["non_mated_searches"] = len(nm_scores)
+            result["open_set"] = [fnir_at_fpir(scores, correct, nm_scores, f) for f in target_fpir]
+    table = Table(title="evaluation")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("mated searches", f"{result['mated_searches']:,}")
+    table.add_row("top-1", f"{result['top1']:.2%}")
+    table.add_row("top-5", f"{result['top5']:.2%}")
+    for r in result.get("open_set", []):
+        table.add_row(f"FNIR @ FPIR {r['target_fpir']:g} (T={r['threshold']:.3f})", f"{r['fnir']:.2%}")
+    _emit(result, as_json, table)
+
+
+@app.command()
+def stats(gallery: GalleryOpt, as_json: JsonOpt = False) -> None:
+    """Classes, templates, dimension, index and disk size of a gallery."""
+    from .gallery import Gallery
+
+    if not (gallery / "gallery.db").exists():
+        raise InvalidInputError(f"{gallery} is not a gallery")
+    with Gallery.open(gallery, create=False) as g:
+        info = g.stats()
+        info["threshold"] = g.get_setting("threshold")
+    table = Table(title=str(gallery))
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for key, value in info.items():
+        table.add_row(key, str(value))
+    _emit(info, as_json, table)
+
+
+def main() -> None:
+    """Console-script entry point: run the app, errors become one line + exit 2."""
+    try:
+        rc = app(prog_name="megaclass", standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (MegaclassError, FileNotFoundError, PermissionError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The interface every labelled sample source implements.
+
+A *source* is a map-style dataset of single-channel images with integer label
+indices, plus the names of its classes. Images are float32 tensors of shape
+``(1, H, W)`` with values in ``[0, 1]``, **light ink on a dark background**
+(sources that read files normalise polarity so this holds).
+
+``labels`` lets samplers (m-per-class, class-balanced) group items by class
+without rendering or reading any image.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Labelled samples: ``source[i] -> (image (1,H,W) float32 in [0,1], label index)``."""
+
+    #: number of classes; label indices are ``0 .. num_classes-1``
+    num_classes: int
+    #: side of the square images this source yields
+    size: int
+
+    @property
+    def class_names(self) -> list[str]:
+        """Human-readable name of each label index (what a gallery stores)."""
+        ...
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64 array, the label index of every item (``len(labels) == len(self)``)."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]: ...

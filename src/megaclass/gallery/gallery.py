@@ -1,0 +1,370 @@
+"""The public :class:`Gallery`: enroll classes, search the best k classes for queries.
+
+Works without torch: numpy, faiss, sqlite3 and the standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import (
+    ConfigError,
+    DimensionMismatchError,
+    DuplicateLabelError,
+    InvalidInputError,
+    MegaclassError,
+    NotAGalleryError,
+)
+from .index import INDEX_TYPE, ClassIndex, as_rows, as_unit_vectors, unit_rows_of_items
+from .store import DB_NAME, RESERVED_KEYS, ClassChange, Store
+
+
+@dataclass(frozen=True)
+class Match:
+    """One search result: a class and the cosine similarity of its best template."""
+
+    label: str
+    score: float
+
+
+def _check_label(label, what: str = "label") -> str:
+    if not isinstance(label, str) or not label:
+        raise InvalidInputError(f"{what} must be a non-empty string, got {label!r}")
+    return label
+
+
+def _check_meta(meta) -> dict:
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise InvalidInputError(f"class meta must be a dict, got {type(meta).__name__}")
+    try:
+        return json.loads(json.dumps(meta, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"class meta is not JSON-serialisable: {exc}") from exc
+
+
+class Gallery:
+    """A directory of enrolled classes (labels with embedding templates), searchable by class.
+
+    ``gallery.db`` (SQLite) is the source of truth; the FAISS index is derived from it and
+    snapshotted to ``index.faiss`` on :meth:`save` / :meth:`close`. Each enroll / add /
+    erase is one all-or-nothing transaction. One object may be shared among threads.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> with Gallery.open(tmp_path / "g", dim=4) as g:          # doctest: +SKIP
+    ...     g.enroll("cat", np.eye(4)[:2])
+    ...     g.enroll("dog", [0, 0, 1.0, 0])
+    ...     g.search(np.array([1.0, 0.1, 0, 0]), k=1)
+    2
+    1
+    [[Match(label='cat', score=0.995...)]]
+    """
+
+    path: Path
+    dim: int
+
+    def __init__(self, store: Store):
+        """Use :meth:`Gallery.open`."""
+        self._store: Store | None = store
+        self.path = store.path.parent
+        self.dim = store.dim
+        self._lock = threading.RLock()
+        try:
+            self._load_state()
+        except BaseException:
+            store.close()
+            raise
+
+    # ------------------------------------------------------------------ open / close
+    @classmethod
+    def open(cls, path, *, dim: int | None = None, create: bool = True) -> Gallery:
+        """Open the gallery at ``path``, creating it (``dim`` required) if missing or empty.
+
+        Raises ConfigError (new gallery without ``dim``, or ``create=False``),
+        DimensionMismatchError (``dim`` differs from an existing gallery's), and
+        NotAGalleryError (a non-empty directory that is not a gallery, or a damaged db).
+
+        Examples
+        --------
+        >>> g = Gallery.open("faces", dim=512)        # doctest: +SKIP
+        >>> g = Gallery.open("faces", create=False)   # doctest: +SKIP
+        """
+        path = Path(os.fspath(path))
+        if dim is not None and (type(dim) is not int or dim < 1):
+            raise ConfigError(f"dim must be a positive int, got {dim!r}")
+        if path.exists() and not path.is_dir():
+            raise NotAGalleryError(f"{path}: not a megaclass gallery (not a directory)")
+        db = path / DB_NAME
+        if db.exists():
+            store = Store.open(db)
+            if dim is not None and dim != store.dim:
+                store.close()
+                raise DimensionMismatchError(
+                    f"{path}: gallery has dim {store.dim}, got dim={dim}")
+            return cls(store)
+        if path.is_dir() and {p.name for p in path.iterdir()} - {DB_NAME + ".tmp"}:
+            raise NotAGalleryError(
+                f"{path}: not a megaclass gallery (non-empty directory without {DB_NAME})")
+        if not create:
+            raise ConfigError(f"no gallery at {path} and create=False")
+        if dim is None:
+            raise ConfigError(f"creating a new gallery at {path} needs dim")
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(Store.create(path, dim))
+
+    def _load_state(self) -> None:
+        """(Re)build the in-memory maps and the index: snapshot if current, else the store."""
+        store = self._store
+        with store.reading():  # one consistent view even if another process is writing
+            tids, cids = store.template_classes()
+            seq = store.last_seq()
+            labels = dict(store.class_rows())
+            index = ClassIndex.load(self.path, gallery_uuid=store.uuid, seq=seq, dim=self.dim,
+                                    template_ids=tids)
+            self._snapshot_seq = seq if index is not None else None
+            if index is None:
+                index = ClassIndex.build(self.dim, store.iter_templates())
+        self._seq = seq  # the last op seq the in-memory state reflects
+        index.set_map(tids, cids)
+        self._index = index
+        self._labels: dict[int, str] = labels
+        self._ids: dict[str, int] = {lab: cid for cid, lab in self._labels.items()}
+
+    @contextmanager
+    def _open(self) -> Iterator[Store]:
+        """Hold the lock; fail if closed; catch up if another process wrote since."""
+        with self._lock:
+            if self._store is None:
+                raise MegaclassError(f"gallery {self.path} is closed")
+            if self._store.last_seq() != self._seq:
+                self._load_state()
+            yield self._store
+
+    def save(self) -> None:
+        """Write the index snapshot (``index.faiss`` + ``index.json``) atomically."""
+        with self._open() as store:
+            self._index.save(self.path, gallery_uuid=store.uuid, seq=self._seq)
+            self._snapshot_seq = self._seq
+
+    def close(self) -> None:
+        """Save the snapshot if it is out of date and close the database. Idempotent."""
+        with self._lock:
+            if self._store is None:
+                return
+            try:
+                if self._snapshot_seq != self._store.last_seq():
+                    self.save()
+            finally:
+                self._store.close()
+                self._store = None
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writes
+    def _apply(self, changes: list[ClassChange], vectors: np.ndarray) -> None:
+        """Mirror a committed store write into the index and label maps."""
+        store = self._store
+        if store.seq_before != self._seq:  # another process wrote meanwhile: reload all
+            self._load_state()
+            return
+        try:
+            removed = [c.removed for c in changes if len(c.removed)]
+            if removed:
+                self._index.remove(np.concatenate(removed))
+            tids = np.concatenate([c.added for c in changes])
+            cids = np.concatenate([np.full(len(c.added), c.class_id) for c in changes])
+            self._index.add(tids, cids, vectors)
+            for c in changes:
+                if len(c.added):
+                    self._labels[c.class_id] = c.label
+                    self._ids[c.label] = c.class_id
+                else:  # erased
+                    self._labels.pop(c.class_id, None)
+                    self._ids.pop(c.label, None)
+            self._seq = store.seq_after
+        except BaseException:
+            self._load_state()  # the store committed: rebuild the derived state from it
+            raise
+
+    def enroll(self, label: str, vectors, meta: dict | None = None, *,
+               replace: bool = False) -> int:
+        """Enroll a class with one or more templates; return the number stored.
+
+        Raises DuplicateLabelError if ``label`` exists and ``replace`` is false;
+        ``replace=True`` swaps the class's templates and meta in one transaction.
+
+        Examples
+        --------
+        >>> g.enroll("alice", np.random.randn(3, g.dim), {"team": "red"})  # doctest: +SKIP
+        3
+        """
+        return self.enroll_many([(label, vectors, meta)], replace=replace)
+
+    def enroll_many(self, items: Iterable[tuple], *, replace: bool = False) -> int:
+        """Enroll ``(label, vectors[, meta])`` items in ONE transaction; return templates stored.
+
+        Everything is validated first; any bad item or existing label leaves the gallery
+        unchanged.
+
+        Examples
+        --------
+        >>> g.enroll_many([("a", va), ("b", vb, {"src": "x"})])  # doctest: +SKIP
+        """
+        labels: list[str] = []
+        rows: list[np.ndarray] = []
+        metas: list[dict] = []
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if not isinstance(item, tuple | list) or len(item) not in (2, 3):
+                raise InvalidInputError(f"item {i}: expected (label, vectors[, meta])")
+            label = _check_label(item[0])
+            if label in seen:
+                raise DuplicateLabelError(f"item {i}: label {label!r} appears twice in batch")
+            try:
+                rows.append(as_rows(item[1], self.dim))
+                metas.append(_check_meta(item[2] if len(item) == 3 else None))
+            except InvalidInputError as exc:
+                raise type(exc)(f"item {i} ({label!r}): {exc}") from exc
+            labels.append(label)
+            seen.add(label)
+        vectors = unit_rows_of_items(labels, rows)
+        parts = np.split(vectors, np.cumsum([len(r) for r in rows])[:-1]) if rows else []
+        with self._open() as store:
+            if not labels:
+                return 0
+            changes = store.enroll(list(zip(labels, parts, metas, strict=True)), replace)
+            self._apply(changes, vectors)
+            return len(vectors)
+
+    def add_templates(self, label: str, vectors) -> int:
+        """Add templates to an enrolled class; UnknownLabelError if it is not enrolled.
+
+        Examples
+        --------
+        >>> g.add_templates("alice", new_vectors)  # doctest: +SKIP
+        """
+        label = _check_label(label)
+        vecs = as_unit_vectors(vectors, self.dim)
+        with self._open() as store:
+            self._apply([store.add(label, vecs)], vecs)
+            return len(vecs)
+
+    def erase(self, label: str) -> int:
+        """Remove a class and all its templates (store and index); return templates removed.
+
+        Examples
+        --------
+        >>> g.erase("alice")  # doctest: +SKIP
+        3
+        """
+        label = _check_label(label)
+        with self._open() as store:
+            change = store.erase(label)
+            self._apply([change], np.empty((0, self.dim), np.float32))
+            return len(change.removed)
+
+    # ------------------------------------------------------------------ reads
+    def search(self, vectors, k: int = 5) -> list[list[Match]]:
+        """Best ``k`` distinct classes per query row, best first (one FAISS call per batch).
+
+        A class scores by its best template's cosine similarity. Rows get fewer than ``k``
+        matches when the gallery holds fewer classes (none when it is empty).
+
+        Examples
+        --------
+        >>> g.search(queries, k=3)[0]  # doctest: +SKIP
+        [Match(label='alice', score=0.93), Match(label='bob', score=0.41), ...]
+        """
+        if type(k) is not int or k < 1:
+            raise ConfigError(f"k must be an int >= 1, got {k!r}")
+        q = as_unit_vectors(vectors, self.dim, allow_empty=True)
+        with self._open():
+            found = self._index.search(q, k)
+            labels = self._labels
+            return [[Match(labels[c], s) for c, s in zip(cids.tolist(),
+                                                        np.clip(sc, -1.0, 1.0).tolist(),
+                                                        strict=True)]
+                    for cids, sc in found]
+
+    def templates(self, label: str) -> np.ndarray:
+        """The class's templates as a ``(n, dim)`` float32 array (unit rows)."""
+        label = _check_label(label)
+        with self._open() as store:
+            return store.class_templates(label)
+
+    def labels(self) -> list[str]:
+        """Enrolled labels, in enrollment order."""
+        with self._open():
+            return list(self._labels.values())
+
+    def class_meta(self, label: str) -> dict:
+        """The meta dict stored with the class (a copy)."""
+        label = _check_label(label)
+        with self._open() as store:
+            return store.class_meta(label)
+
+    def __len__(self) -> int:
+        with self._open():
+            return len(self._ids)
+
+    def __contains__(self, label) -> bool:
+        with self._open():
+            return isinstance(label, str) and label in self._ids
+
+    @property
+    def num_templates(self) -> int:
+        """Total number of templates over all classes."""
+        with self._open():
+            return self._index.ntotal
+
+    def get_setting(self, key: str, default=None):
+        """A JSON value stored in the gallery's ``meta`` table (e.g. a threshold).
+
+        Examples
+        --------
+        >>> g.set_setting("threshold", 0.42); g.get_setting("threshold")  # doctest: +SKIP
+        0.42
+        """
+        _check_label(key, "setting key")
+        with self._open() as store:
+            return store.get_meta(key, default)
+
+    def set_setting(self, key: str, value) -> None:
+        """Store a JSON-serialisable ``value`` under ``key`` (reserved keys are refused)."""
+        _check_label(key, "setting key")
+        if key in RESERVED_KEYS:
+            raise ConfigError(f"setting {key!r} is reserved by the gallery")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"setting {key!r} is not JSON-serialisable: {exc}") from exc
+        with self._open() as store:
+            store.set_meta(key, value)
+
+    def stats(self) -> dict:
+        """Counts and sizes: classes, templates, dim, index type, disk bytes, ..."""
+        with self._open() as store:
+            return {"path": str(self.path), "classes": len(self._ids),
+                    "templates": self._index.ntotal, "dim": self.dim,
+                    "max_templates_per_class": self._index.max_per_class(),
+                    "index": INDEX_TYPE, "disk_bytes": store.disk_bytes(),
+                    "last_seq": store.last_seq()}
+
+    def __repr__(self) -> str:
+        state = "closed" if self._store is None else f"{len(self._ids)} classes"
+        return f"Gallery({str(self.path)!r}, dim={self.dim}, {state})"

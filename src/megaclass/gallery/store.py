@@ -1,0 +1,336 @@
+"""SQLite layer of a gallery: the source of truth.
+
+``gallery.db`` (WAL mode) holds four tables:
+
+* ``meta``: key -> JSON value (``format_version``, ``dim``, ``uuid``, ``created_at`` and
+  free settings stored by other code, e.g. a calibrated threshold);
+* ``classes``: ``id``, ``label`` (UNIQUE), ``meta`` (JSON), ``created_at``, ``updated_at``;
+* ``templates``: ``id``, ``class_id``, ``vector`` (float32 little-endian BLOB);
+* ``ops``: append-only log of ``enroll`` / ``add`` / ``erase`` with a monotonic ``seq``.
+
+Every write method here runs in ONE transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``) and
+rolls back on any error, so the store is either fully updated or untouched. Ids are
+``AUTOINCREMENT`` and never reused, which keeps the derived FAISS index unambiguous.
+Callers validate vectors (unit float32 rows); this module only persists them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DuplicateLabelError, MegaclassError, NotAGalleryError, UnknownLabelError
+
+FORMAT_VERSION = 1
+DB_NAME = "gallery.db"
+RESERVED_KEYS = frozenset({"format_version", "dim", "uuid", "created_at"})
+_VEC_DTYPE = np.dtype("<f4")
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE classes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    label TEXT NOT NULL UNIQUE,
+    meta TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE templates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    class_id INTEGER NOT NULL REFERENCES classes(id) ON DELETE CASCADE,
+    vector BLOB NOT NULL
+);
+CREATE INDEX templates_class ON templates(class_id);
+CREATE TABLE ops (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    op TEXT NOT NULL CHECK (op IN ('enroll', 'add', 'erase')),
+    label TEXT NOT NULL,
+    ts TEXT NOT NULL
+);
+"""
+_TABLES = {"meta", "classes", "templates", "ops"}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class ClassChange:
+    """What one write did to one class: the index applies it after the commit."""
+
+    class_id: int
+    label: str
+    added: np.ndarray  # template ids inserted (int64)
+    removed: np.ndarray  # template ids deleted (int64)
+
+
+_NO_IDS = np.empty(0, dtype=np.int64)
+
+
+class Store:
+    """One open ``gallery.db``. Not thread-safe by itself: the Gallery holds a lock."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self._conn = conn
+        self.path = path
+        self.dim: int = int(self.get_meta("dim"))
+        self.uuid: str = str(self.get_meta("uuid"))
+        self.seq_before = self.seq_after = 0  # op seqs around the last write transaction
+
+    # ------------------------------------------------------------------ open / create
+    @classmethod
+    def create(cls, directory: Path, dim: int) -> Store:
+        """Create ``directory/gallery.db`` atomically (built under a tmp name, then renamed)."""
+        final = directory / DB_NAME
+        tmp = directory / (DB_NAME + ".tmp")
+        tmp.unlink(missing_ok=True)
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.executescript("BEGIN;" + _SCHEMA)
+            now = _now()
+            rows = {"format_version": FORMAT_VERSION, "dim": int(dim),
+                    "uuid": uuid.uuid4().hex, "created_at": now}
+            conn.executemany("INSERT INTO meta VALUES (?, ?)",
+                             [(k, json.dumps(v)) for k, v in rows.items()])
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        tmp.replace(final)
+        return cls.open(final)
+
+    @classmethod
+    def open(cls, db_path: Path) -> Store:
+        """Open an existing ``gallery.db``; NotAGalleryError if it is not one."""
+        try:
+            conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=rw", uri=True,
+                                   isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise NotAGalleryError(f"{db_path}: cannot open as SQLite ({exc})") from exc
+        try:
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            missing = _TABLES - names
+            if missing:
+                raise NotAGalleryError(
+                    f"{db_path}: not a megaclass gallery (missing tables {sorted(missing)})")
+            meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+            if not {"format_version", "dim", "uuid"} <= meta.keys():
+                raise NotAGalleryError(f"{db_path}: not a megaclass gallery (incomplete meta)")
+            if meta["format_version"] != FORMAT_VERSION:
+                raise NotAGalleryError(
+                    f"{db_path}: unsupported gallery format version {meta['format_version']!r}")
+            dim = meta["dim"]
+            if type(dim) is not int or dim < 1:
+                raise NotAGalleryError(f"{db_path}: damaged gallery meta (dim={dim!r})")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            return cls(conn, db_path)
+        except MegaclassError:
+            conn.close()
+            raise
+        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            conn.close()
+            raise NotAGalleryError(f"{db_path}: not a megaclass gallery ({exc})") from exc
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # ------------------------------------------------------------------ transactions
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; ``ROLLBACK`` on any exception.
+
+        Records the op seq at the start (``seq_before``) and at the commit (``seq_after``),
+        so the caller can tell whether another process wrote since it last looked.
+        """
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.seq_before = self.last_seq()
+            yield self._conn
+            self.seq_after = self.last_seq()
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """A read transaction: several reads see one consistent state (WAL snapshot)."""
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ meta
+    def get_meta(self, key: str, default=None):
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_meta(self, key: str, value) -> None:
+        text = json.dumps(value, allow_nan=False)  # caller turns errors into typed ones
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, text))
+
+    # ------------------------------------------------------------------ reads
+    def last_seq(self) -> int:
+        return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ops").fetchone()[0])
+
+    def class_rows(self) -> list[tuple[int, str]]:
+        return self._conn.execute("SELECT id, label FROM classes ORDER BY id").fetchall()
+
+    def class_id(self, label: str) -> int | None:
+        row = self._conn.execute("SELECT id FROM classes WHERE label = ?", (label,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def class_meta(self, label: str) -> dict:
+        row = self._conn.execute("SELECT meta FROM classes WHERE label = ?", (label,)).fetchone()
+        if row is None:
+            raise UnknownLabelError(f"unknown label {label!r}")
+        return json.loads(row[0])
+
+    def class_templates(self, label: str) -> np.ndarray:
+        cid = self.class_id(label)
+        if cid is None:
+            raise UnknownLabelError(f"unknown label {label!r}")
+        rows = self._conn.execute(
+            "SELECT vector FROM templates WHERE class_id = ? ORDER BY id", (cid,)).fetchall()
+        return self._decode([r[0] for r in rows])
+
+    def template_classes(self, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+        """All (template ids, class ids) as int64 arrays, read in chunks."""
+        cur = self._conn.execute("SELECT id, class_id FROM templates ORDER BY id")
+        parts = []
+        while rows := cur.fetchmany(chunk):
+            parts.append(np.asarray(rows, dtype=np.int64))
+        if not parts:
+            return _NO_IDS, _NO_IDS
+        arr = np.concatenate(parts)
+        return arr[:, 0].copy(), arr[:, 1].copy()
+
+    def iter_templates(self, chunk: int = 1 << 14) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(template ids, vectors (n, dim) float32)`` chunks in id order."""
+        cur = self._conn.execute("SELECT id, vector FROM templates ORDER BY id")
+        while rows := cur.fetchmany(chunk):
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            yield ids, self._decode([r[1] for r in rows])
+
+    def _decode(self, blobs: list[bytes]) -> np.ndarray:
+        nbytes = self.dim * _VEC_DTYPE.itemsize
+        if any(len(b) != nbytes for b in blobs):
+            raise NotAGalleryError(f"{self.path}: damaged template vector (wrong byte length)")
+        buf = b"".join(blobs)
+        return np.frombuffer(buf, dtype=_VEC_DTYPE).reshape(len(blobs), self.dim).astype(
+            np.float32)
+
+    def disk_bytes(self) -> int:
+        d = self.path.parent
+        return sum(p.stat().st_size for p in d.iterdir() if p.is_file())
+
+    # ------------------------------------------------------------------ writes
+    @staticmethod
+    def _next_id(c: sqlite3.Connection, table: str) -> int:
+        """Next AUTOINCREMENT id of ``table`` (ids are never reused, even after deletes)."""
+        row = c.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+        top = c.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0]
+        return max(int(row[0]) if row else 0, int(top)) + 1
+
+    @staticmethod
+    def _in_chunks(c: sqlite3.Connection, sql: str, keys: list) -> Iterator[tuple]:
+        """Run ``sql`` (with one ``{}`` for a ``?, ?, ...`` list) over ``keys`` in chunks."""
+        for i in range(0, len(keys), 500):
+            part = keys[i: i + 500]
+            yield from c.execute(sql.format(", ".join("?" * len(part))), part)
+
+    @staticmethod
+    def _template_rows(ids: np.ndarray, cids: np.ndarray, vecs: np.ndarray) -> Iterator[tuple]:
+        data = np.ascontiguousarray(vecs, dtype=_VEC_DTYPE)
+        return zip(ids.tolist(), cids.tolist(), (r.tobytes() for r in data), strict=True)
+
+    def enroll(self, items: list[tuple[str, np.ndarray, dict]], replace: bool) -> list[ClassChange]:
+        """Insert (or with ``replace`` swap) classes; DuplicateLabelError rolls back all.
+
+        ``items`` hold distinct labels with validated unit vectors and JSON-able meta.
+        """
+        labels = [label for label, _, _ in items]
+        with self.transaction() as c:
+            now = _now()
+            existing = dict(self._in_chunks(
+                c, "SELECT label, id FROM classes WHERE label IN ({})", labels))
+            if existing and not replace:
+                dup = next(label for label in labels if label in existing)
+                raise DuplicateLabelError(
+                    f"label {dup!r} is already enrolled (use replace=True)")
+            old: dict[int, list[int]] = {}
+            for cid, tid in self._in_chunks(
+                    c, "SELECT class_id, id FROM templates WHERE class_id IN ({}) ORDER BY id",
+                    list(existing.values())):
+                old.setdefault(cid, []).append(tid)
+            next_cid, next_tid = self._next_id(c, "classes"), self._next_id(c, "templates")
+            new_rows, updates, changes = [], [], []
+            for label, vecs, meta in items:
+                text = json.dumps(meta) if meta else "{}"
+                cid = existing.get(label)
+                if cid is None:
+                    cid, next_cid = next_cid, next_cid + 1
+                    new_rows.append((cid, label, text, now, now))
+                else:
+                    updates.append((text, now, cid))
+                added = np.arange(next_tid, next_tid + len(vecs), dtype=np.int64)
+                next_tid += len(vecs)
+                removed = np.asarray(old.get(cid, []), dtype=np.int64)
+                changes.append(ClassChange(cid, label, added, removed))
+            c.executemany("DELETE FROM templates WHERE class_id = ?", [(u[2],) for u in updates])
+            c.executemany("UPDATE classes SET meta = ?, updated_at = ? WHERE id = ?", updates)
+            c.executemany("INSERT INTO classes (id, label, meta, created_at, updated_at) "
+                          "VALUES (?, ?, ?, ?, ?)", new_rows)
+            tids = np.concatenate([ch.added for ch in changes])
+            cids = np.repeat([ch.class_id for ch in changes], [len(ch.added) for ch in changes])
+            vecs = np.concatenate([v for _, v, _ in items])
+            c.executemany("INSERT INTO templates (id, class_id, vector) VALUES (?, ?, ?)",
+                          self._template_rows(tids, cids, vecs))
+            c.executemany("INSERT INTO ops (op, label, ts) VALUES ('enroll', ?, ?)",
+                          [(label, now) for label in labels])
+        return changes
+
+    def add(self, label: str, vecs: np.ndarray) -> ClassChange:
+        with self.transaction() as c:
+            cid = self.class_id(label)
+            if cid is None:
+                raise UnknownLabelError(f"unknown label {label!r}")
+            start = self._next_id(c, "templates")
+            added = np.arange(start, start + len(vecs), dtype=np.int64)
+            c.executemany("INSERT INTO templates (id, class_id, vector) VALUES (?, ?, ?)",
+                          self._template_rows(added, np.full(len(vecs), cid), vecs))
+            now = _now()
+            c.execute("UPDATE classes SET updated_at = ? WHERE id = ?", (now, cid))
+            c.execute("INSERT INTO ops (op, label, ts) VALUES ('add', ?, ?)", (label, now))
+        return ClassChange(cid, label, added, _NO_IDS)
+
+    def erase(self, label: str) -> ClassChange:
+        with self.transaction() as c:
+            cid = self.class_id(label)
+            if cid is None:
+                raise UnknownLabelError(f"unknown label {label!r}")
+            removed = self._template_ids(c, cid)
+            c.execute("DELETE FROM templates WHERE class_id = ?", (cid,))
+            c.execute("DELETE FROM classes WHERE id = ?", (cid,))
+            c.execute("INSERT INTO ops (op, label, ts) VALUES ('erase', ?, ?)", (label, _now()))
+        return ClassChange(cid, label, _NO_IDS, removed)
+
+    @staticmethod
+    def _template_ids(c: sqlite3.Connection, cid: int) -> np.ndarray:
+        rows = c.execute("SELECT id FROM templates WHERE class_id = ?", (cid,)).fetchall()
+        return np.asarray([r[0] for r in rows], dtype=np.int64)

@@ -1,0 +1,231 @@
+"""The embedding model: a small residual CNN -> projection -> L2-normalised vector.
+
+An :class:`Encoder` maps images ``(N, 1, H, W)`` (float32 in ``[0, 1]``, light
+ink on a dark background) to embeddings ``(N, dim)`` whose rows have unit norm,
+so the inner product of two embeddings is their cosine similarity. Models are
+saved as ``model.safetensors`` + ``config.json``; loading never unpickles.
+
+Example
+-------
+>>> import torch
+>>> from megaclass.models import Encoder, EncoderConfig
+>>> enc = Encoder(EncoderConfig(dim=64))
+>>> enc.embed(torch.rand(3, 1, 32, 32)).shape
+torch.Size([3, 64])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import ConfigError, InvalidInputError, ModelFormatError
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class EncoderConfig:
+    """Architecture of an :class:`Encoder` (everything needed to rebuild it).
+
+    Parameters
+    ----------
+    dim : embedding dimension D.
+    input_size : side of the square grayscale input images.
+    widths : channels of the residual stages; each stage after the first halves
+        the resolution.
+    blocks : residual blocks per stage.
+    stem_stride : stride of the first convolution (2 halves the input at once,
+        which keeps a CPU step cheap at 32x32).
+    """
+
+    dim: int = 128
+    input_size: int = 32
+    in_channels: int = 1
+    widths: tuple[int, ...] = (32, 64, 128)
+    blocks: int = 1
+    stem_stride: int = 2
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.dim < 2:
+            raise ConfigError(f"embedding dim must be >= 2, got {self.dim}")
+        if self.input_size < 8:
+            raise ConfigError(f"input_size must be >= 8, got {self.input_size}")
+        if not self.widths or any(w < 1 for w in self.widths):
+            raise ConfigError(f"widths must be positive channel counts, got {self.widths}")
+        if self.blocks < 1 or self.stem_stride not in (1, 2):
+            raise ConfigError("blocks must be >= 1 and stem_stride 1 or 2")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EncoderConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["widths"] = tuple(known.get("widths", cls.widths))
+        cfg = cls(**known)
+        cfg.validate()
+        return cfg
+
+
+class _ResidualBlock(nn.Module):
+    """3x3 conv-BN-ReLU-conv-BN with an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + self.shortcut(x))
+
+
+class Encoder(nn.Module):
+    """Small residual CNN producing L2-normalised embeddings.
+
+    Attributes
+    ----------
+    config : EncoderConfig
+    dim : int, the embedding dimension.
+    """
+
+    def __init__(self, config: EncoderConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or EncoderConfig()
+        self.config.validate()
+        c = self.config
+        w0 = c.widths[0]
+        layers: list[nn.Module] = [
+            nn.Conv2d(c.in_channels, w0, 3, c.stem_stride, 1, bias=False),
+            nn.BatchNorm2d(w0),
+            nn.ReLU(inplace=True),
+        ]
+        cin = w0
+        for stage, width in enumerate(c.widths):
+            for b in range(c.blocks):
+                layers.append(_ResidualBlock(cin, width, 2 if (b == 0 and stage > 0) else 1))
+                cin = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.projection = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.0), nn.Linear(cin, c.dim, bias=False), nn.BatchNorm1d(c.dim)
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` images -> ``(N, dim)`` unit-norm embeddings (differentiable)."""
+        x = self.pool(self.features(images))
+        return F.normalize(self.projection(x), dim=1)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
+        """Embed images in eval mode, in batches; returns a CPU float32 ``(N, dim)`` tensor."""
+        if images.ndim != 4 or images.shape[1] != self.config.in_channels:
+            raise InvalidInputError(
+                f"expected images of shape (N, {self.config.in_channels}, H, W), "
+                f"got {tuple(images.shape)}"
+            )
+        if images.shape[0] == 0:
+            return torch.empty(0, self.dim)
+        was_training = self.training
+        self.eval()
+        try:
+            out = [self(images[i : i + batch_size].float()) for i in range(0, len(images), batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(out).cpu()
+
+    def fingerprint(self) -> str:
+        """A short hash of config + weights: which model produced a template."""
+        h = hashlib.sha256(json.dumps(_config_dict(self.config), sort_keys=True).encode())
+        for name, t in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    # -- persistence -------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into directory ``path`` (atomically per file)."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        _atomic(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "megaclass"}))
+        cfg = {"format_version": FORMAT_VERSION, "kind": "megaclass.encoder", **_config_dict(self.config)}
+        cfg["fingerprint"] = self.fingerprint()
+        _atomic(out / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Encoder:
+        """Load a model directory written by :meth:`save` (safetensors: no pickle)."""
+        root = Path(path)
+        cfg_path, w_path = root / CONFIG_FILE, root / WEIGHTS_FILE
+        if not cfg_path.is_file() or not w_path.is_file():
+            raise ModelFormatError(
+                f"{root} is not a megaclass model directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+            )
+        try:
+            data = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelFormatError(f"cannot read {cfg_path}: {exc}") from exc
+        if data.get("kind") != "megaclass.encoder":
+            raise ModelFormatError(f"{cfg_path} does not describe a megaclass encoder")
+        if data.get("format_version", 0) > FORMAT_VERSION:
+            raise ModelFormatError(
+                f"{root} was written by a newer megaclass (format {data['format_version']})"
+            )
+        model = cls(EncoderConfig.from_dict(data))
+        try:
+            state = load_file(str(w_path))
+            model.load_state_dict(state, strict=True)
+        except Exception as exc:  # safetensors raises several types for damaged files
+            raise ModelFormatError(f"cannot load weights from {w_path}: {exc}") from exc
+        model.eval()
+        return model
+
+
+def load_encoder(path: str | os.PathLike) -> Encoder:
+    """Shorthand for :meth:`Encoder.load`."""
+    return Encoder.load(path)
+
+
+def _config_dict(config: EncoderConfig) -> dict:
+    d = asdict(config)
+    d["widths"] = list(d["widths"])
+    return d
+
+
+def _atomic(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

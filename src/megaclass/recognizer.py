@@ -1,0 +1,221 @@
+"""The :class:`Recognizer`: encoder + gallery + threshold, on raw samples.
+
+This is what most users touch: enroll a class from a few samples (no
+retraining), identify samples among everything enrolled (1:N, with "unknown"
+when the best score is below the threshold), verify a claimed identity (1:1),
+erase a class, and calibrate the threshold for a target false-positive
+identification rate from non-mated samples.
+
+Example
+-------
+>>> from megaclass import GlyphSource, Recognizer, train_encoder
+>>> enc = train_encoder(GlyphSource(40, samples_per_class=8), steps=2, batch_size=32,
+...                     progress=False)
+>>> import tempfile
+>>> rec = Recognizer(enc, gallery=tempfile.mkdtemp())
+>>> rec.enroll("seven", GlyphSource.samples(7, n=5))
+5
+>>> rec.identify(GlyphSource.samples(7, n=1, seed=1))[0].candidates[0].label
+'seven'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.images import to_batch
+from .errors import ConfigError, DimensionMismatchError, UnknownLabelError
+from .evaluate.open_set import Calibration, calibrate_threshold
+from .gallery import Gallery, Match
+from .models import Encoder
+
+THRESHOLD_KEY = "threshold"
+CALIBRATION_KEY = "calibration"
+MODEL_KEY = "model_fingerprint"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Outcome of identifying one sample.
+
+    ``label`` is the best class, or None when its score is below the threshold
+    (the sample is *unknown*); ``candidates`` are the best k classes regardless.
+    """
+
+    label: str | None
+    score: float
+    candidates: list[Match] = field(default_factory=list)
+
+    @property
+    def known(self) -> bool:
+        return self.label is not None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of verifying one sample against a claimed label (1:1)."""
+
+    label: str
+    accepted: bool
+    score: float
+    threshold: float | None
+
+
+class Recognizer:
+    """Identify, verify, enroll and erase classes with an encoder and a gallery.
+
+    Parameters
+    ----------
+    encoder : an :class:`Encoder` or the path of a saved model directory.
+    gallery : a :class:`Gallery` or a directory path (created when missing).
+    threshold : accept threshold on cosine scores; defaults to the gallery's
+        calibrated threshold, or no rejection (None) if it was never calibrated.
+    allow_model_mismatch : accept a gallery enrolled with a different model of
+        the same dimension (its templates will not be comparable).
+    """
+
+    def __init__(self, encoder: Encoder | str | os.PathLike, gallery: Gallery | str | os.PathLike,
+                 *, threshold: float | None = None, allow_model_mismatch: bool = False) -> None:
+        self.encoder = encoder if isinstance(encoder, Encoder) else Encoder.load(encoder)
+        self.encoder.eval()
+        if isinstance(gallery, Gallery):
+            self.gallery = gallery
+        else:
+            try:
+                self.gallery = Gallery.open(Path(gallery), dim=self.encoder.dim)
+            except DimensionMismatchError as exc:
+                raise DimensionMismatchError(
+                    f"model makes {self.encoder.dim}-d embeddings, which gallery {gallery} "
+                    f"cannot hold ({exc})"
+                ) from None
+        if self.gallery.dim != self.encoder.dim:
+            raise DimensionMismatchError(
+                f"model makes {self.encoder.dim}-d embeddings but gallery {self.gallery.path} "
+                f"holds {self.gallery.dim}-d templates"
+            )
+        self.fingerprint = self.encoder.fingerprint()
+        stored = self.gallery.get_setting(MODEL_KEY)
+        if stored and stored != self.fingerprint and len(self.gallery) and not allow_model_mismatch:
+            raise ConfigError(
+                f"gallery {self.gallery.path} was enrolled with model {stored}, this model is "
+                f"{self.fingerprint}: its templates are not comparable (re-enroll, or pass "
+                "allow_model_mismatch=True)"
+            )
+        self._threshold = threshold
+
+    # -- configuration ---------------------------------------------------------------
+    @property
+    def threshold(self) -> float | None:
+        """Explicit threshold, else the gallery's calibrated one, else None (no rejection)."""
+        if self._threshold is not None:
+            return self._threshold
+        value = self.gallery.get_setting(THRESHOLD_KEY)
+        return None if value is None else float(value)
+
+    @threshold.setter
+    def threshold(self, value: float | None) -> None:
+        self._threshold = value
+
+    # -- embedding -------------------------------------------------------------------
+    def embed(self, samples) -> np.ndarray:
+        """Samples (tensor, array, image paths, PIL images) -> ``(N, dim)`` float32 embeddings."""
+        batch = to_batch(samples, size=self.encoder.input_size)
+        with torch.inference_mode():
+            return self.encoder.embed(batch).numpy()
+
+    # -- gallery operations ----------------------------------------------------------
+    def enroll(self, label: str, samples, meta: dict | None = None, *, replace: bool = False) -> int:
+        """Enroll a new class from its samples (one template each); returns templates stored."""
+        vectors = self.embed(samples)
+        self._mark_model()
+        return self.gallery.enroll(label, vectors, meta, replace=replace)
+
+    def enroll_many(self, items: Iterable[tuple[str, object]], *, replace: bool = False) -> int:
+        """Enroll several ``(label, samples)`` classes in one transaction (all or nothing)."""
+        prepared = [(label, self.embed(samples)) for label, samples in items]
+        self._mark_model()
+        return self.gallery.enroll_many(prepared, replace=replace)
+
+    def add_samples(self, label: str, samples) -> int:
+        """Add templates to an enrolled class."""
+        return self.gallery.add_templates(label, self.embed(samples))
+
+    def erase(self, label: str) -> int:
+        """Remove a class and all its templates; returns the number removed."""
+        return self.gallery.erase(label)
+
+    def _mark_model(self) -> None:
+        if self.gallery.get_setting(MODEL_KEY) != self.fingerprint:
+            self.gallery.set_setting(MODEL_KEY, self.fingerprint)
+
+    # -- recognition -----------------------------------------------------------------
+    def identify(self, samples, k: int = 5) -> list[Decision]:
+        """1:N: the best class of each sample, or None (unknown) below the threshold."""
+        return self.identify_vectors(self.embed(samples), k=k)
+
+    def identify_vectors(self, vectors: np.ndarray, k: int = 5) -> list[Decision]:
+        """:meth:`identify` on embeddings that were already computed."""
+        threshold = self.threshold
+        out = []
+        for matches in self.gallery.search(vectors, k=k):
+            if not matches:
+                out.append(Decision(None, float("-inf"), []))
+                continue
+            best = matches[0]
+            accepted = threshold is None or best.score >= threshold
+            out.append(Decision(best.label if accepted else None, best.score, matches))
+        return out
+
+    def verify(self, sample, label: str) -> Verdict:
+        """1:1: does ``sample`` belong to ``label``? Scores by the class's best template."""
+        if label not in self.gallery:
+            raise UnknownLabelError(f"cannot verify against {label!r}: it is not enrolled")
+        vector = self.embed(sample)
+        if len(vector) != 1:
+            vector = vector[:1]
+        score = float(np.max(self.gallery.templates(label) @ vector[0]))
+        threshold = self.threshold
+        return Verdict(label, threshold is None or score >= threshold, score, threshold)
+
+    def calibrate(self, non_mated_samples, target_fpir: float = 1e-3, *,
+                  save: bool = True) -> Calibration:
+        """Set the threshold so that FPIR on these non-mated samples is <= ``target_fpir``.
+
+        The samples must come from classes that are *not* enrolled. With
+        ``save=True`` the threshold is stored in the gallery, so every later
+        Recognizer on it uses it.
+        """
+        vectors = self.embed(non_mated_samples)
+        return self.calibrate_vectors(vectors, target_fpir, save=save)
+
+    def calibrate_vectors(self, vectors: np.ndarray, target_fpir: float = 1e-3, *,
+                          save: bool = True) -> Calibration:
+        """:meth:`calibrate` on embeddings that were already computed."""
+        if len(self.gallery) == 0:
+            raise ConfigError("calibration needs an enrolled gallery: enroll classes first")
+        top = [m[0].score for m in self.gallery.search(vectors, k=1)]
+        cal = calibrate_threshold(top, target_fpir)
+        self._threshold = None if save else cal.threshold
+        if save:
+            self.gallery.set_setting(THRESHOLD_KEY, cal.threshold)
+            self.gallery.set_setting(CALIBRATION_KEY, {**cal.to_dict(), "model": self.fingerprint})
+        return cal
+
+    # -- lifecycle -------------------------------------------------------------------
+    def close(self) -> None:
+        self.gallery.close()
+
+    def __enter__(self) -> Recognizer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.gallery)

@@ -1,0 +1,226 @@
+"""The training loop: m-per-class batches -> encoder -> head -> loss, with a cosine schedule.
+
+Example
+-------
+>>> from megaclass import GlyphSource, train_encoder
+>>> encoder = train_encoder(GlyphSource(classes=50, samples_per_class=8), head="cosface",
+...                         steps=2, batch_size=32, progress=False)
+>>> encoder.dim
+128
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.base import Source
+from ..data.samplers import MPerClassSampler
+from ..errors import ConfigError
+from ..heads import Head, make_head
+from ..models import Encoder, EncoderConfig
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .progress import TrainProgress
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in checkpoints).
+
+    ``steps`` (total optimiser steps), when set, overrides ``epochs``. ``lr``
+    defaults to 3e-3 for AdamW and 0.1 for SGD. Warm-up is linear over
+    ``warmup_steps`` (default: 5 % of the run, at most 300), then the learning
+    rate follows a cosine down to 1 % of its peak.
+    """
+
+    head: str = "cosface"
+    scale: float | None = None
+    margin: float | None = None
+    epochs: int = 3
+    steps: int | None = None
+    batch_size: int = 256
+    m_per_class: int = 4
+    optimizer: str = "adamw"
+    lr: float | None = None
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup_steps: int | None = None
+    dim: int = 128
+    widths: tuple[int, ...] = (32, 64, 128)
+    seed: int = 0
+    num_workers: int = 1
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    resume: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.epochs < 1 and not self.steps:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 2 or self.m_per_class < 1 or self.batch_size % self.m_per_class:
+            raise ConfigError(
+                f"batch_size ({self.batch_size}) must be a multiple of m_per_class ({self.m_per_class})"
+            )
+        if self.checkpoint_every and not self.checkpoint_dir:
+            raise ConfigError("checkpoint_every needs checkpoint_dir")
+        if self.resume and not self.checkpoint_dir:
+            raise ConfigError("resume needs checkpoint_dir")
+
+
+class Trainer:
+    """Trains an :class:`Encoder` with a :class:`Head` on a :class:`Source`.
+
+    Attributes
+    ----------
+    encoder_, head_ : the trained modules (after :meth:`fit`).
+    history_ : list of ``{"step", "loss", "lr"}`` records, one per step.
+    seconds_, images_per_second_ : wall time and throughput of :meth:`fit`.
+    """
+
+    def __init__(self, source: Source, config: TrainConfig | None = None, **overrides) -> None:
+        config = config or TrainConfig()
+        unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
+        if unknown:
+            raise ConfigError(f"unknown training options: {', '.join(sorted(unknown))}")
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        config.widths = tuple(config.widths)
+        config.validate()
+        if source.num_classes < 2:
+            raise ConfigError(f"training needs at least 2 classes, the source has {source.num_classes}")
+        self.source = source
+        self.config = config
+        self.history_: list[dict] = []
+
+    # -- setup ---------------------------------------------------------------------
+    def _build(self) -> tuple[Encoder, Head, torch.optim.Optimizer]:
+        c = self.config
+        torch.manual_seed(c.seed)
+        encoder = Encoder(EncoderConfig(dim=c.dim, input_size=self.source.size, widths=c.widths))
+        head = make_head(c.head, self.source.num_classes, c.dim, scale=c.scale, margin=c.margin)
+        return encoder, head, self._optimizer(encoder, head)
+
+    def _optimizer(self, encoder: Encoder, head: Head) -> torch.optim.Optimizer:
+        c = self.config
+        params = list(encoder.parameters()) + list(head.parameters())
+        if c.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=self.peak_lr, weight_decay=c.weight_decay)
+        return torch.optim.SGD(params, lr=self.peak_lr, momentum=c.momentum,
+                               weight_decay=c.weight_decay, nesterov=True)
+
+    @property
+    def peak_lr(self) -> float:
+        c = self.config
+        return c.lr if c.lr is not None else (3e-3 if c.optimizer == "adamw" else 0.1)
+
+    def _batches_per_epoch(self, classes_per_batch: int) -> int:
+        return max(1, len(self.source) // (classes_per_batch * self.config.m_per_class))
+
+    def lr_at(self, step: int, total: int) -> float:
+        """Linear warm-up then cosine decay to 1 % of the peak learning rate."""
+        warm = self.config.warmup_steps
+        if warm is None:
+            warm = min(300, max(1, total // 20))
+        if step < warm:
+            return self.peak_lr * (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return self.peak_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+    # -- the loop ------------------------------------------------------------------
+    def fit(self) -> Encoder:
+        """Run training (resuming from the latest checkpoint if asked); return the encoder."""
+        c = self.config
+        m = c.m_per_class
+        classes_per_batch = min(c.batch_size // m, self.source.num_classes)
+        per_epoch = self._batches_per_epoch(classes_per_batch)
+        total = c.steps if c.steps else per_epoch * c.epochs
+        encoder, head, opt = self._build()
+        step = 0
+        ckpt = latest_checkpoint(c.checkpoint_dir) if (c.resume and c.checkpoint_dir) else None
+        if ckpt is not None:
+            encoder, head, opt_state, info = load_checkpoint(ckpt)
+            opt = self._optimizer(encoder, head)
+            opt.load_state_dict(opt_state)
+            step = int(info["step"])
+            self.history_ = info.get("history", [])
+            if "rng_state" in info:
+                torch.set_rng_state(info["rng_state"])
+        encoder.train()
+        head.train()
+        labels = self.source.labels
+        started = time.perf_counter()
+        images = 0
+        with TrainProgress(total, enabled=c.progress, start=step) as bar:
+            while step < total:
+                epoch, offset = divmod(step, per_epoch)
+                batches = self._epoch_batches(labels, classes_per_batch, epoch, per_epoch)[offset:]
+                batches = batches[: total - step]
+                for x, y in self._loader(batches, epoch):
+                    for group in opt.param_groups:
+                        group["lr"] = self.lr_at(step, total)
+                    loss = head(encoder(x), y)
+                    if not torch.isfinite(loss):
+                        raise ConfigError(
+                            f"loss became {loss.item()} at step {step}: lower the learning rate"
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    images += len(y)
+                    rec = {"step": step, "loss": round(loss.item(), 5), "lr": opt.param_groups[0]["lr"]}
+                    self.history_.append(rec)
+                    bar.update(step, rec["loss"], images / (time.perf_counter() - started))
+                    if c.checkpoint_every and step % c.checkpoint_every == 0:
+                        self._checkpoint(encoder, head, opt, step, epoch)
+        self.seconds_ = time.perf_counter() - started
+        self.images_per_second_ = images / self.seconds_ if self.seconds_ > 0 else 0.0
+        if c.checkpoint_dir and (not c.checkpoint_every or step % c.checkpoint_every):
+            self._checkpoint(encoder, head, opt, step, step // per_epoch)
+        encoder.eval()
+        head.eval()
+        encoder.config.extra = {"trained_with": {
+            "head": c.head, "classes": self.source.num_classes, "steps": step,
+            "batch_size": classes_per_batch * m, "source": type(self.source).__name__}}
+        self.encoder_, self.head_ = encoder, head
+        return encoder
+
+    def _epoch_batches(self, labels: np.ndarray, cpb: int, epoch: int, n: int) -> list[list[int]]:
+        sampler = MPerClassSampler(labels, m=self.config.m_per_class,
+                                   batch_size=cpb * self.config.m_per_class,
+                                   num_batches=n, seed=self.config.seed)
+        sampler.set_epoch(epoch)
+        return [list(b) for b in sampler]
+
+    def _loader(self, batches: list[list[int]], epoch: int):
+        if hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(epoch)
+        workers = self.config.num_workers if len(batches) > 4 else 0
+        return DataLoader(self.source, batch_sampler=batches, num_workers=workers,
+                          prefetch_factor=4 if workers else None)
+
+    def _checkpoint(self, encoder, head, opt, step: int, epoch: int) -> None:
+        info = {"step": step, "epoch": epoch, "config": _jsonable(asdict(self.config)),
+                "history": self.history_}
+        save_checkpoint(self.config.checkpoint_dir, encoder=encoder, head=head, optimizer=opt, info=info)
+
+
+def train_encoder(source: Source, *, head: str = "cosface", epochs: int = 3, **options) -> Encoder:
+    """Train an encoder on ``source`` with the named head and return it (see :class:`TrainConfig`)."""
+    return Trainer(source, TrainConfig(head=head, epochs=epochs), **options).fit()
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+            for k, v in d.items()}

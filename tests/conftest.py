@@ -1,0 +1,23 @@
+"""Shared fixtures: a tiny trained encoder (session-scoped, seconds to train)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    from megaclass import GlyphSource, train_encoder
+
+    return train_encoder(GlyphSource(range(100), samples_per_class=16), head="cosface", steps=200,
+                         batch_size=64, dim=32, widths=(16, 32), progress=False, num_workers=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_encoder, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
+    tiny_encoder.save(path)
+    return path
