@@ -146,25 +146,26 @@ def render_glyphs(class_ids, indices, *, size: int = 32, seed: int = 0) -> np.nd
 
 
 def _render(ids: np.ndarray, idx: np.ndarray, size: int, s64: np.uint64) -> np.ndarray:
+    """render_glyphs on validated arrays (one chunk)."""
     n = len(ids)
     key = _mix(_mix(_mix(np.full(n, s64)) + ids.astype(np.uint64)) + idx.astype(np.uint64))
     f32 = np.float32
     u = _uniform(key, 2 * _S * _P + 30).astype(f32)
     ctrl, n_pts, active = _class_shapes(ids)
-    ctrl = ctrl.astype(f32) + (u[:, : 2 * _S * _P].reshape(ctrl.shape) - f32(0.5)) * f32(0.24)
+    ctrl = ctrl.astype(f32) + (u[:, : 2 * _S * _P].reshape(ctrl.shape) - f32(0.5)) * f32(0.14)
     u = u[:, 2 * _S * _P :, None, None]  # per-sample parameters, broadcast over (S, T)
     curve = _BASIS32[n_pts] @ ctrl  # (N, S, T, 2) Catmull-Rom samples, with stroke jitter
     x, y = curve[..., 0], curve[..., 1]
-    # affine: rotation +-17 deg, scale 0.8-1.0, aspect +-12 %, shear +-0.25, shift +-0.12
-    rot, scl = (u[:, 0] - 0.5) * 0.6, 0.8 + 0.2 * u[:, 1]
-    asp, shr = 1 + (u[:, 2] - 0.5) * 0.24, (u[:, 3] - 0.5) * 0.5
+    # affine: rotation +-11 deg, scale 0.8-1.0, aspect +-8 %, shear +-0.15, shift +-0.12
+    rot, scl = (u[:, 0] - 0.5) * 0.4, 0.8 + 0.2 * u[:, 1]
+    asp, shr = 1 + (u[:, 2] - 0.5) * 0.16, (u[:, 3] - 0.5) * 0.3
     c, s = np.cos(rot) * scl, np.sin(rot) * scl
     x, y = (c * asp * x + (shr * c - s) * y + (u[:, 4] - 0.5) * 0.24,
             s * asp * x + (shr * s + c) * y + (u[:, 5] - 0.5) * 0.24)
     # elastic: a smooth displacement field, two random plane waves per axis
     w = u[:, 6:22, 0, 0].reshape(n, 1, 1, 4, 4)  # waves (x1, x2, y1, y2) x (fx, fy, phase, amp)
     arg = x[..., None] * ((w[..., 0] - 0.5) * 7) + y[..., None] * ((w[..., 1] - 0.5) * 7)
-    arg = np.sin(arg + w[..., 2] * f32(2 * np.pi), out=arg) * (w[..., 3] * f32(0.06))
+    arg = np.sin(arg + w[..., 2] * f32(2 * np.pi), out=arg) * (w[..., 3] * f32(0.035))
     x, y = x + arg[..., 0] + arg[..., 1], y + arg[..., 2] + arg[..., 3]
     # splat weights: arc length per sample point (pixels) x pen pressure x stroke mask
     half = f32(size / 2)

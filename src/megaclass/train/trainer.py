@@ -156,6 +156,7 @@ class Trainer:
             self.history_ = info.get("history", [])
             if "rng_state" in info:
                 torch.set_rng_state(info["rng_state"])
+        encoder.to(memory_format=torch.channels_last)  # ~10-30 % faster convolutions on CPU
         encoder.train()
         head.train()
         labels = self.source.labels
@@ -169,7 +170,7 @@ class Trainer:
                 for x, y in self._loader(batches, epoch):
                     for group in opt.param_groups:
                         group["lr"] = self.lr_at(step, total)
-                    loss = head(encoder(x), y)
+                    loss = head(encoder(x.contiguous(memory_format=torch.channels_last)), y)
                     if not torch.isfinite(loss):
                         raise ConfigError(
                             f"loss became {loss.item()} at step {step}: lower the learning rate"

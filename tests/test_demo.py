@@ -1,0 +1,17 @@
+import json
+
+from megaclass.demo import DemoConfig, run_demo
+
+
+def test_quick_demo_writes_report_and_plot(tmp_path):
+    report = run_demo(tmp_path, DemoConfig.quick(), progress=False, log=lambda *a: None)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["model"]["top1"] == report["model"]["top1"]
+    for side in ("model", "raw_pixel_baseline"):
+        r = saved[side]
+        assert 0 <= r["top1"] <= r["top5"] <= 1
+        assert 0 <= r["fnir"] <= 1 and 0 <= r["fpir"] <= 1
+    assert saved["calibration"]["achieved_fpir"] <= saved["config"]["target_fpir"]
+    assert (tmp_path / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "gallery" / "gallery.db").is_file()
