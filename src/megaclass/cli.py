@@ -45,8 +45,8 @@ def _load_samples(items: list[str], size: int, seed: int, index: int = 0):
     """Turn CLI sample arguments into an image batch (paths, folders, glyph:ID)."""
     import torch
 
-    from .data.glyphs import GlyphSource
     from .data.folder import IMAGE_EXTENSIONS
+    from .data.glyphs import GlyphSource
     from .data.images import to_batch
 
     parts = []
