@@ -7,79 +7,33 @@ exit status 2.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from .cli_common import (
+    GalleryOpt,
+    JsonOpt,
+    ModelOpt,
+    SamplesArg,
+    SeedOpt,
+    _emit,
+    _labelled,
+    _load_samples,
+    _recognizer,
+    console,
+    err_console,
+)
 from .errors import InvalidInputError, MegaclassError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="megaclass: recognition among millions of classes that keep growing after training.",
 )
-console = Console()
-err_console = Console(stderr=True)
-
-ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model directory (config.json + model.safetensors).")]
-GalleryOpt = Annotated[Path, typer.Option("--gallery", "-g", help="Gallery directory (created on first enroll).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-SeedOpt = Annotated[int, typer.Option(help="Drawing stream for glyph:ID samples (0 = training stream).")]
-SamplesArg = Annotated[list[str], typer.Argument(
-    help="Image files, folders of images, or glyph:ID (a built-in glyph drawing of class ID).")]
-
-
-def _emit(data: dict, as_json: bool, table: Table | None = None) -> None:
-    if as_json:
-        typer.echo(json.dumps(data, indent=2, default=float))
-    elif table is not None:
-        console.print(table)
-
-
-def _load_samples(items: list[str], size: int, seed: int, index: int = 0):
-    """Turn CLI sample arguments into an image batch (paths, folders, glyph:ID)."""
-    import torch
-
-    from .data.folder import IMAGE_EXTENSIONS
-    from .data.glyphs import GlyphSource
-    from .data.images import to_batch
-
-    parts = []
-    for item in items:
-        if item.startswith("glyph:"):
-            try:
-                cid = int(item.split(":", 1)[1])
-            except ValueError:
-                raise InvalidInputError(f"bad sample {item!r}: use glyph:<class id>") from None
-            parts.append(GlyphSource.samples(cid, n=1, seed=seed, size=size, start=index))
-            continue
-        path = Path(item)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not files:
-                raise InvalidInputError(f"folder {path} holds no images")
-            parts.append(to_batch([str(f) for f in files], size=size))
-        else:
-            parts.append(to_batch(str(path), size=size))
-    if not parts:
-        raise InvalidInputError("no samples given")
-    return torch.cat(parts)
-
-
-def _recognizer(model: Path, gallery: Path, create: bool = False, threshold: float | None = None):
-    from .gallery import Gallery
-    from .models import Encoder
-    from .recognizer import Recognizer
-
-    encoder = Encoder.load(model)
-    if not create and not (gallery / "gallery.db").exists():
-        raise InvalidInputError(f"{gallery} is not a gallery (enroll something first)")
-    return Recognizer(encoder, Gallery.open(gallery, dim=encoder.dim), threshold=threshold)
 
 
 @app.command()
@@ -295,60 +249,6 @@ def calibrate(model: ModelOpt, gallery: GalleryOpt,
                       f"{cal.n_non_mated:,} non-mated searches (95% CI {lo:.4f}-{hi:.4f})")
 
 
-def _labelled(spec: str, size: int, per_class: int, seed: int):
-    """Images and their labels for a data spec (glyph labels are glyph-<id>)."""
-    import torch
-
-    from .data.spec import parse_glyph_range
-
-    ids = parse_glyph_range(spec)
-    if ids is not None:
-        from .data.glyphs import GlyphSource
-
-        images, cls = GlyphSource.batch(np.asarray(ids), per_class, seed=seed, size=size)
-        return images, [f"glyph-{i}" for i in cls]
-    from .data.folder import ImageFolderSource
-
-    src = ImageFolderSource(Path(spec), size=size)
-    pairs = [src[i] for i in range(len(src))]
-    return torch.stack([p[0] for p in pairs]), [src.class_names[p[1]] for p in pairs]
-
-
-@app.command()
-def evaluate(model: ModelOpt, gallery: GalleryOpt,
-             mated: Annotated[str, typer.Option(help="Samples of ENROLLED classes (labels must match): glyphs:START-END or a folder.")],
-             non_mated: Annotated[str | None, typer.Option(help="Samples of classes NOT enrolled.")] = None,
-             target_fpir: Annotated[list[float], typer.Option(help="FPIR(s) to report FNIR at.")] = [0.01],
-             per_class: Annotated[int, typer.Option(help="With glyphs: queries per class.")] = 1,
-             seed: SeedOpt = 4, as_json: JsonOpt = False) -> None:
-    """Closed-set top-1/top-5 on mated searches; FNIR at FPIR with non-mated searches."""
-    from .evaluate import fnir_at_fpir, top_k_accuracy
-
-    rec = _recognizer(model, gallery)
-    with rec:
-        images, truth = _labelled(mated, rec.encoder.input_size, per_class, seed)
-        decisions = rec.identify(images, k=5)
-        result: dict = {"mated_searches": len(truth), **top_k_accuracy(
-            [[m.label for m in d.candidates] for d in decisions], truth, ks=(1, 5))}
-        if non_mated:
-            nm_images, _ = _labelled(non_mated, rec.encoder.input_size, per_class, seed)
-            nm_scores = [d.score for d in rec.identify(nm_images, k=1)]
-            scores = [d.score for d in decisions]
-            correct = [bool(d.candidates) and d.candidates[0].label == t
-                       for d, t in zip(decisions, truth, strict=True)]
-            result["non_mated_searches"] = len(nm_scores)
-            result["open_set"] = [fnir_at_fpir(scores, correct, nm_scores, f) for f in target_fpir]
-    table = Table(title="evaluation")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row("mated searches", f"{result['mated_searches']:,}")
-    table.add_row("top-1", f"{result['top1']:.2%}")
-    table.add_row("top-5", f"{result['top5']:.2%}")
-    for r in result.get("open_set", []):
-        table.add_row(f"FNIR @ FPIR {r['target_fpir']:g} (T={r['threshold']:.3f})", f"{r['fnir']:.2%}")
-    _emit(result, as_json, table)
-
-
 @app.command()
 def stats(gallery: GalleryOpt, as_json: JsonOpt = False) -> None:
     """Classes, templates, dimension, index and disk size of a gallery."""
@@ -367,8 +267,29 @@ def stats(gallery: GalleryOpt, as_json: JsonOpt = False) -> None:
     _emit(info, as_json, table)
 
 
+# Commands that live beside their area (serve/, bench/, ...): each such module defines
+# ``register(app)``. Listed here so that the CLI stays one place to look.
+_COMMAND_MODULES = ("megaclass.evaluate.commands", "megaclass.heads.commands",
+                    "megaclass.bench.commands", "megaclass.serve.commands",
+                    "megaclass.gallery.commands")
+
+
+def _register_area_commands() -> None:
+    import importlib
+    import importlib.util
+
+    for name in _COMMAND_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # the area's package does not exist (yet)
+            found = False
+        if found:
+            importlib.import_module(name).register(app)
+
+
 def main() -> None:
     """Console-script entry point: megaclass errors become one line on stderr + exit 2."""
+    _register_area_commands()
     try:
         app(prog_name="megaclass")  # standalone: handles --help, usage errors and exit codes
     except (MegaclassError, FileNotFoundError, PermissionError) as exc:

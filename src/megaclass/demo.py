@@ -38,7 +38,7 @@ class DemoConfig:
     """Sizes of the demo; ``quick()`` is a seconds-long version for tests."""
 
     train_classes: int = 2000
-    train_steps: int = 520
+    train_steps: int = 450
     batch_size: int = 256
     enrolled: int = 5000
     per_class: int = 5

@@ -1,0 +1,97 @@
+"""Shared pieces of the ``megaclass`` command line: option types, output, sample loading.
+
+Area modules (``evaluate/commands.py``, ``serve/commands.py``, ...) import from here,
+never from ``megaclass.cli``, so the CLI has no import cycles.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import InvalidInputError
+
+console = Console()
+err_console = Console(stderr=True)
+
+ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model directory (config.json + model.safetensors).")]
+GalleryOpt = Annotated[Path, typer.Option("--gallery", "-g", help="Gallery directory (created on first enroll).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+SeedOpt = Annotated[int, typer.Option(help="Drawing stream for glyph:ID samples (0 = training stream).")]
+SamplesArg = Annotated[list[str], typer.Argument(
+    help="Image files, folders of images, or glyph:ID (a built-in glyph drawing of class ID).")]
+
+
+def _emit(data: dict, as_json: bool, table: Table | None = None) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=float))
+    elif table is not None:
+        console.print(table)
+
+
+def _load_samples(items: list[str], size: int, seed: int, index: int = 0):
+    """Turn CLI sample arguments into an image batch (paths, folders, glyph:ID)."""
+    import torch
+
+    from .data.folder import IMAGE_EXTENSIONS
+    from .data.glyphs import GlyphSource
+    from .data.images import to_batch
+
+    parts = []
+    for item in items:
+        if item.startswith("glyph:"):
+            try:
+                cid = int(item.split(":", 1)[1])
+            except ValueError:
+                raise InvalidInputError(f"bad sample {item!r}: use glyph:<class id>") from None
+            parts.append(GlyphSource.samples(cid, n=1, seed=seed, size=size, start=index))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise InvalidInputError(f"folder {path} holds no images")
+            parts.append(to_batch([str(f) for f in files], size=size))
+        else:
+            parts.append(to_batch(str(path), size=size))
+    if not parts:
+        raise InvalidInputError("no samples given")
+    return torch.cat(parts)
+
+
+def _recognizer(model: Path, gallery: Path, create: bool = False, threshold: float | None = None):
+    from .gallery import Gallery
+    from .models import Encoder
+    from .recognizer import Recognizer
+
+    encoder = Encoder.load(model)
+    if not create and not (gallery / "gallery.db").exists():
+        raise InvalidInputError(f"{gallery} is not a gallery (enroll something first)")
+    return Recognizer(encoder, Gallery.open(gallery, dim=encoder.dim), threshold=threshold)
+
+
+def _labelled(spec: str, size: int, per_class: int, seed: int):
+    """Images and their labels for a data spec (glyph labels are glyph-<id>)."""
+    import torch
+
+    from .data.spec import parse_glyph_range
+
+    ids = parse_glyph_range(spec)
+    if ids is not None:
+        from .data.glyphs import GlyphSource
+
+        images, cls = GlyphSource.batch(np.asarray(ids), per_class, seed=seed, size=size)
+        return images, [f"glyph-{i}" for i in cls]
+    from .data.folder import ImageFolderSource
+
+    src = ImageFolderSource(Path(spec), size=size)
+    pairs = [src[i] for i in range(len(src))]
+    return torch.stack([p[0] for p in pairs]), [src.class_names[p[1]] for p in pairs]
+
+
