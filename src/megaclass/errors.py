@@ -50,3 +50,7 @@ class ModelFormatError(MegaclassError, ValueError):
 
 class ConfigError(MegaclassError, ValueError):
     """An invalid option: unknown head name, bad data spec, out-of-range parameter."""
+
+
+class EncryptionKeyError(MegaclassError, PermissionError):
+    """A missing, malformed or wrong encryption key for an encrypted gallery."""

@@ -84,20 +84,22 @@ class Recognizer:
         keeps one template per sample and scores a class by its best template. On
         the built-in glyphs, "mean" gave FNIR@FPIR=1 % of 0.66 vs 0.79 for "each"
         (2,000 enrolled classes, 5 samples each). Stored in the gallery on first use.
+    key : encryption key (32 bytes or a key-file path) when ``gallery`` is a path;
+        default ``$MEGACLASS_GALLERY_KEY`` / ``$MEGACLASS_GALLERY_KEY_FILE``.
     allow_model_mismatch : accept a gallery enrolled with a different model of
         the same dimension (its templates will not be comparable).
     """
 
     def __init__(self, encoder: Encoder | str | os.PathLike, gallery: Gallery | str | os.PathLike,
                  *, threshold: float | None = None, templates: str | None = None,
-                 allow_model_mismatch: bool = False) -> None:
+                 key=None, allow_model_mismatch: bool = False) -> None:
         self.encoder = encoder if isinstance(encoder, Encoder) else Encoder.load(encoder)
         self.encoder.eval()
         if isinstance(gallery, Gallery):
             self.gallery = gallery
         else:
             try:
-                self.gallery = Gallery.open(Path(gallery), dim=self.encoder.dim)
+                self.gallery = Gallery.open(Path(gallery), dim=self.encoder.dim, key=key)
             except DimensionMismatchError as exc:
                 raise DimensionMismatchError(
                     f"model makes {self.encoder.dim}-d embeddings, which gallery {gallery} "

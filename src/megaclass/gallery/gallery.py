@@ -23,6 +23,7 @@ from ..errors import (
     MegaclassError,
     NotAGalleryError,
 )
+from .crypto import resolve_key
 from .index import INDEX_TYPE, ClassIndex, as_rows, as_unit_vectors, unit_rows_of_items
 from .store import DB_NAME, RESERVED_KEYS, ClassChange, Store
 
@@ -77,6 +78,7 @@ class Gallery:
     def __init__(self, store: Store):
         """Use :meth:`Gallery.open`."""
         self._store: Store | None = store
+        self._erasures = 0
         self.path = store.path.parent
         self.dim = store.dim
         self._lock = threading.RLock()
@@ -88,8 +90,13 @@ class Gallery:
 
     # ------------------------------------------------------------------ open / close
     @classmethod
-    def open(cls, path, *, dim: int | None = None, create: bool = True) -> Gallery:
+    def open(cls, path, *, dim: int | None = None, create: bool = True, key=None) -> Gallery:
         """Open the gallery at ``path``, creating it (``dim`` required) if missing or empty.
+
+        ``key`` (32 bytes or a key-file path; default: ``$MEGACLASS_GALLERY_KEY`` or
+        ``$MEGACLASS_GALLERY_KEY_FILE``) encrypts templates and the index snapshot with
+        AES-256-GCM. Without a key, templates are stored in clear. An encrypted gallery
+        opened without its key, or with a wrong one, raises EncryptionKeyError.
 
         Raises ConfigError (new gallery without ``dim``, or ``create=False``),
         DimensionMismatchError (``dim`` differs from an existing gallery's), and
@@ -101,13 +108,14 @@ class Gallery:
         >>> g = Gallery.open("faces", create=False)   # doctest: +SKIP
         """
         path = Path(os.fspath(path))
+        key = resolve_key(key)
         if dim is not None and (type(dim) is not int or dim < 1):
             raise ConfigError(f"dim must be a positive int, got {dim!r}")
         if path.exists() and not path.is_dir():
             raise NotAGalleryError(f"{path}: not a megaclass gallery (not a directory)")
         db = path / DB_NAME
         if db.exists():
-            store = Store.open(db)
+            store = Store.open(db, key)
             if dim is not None and dim != store.dim:
                 store.close()
                 raise DimensionMismatchError(
@@ -121,7 +129,7 @@ class Gallery:
         if dim is None:
             raise ConfigError(f"creating a new gallery at {path} needs dim")
         path.mkdir(parents=True, exist_ok=True)
-        return cls(Store.create(path, dim))
+        return cls(Store.create(path, dim, key))
 
     def _load_state(self) -> None:
         """(Re)build the in-memory maps and the index: snapshot if current, else the store."""
@@ -131,7 +139,7 @@ class Gallery:
             seq = store.last_seq()
             labels = dict(store.class_rows())
             index = ClassIndex.load(self.path, gallery_uuid=store.uuid, seq=seq, dim=self.dim,
-                                    template_ids=tids)
+                                    template_ids=tids, cipher=store.cipher)
             self._snapshot_seq = seq if index is not None else None
             if index is None:
                 index = ClassIndex.build(self.dim, store.iter_templates())
@@ -154,7 +162,7 @@ class Gallery:
     def save(self) -> None:
         """Write the index snapshot (``index.faiss`` + ``index.json``) atomically."""
         with self._open() as store:
-            self._index.save(self.path, gallery_uuid=store.uuid, seq=self._seq)
+            self._index.save(self.path, gallery_uuid=store.uuid, seq=self._seq, cipher=store.cipher)
             self._snapshot_seq = self._seq
 
     def close(self) -> None:
@@ -276,7 +284,41 @@ class Gallery:
         with self._open() as store:
             change = store.erase(label)
             self._apply([change], np.empty((0, self.dim), np.float32))
+            self._erasures += 1
+            if self.auto_compact_after and self._erasures >= self.auto_compact_after:
+                self.compact()
             return len(change.removed)
+
+    # ------------------------------------------------------------------ maintenance
+    #: run :meth:`compact` automatically after this many erasures by one handle (0: never)
+    auto_compact_after = 64
+
+    def compact(self) -> None:
+        """Make erasures final on disk (VACUUM, truncated WAL, rewritten snapshot)."""
+        from .maintenance import compact
+
+        with self._lock:
+            compact(self)
+            self._erasures = 0
+
+    def check(self) -> dict:
+        """Integrity report ``{"ok", "problems", "classes", "templates", ...}``."""
+        from .maintenance import check
+
+        return check(self)
+
+    def export(self, out) -> Path:
+        """Export to a folder (manifest.json + .npy files, templates in clear; no pickle)."""
+        from .maintenance import export_gallery
+
+        return export_gallery(self, out)
+
+    @classmethod
+    def import_from(cls, export_dir, path, *, key=None) -> Gallery:
+        """Create a new gallery at ``path`` from :meth:`export` output."""
+        from .maintenance import import_gallery
+
+        return import_gallery(export_dir, path, key=key)
 
     # ------------------------------------------------------------------ reads
     def search(self, vectors, k: int = 5) -> list[list[Match]]:
@@ -362,7 +404,8 @@ class Gallery:
             return {"path": str(self.path), "classes": len(self._ids),
                     "templates": self._index.ntotal, "dim": self.dim,
                     "max_templates_per_class": self._index.max_per_class(),
-                    "index": INDEX_TYPE, "disk_bytes": store.disk_bytes(),
+                    "index": INDEX_TYPE, "encrypted": store.cipher is not None,
+                    "disk_bytes": store.disk_bytes(),
                     "last_seq": store.last_seq()}
 
     def __repr__(self) -> str:

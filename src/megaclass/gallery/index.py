@@ -20,7 +20,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ..errors import DimensionMismatchError, EmptyClassError, InvalidInputError
+from ..errors import DimensionMismatchError, EmptyClassError, InvalidInputError, MegaclassError
 
 INDEX_NAME = "index.faiss"
 INDEX_META = "index.json"
@@ -223,6 +223,10 @@ class ClassIndex:
         first = np.sort(first)[:k]
         return cids[first], scores[first].astype(np.float64)
 
+    def template_ids(self) -> np.ndarray:
+        """Ids of the templates the FAISS index holds (int64, index order)."""
+        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+
     # ------------------------------------------------------------------ build / snapshot
     @classmethod
     def build(cls, dim: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> ClassIndex:
@@ -232,25 +236,35 @@ class ClassIndex:
             self.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), tids)
         return self
 
-    def save(self, directory: Path, *, gallery_uuid: str, seq: int) -> None:
-        """Write ``index.faiss`` + ``index.json`` atomically (tmp file + ``os.replace``)."""
+    def save(self, directory: Path, *, gallery_uuid: str, seq: int, cipher=None) -> None:
+        """Write ``index.faiss`` + ``index.json`` atomically (tmp file + ``os.replace``).
+
+        With a ``cipher`` (encrypted gallery) the FAISS bytes are sealed with AES-256-GCM,
+        bound to the gallery uuid and op seq.
+        """
         data_path, meta_path = directory / INDEX_NAME, directory / INDEX_META
         tmp_data, tmp_meta = data_path.with_suffix(".faiss.tmp"), meta_path.with_suffix(".tmp")
         h = hashlib.sha256()
         with open(tmp_data, "wb") as f:
+            if cipher is not None:
+                blob = cipher.encrypt(faiss.serialize_index(self.index).tobytes(),
+                                      _snapshot_aad(gallery_uuid, seq))
+                f.write(blob)
+                h.update(blob)
+            else:
 
-            def _write(block: bytes) -> None:
-                f.write(block)
-                h.update(block)
+                def _write(block: bytes) -> None:
+                    f.write(block)
+                    h.update(block)
 
-            writer = faiss.PyCallbackIOWriter(_write)
-            faiss.write_index(self.index, writer)
-            del writer  # flushes its buffer through _write
+                writer = faiss.PyCallbackIOWriter(_write)
+                faiss.write_index(self.index, writer)
+                del writer  # flushes its buffer through _write
             f.flush()
             os.fsync(f.fileno())
         meta = {"version": _SNAPSHOT_VERSION, "uuid": gallery_uuid, "seq": int(seq),
                 "dim": self.dim, "ntotal": self.ntotal, "type": INDEX_TYPE,
-                "sha256": h.hexdigest()}
+                "encrypted": cipher is not None, "sha256": h.hexdigest()}
         with open(tmp_meta, "w", encoding="utf-8") as f:
             json.dump(meta, f)
             f.flush()
@@ -261,19 +275,24 @@ class ClassIndex:
 
     @classmethod
     def load(cls, directory: Path, *, gallery_uuid: str, seq: int, dim: int,
-             template_ids: np.ndarray) -> ClassIndex | None:
+             template_ids: np.ndarray, cipher=None) -> ClassIndex | None:
         """The snapshot if it is current and intact, else ``None`` (caller rebuilds)."""
         data_path, meta_path = directory / INDEX_NAME, directory / INDEX_META
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             if not (isinstance(meta, dict) and meta.get("version") == _SNAPSHOT_VERSION
                     and meta.get("uuid") == gallery_uuid and meta.get("seq") == seq
-                    and meta.get("dim") == dim and meta.get("ntotal") == len(template_ids)):
+                    and meta.get("dim") == dim and meta.get("ntotal") == len(template_ids)
+                    and bool(meta.get("encrypted", False)) == (cipher is not None)):
                 return None
             if _sha256(data_path) != meta.get("sha256"):
                 return None
-            index = faiss.read_index(str(data_path))
-        except (OSError, ValueError, RuntimeError):
+            if cipher is not None:
+                plain = cipher.decrypt(data_path.read_bytes(), _snapshot_aad(gallery_uuid, seq))
+                index = faiss.deserialize_index(np.frombuffer(plain, dtype=np.uint8))
+            else:
+                index = faiss.read_index(str(data_path))
+        except (OSError, ValueError, RuntimeError, MegaclassError):
             return None
         if not (isinstance(index, faiss.IndexIDMap2) and index.d == dim
                 and isinstance(faiss.downcast_index(index.index), faiss.IndexFlatIP)):
@@ -282,3 +301,7 @@ class ClassIndex:
         if not np.array_equal(ids, np.sort(template_ids)):
             return None
         return cls(dim, index)
+
+
+def _snapshot_aad(gallery_uuid: str, seq: int) -> bytes:
+    return f"megaclass-index:{gallery_uuid}:{int(seq)}".encode()

@@ -27,11 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DuplicateLabelError, MegaclassError, NotAGalleryError, UnknownLabelError
+from ..errors import (
+    DuplicateLabelError,
+    EncryptionKeyError,
+    MegaclassError,
+    NotAGalleryError,
+    UnknownLabelError,
+)
+from .crypto import ALGORITHM, KEY_ENV, TemplateCipher
 
 FORMAT_VERSION = 1
 DB_NAME = "gallery.db"
-RESERVED_KEYS = frozenset({"format_version", "dim", "uuid", "created_at"})
+RESERVED_KEYS = frozenset({"format_version", "dim", "uuid", "created_at", "encryption"})
 _VEC_DTYPE = np.dtype("<f4")
 
 _SCHEMA = """
@@ -79,17 +86,21 @@ _NO_IDS = np.empty(0, dtype=np.int64)
 class Store:
     """One open ``gallery.db``. Not thread-safe by itself: the Gallery holds a lock."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path):
+    def __init__(self, conn: sqlite3.Connection, path: Path, cipher: TemplateCipher | None = None):
         self._conn = conn
         self.path = path
+        self.cipher = cipher
         self.dim: int = int(self.get_meta("dim"))
         self.uuid: str = str(self.get_meta("uuid"))
         self.seq_before = self.seq_after = 0  # op seqs around the last write transaction
 
     # ------------------------------------------------------------------ open / create
     @classmethod
-    def create(cls, directory: Path, dim: int) -> Store:
-        """Create ``directory/gallery.db`` atomically (built under a tmp name, then renamed)."""
+    def create(cls, directory: Path, dim: int, key: bytes | None = None) -> Store:
+        """Create ``directory/gallery.db`` atomically (built under a tmp name, then renamed).
+
+        With ``key``, templates are encrypted (AES-256-GCM) from the first write on.
+        """
         final = directory / DB_NAME
         tmp = directory / (DB_NAME + ".tmp")
         tmp.unlink(missing_ok=True)
@@ -99,17 +110,24 @@ class Store:
             now = _now()
             rows = {"format_version": FORMAT_VERSION, "dim": int(dim),
                     "uuid": uuid.uuid4().hex, "created_at": now}
+            if key is not None:
+                rows["encryption"] = {"algorithm": ALGORITHM,
+                                      "key_check": TemplateCipher(key).key_check(rows["uuid"])}
             conn.executemany("INSERT INTO meta VALUES (?, ?)",
                              [(k, json.dumps(v)) for k, v in rows.items()])
             conn.execute("COMMIT")
         finally:
             conn.close()
         tmp.replace(final)
-        return cls.open(final)
+        return cls.open(final, key)
 
     @classmethod
-    def open(cls, db_path: Path) -> Store:
-        """Open an existing ``gallery.db``; NotAGalleryError if it is not one."""
+    def open(cls, db_path: Path, key: bytes | None = None) -> Store:
+        """Open an existing ``gallery.db``; NotAGalleryError if it is not one.
+
+        EncryptionKeyError if the gallery is encrypted and ``key`` is missing or wrong, or
+        if a key is given for a gallery that stores templates in clear.
+        """
         try:
             conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=rw", uri=True,
                                    isolation_level=None, check_same_thread=False)
@@ -130,10 +148,12 @@ class Store:
             dim = meta["dim"]
             if type(dim) is not int or dim < 1:
                 raise NotAGalleryError(f"{db_path}: damaged gallery meta (dim={dim!r})")
+            cipher = _cipher_for(meta, key, db_path)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-            return cls(conn, db_path)
+            conn.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed, not left behind
+            return cls(conn, db_path, cipher)
         except MegaclassError:
             conn.close()
             raise
@@ -206,8 +226,8 @@ class Store:
         if cid is None:
             raise UnknownLabelError(f"unknown label {label!r}")
         rows = self._conn.execute(
-            "SELECT vector FROM templates WHERE class_id = ? ORDER BY id", (cid,)).fetchall()
-        return self._decode([r[0] for r in rows])
+            "SELECT id, vector FROM templates WHERE class_id = ? ORDER BY id", (cid,)).fetchall()
+        return self._decode([r[0] for r in rows], [r[1] for r in rows])
 
     def template_classes(self, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
         """All (template ids, class ids) as int64 arrays, read in chunks."""
@@ -225,9 +245,12 @@ class Store:
         cur = self._conn.execute("SELECT id, vector FROM templates ORDER BY id")
         while rows := cur.fetchmany(chunk):
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            yield ids, self._decode([r[1] for r in rows])
+            yield ids, self._decode(ids.tolist(), [r[1] for r in rows])
 
-    def _decode(self, blobs: list[bytes]) -> np.ndarray:
+    def _decode(self, ids: list[int], blobs: list[bytes]) -> np.ndarray:
+        if self.cipher is not None:
+            blobs = [self.cipher.decrypt(b, self.cipher.row_aad(self.uuid, i))
+                     for i, b in zip(ids, blobs, strict=True)]
         nbytes = self.dim * _VEC_DTYPE.itemsize
         if any(len(b) != nbytes for b in blobs):
             raise NotAGalleryError(f"{self.path}: damaged template vector (wrong byte length)")
@@ -254,10 +277,13 @@ class Store:
             part = keys[i: i + 500]
             yield from c.execute(sql.format(", ".join("?" * len(part))), part)
 
-    @staticmethod
-    def _template_rows(ids: np.ndarray, cids: np.ndarray, vecs: np.ndarray) -> Iterator[tuple]:
+    def _template_rows(self, ids: np.ndarray, cids: np.ndarray, vecs: np.ndarray) -> Iterator[tuple]:
         data = np.ascontiguousarray(vecs, dtype=_VEC_DTYPE)
-        return zip(ids.tolist(), cids.tolist(), (r.tobytes() for r in data), strict=True)
+        blobs = (r.tobytes() for r in data)
+        if self.cipher is not None:
+            c, u = self.cipher, self.uuid
+            blobs = (c.encrypt(b, c.row_aad(u, i)) for i, b in zip(ids.tolist(), blobs, strict=True))
+        return zip(ids.tolist(), cids.tolist(), blobs, strict=True)
 
     def enroll(self, items: list[tuple[str, np.ndarray, dict]], replace: bool) -> list[ClassChange]:
         """Insert (or with ``replace`` swap) classes; DuplicateLabelError rolls back all.
@@ -327,10 +353,66 @@ class Store:
             removed = self._template_ids(c, cid)
             c.execute("DELETE FROM templates WHERE class_id = ?", (cid,))
             c.execute("DELETE FROM classes WHERE id = ?", (cid,))
-            c.execute("INSERT INTO ops (op, label, ts) VALUES ('erase', ?, ?)", (label, _now()))
+            # erase for good: the op log keeps that *something* was erased, not whom
+            tag = self.erased_tag(label)
+            c.execute("UPDATE ops SET label = ? WHERE label = ?", (tag, label))
+            c.execute("INSERT INTO ops (op, label, ts) VALUES ('erase', ?, ?)", (tag, _now()))
         return ClassChange(cid, label, _NO_IDS, removed)
+
+    def erased_tag(self, label: str) -> str:
+        """What the op log keeps of an erased label: a salted hash, not the label."""
+        import hashlib
+
+        return "erased:" + hashlib.sha256(f"{self.uuid}:{label}".encode()).hexdigest()[:16]
+
+    # ------------------------------------------------------------------ maintenance
+    def compact(self) -> None:
+        """Checkpoint the WAL, ``VACUUM`` and truncate the WAL: freed pages leave the files."""
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._conn.execute("VACUUM")
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's own integrity check plus referential checks of the gallery tables."""
+        c = self._conn
+        problems = [r[0] for r in c.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        orphans = c.execute("SELECT COUNT(*) FROM templates WHERE class_id NOT IN "
+                            "(SELECT id FROM classes)").fetchone()[0]
+        if orphans:
+            problems.append(f"{orphans} templates belong to no class")
+        empty = c.execute("SELECT COUNT(*) FROM classes WHERE id NOT IN "
+                          "(SELECT class_id FROM templates)").fetchone()[0]
+        if empty:
+            problems.append(f"{empty} classes have no template")
+        return problems
+
+    def settings(self) -> dict:
+        """Non-reserved meta entries (thresholds, model fingerprint, ...)."""
+        rows = self._conn.execute("SELECT key, value FROM meta").fetchall()
+        return {k: json.loads(v) for k, v in rows if k not in RESERVED_KEYS}
+
+    def class_records(self) -> list[tuple[int, str, dict]]:
+        rows = self._conn.execute("SELECT id, label, meta FROM classes ORDER BY id").fetchall()
+        return [(int(i), label, json.loads(m)) for i, label, m in rows]
 
     @staticmethod
     def _template_ids(c: sqlite3.Connection, cid: int) -> np.ndarray:
         rows = c.execute("SELECT id FROM templates WHERE class_id = ?", (cid,)).fetchall()
         return np.asarray([r[0] for r in rows], dtype=np.int64)
+
+
+def _cipher_for(meta: dict, key: bytes | None, db_path: Path) -> TemplateCipher | None:
+    """The cipher an open needs, after checking the key against the gallery's key check."""
+    enc = meta.get("encryption")
+    if enc is None:
+        if key is not None:
+            raise EncryptionKeyError(
+                f"{db_path}: this gallery stores templates in clear, but a key was given "
+                f"(unset ${KEY_ENV}, or export it and import into a new encrypted gallery)")
+        return None
+    if key is None:
+        raise EncryptionKeyError(
+            f"{db_path}: the gallery is encrypted; configure its key (key file, or ${KEY_ENV})")
+    cipher = TemplateCipher(key)
+    cipher.verify_key_check(enc.get("key_check", ""), str(meta["uuid"]), str(db_path))
+    return cipher

@@ -1,0 +1,102 @@
+"""CLI commands of the gallery area: ``megaclass gallery check|compact|export|import|keygen``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..cli_common import GalleryOpt, JsonOpt, _emit, console
+from ..errors import InvalidInputError
+
+gallery_app = typer.Typer(help="Gallery maintenance: integrity check, compaction, export/import, keys.",
+                          no_args_is_help=True)
+KeyOpt = Annotated[Path | None, typer.Option(
+    "--key-file", help="Encryption key file (default: $MEGACLASS_GALLERY_KEY or $MEGACLASS_GALLERY_KEY_FILE).")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``gallery`` command group to the ``megaclass`` app."""
+    app.add_typer(gallery_app, name="gallery")
+
+
+def _open(gallery: Path, key_file: Path | None):
+    from .gallery import Gallery
+    from .store import DB_NAME
+
+    if not (gallery / DB_NAME).exists():
+        raise InvalidInputError(f"{gallery} is not a gallery")
+    return Gallery.open(gallery, create=False, key=key_file)
+
+
+@gallery_app.command()
+def check(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """Verify the store, every template and the index; exit 1 if anything is wrong."""
+    with _open(gallery, key_file) as g:
+        report = g.check()
+    table = Table(title=f"gallery check: {'[green]ok[/green]' if report['ok'] else '[red]PROBLEMS[/red]'}")
+    table.add_column("field")
+    table.add_column("value")
+    for k, v in report.items():
+        table.add_row(k, "; ".join(v) if isinstance(v, list) else str(v))
+    _emit(report, as_json, table)
+    raise typer.Exit(0 if report["ok"] else 1)
+
+
+@gallery_app.command()
+def compact(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """Make erasures final on disk: VACUUM, truncate the WAL, rewrite the index snapshot."""
+    with _open(gallery, key_file) as g:
+        before = g.stats()["disk_bytes"]
+        g.compact()
+        after = g.stats()["disk_bytes"]
+    result = {"disk_bytes_before": before, "disk_bytes_after": after}
+    if as_json:
+        _emit(result, True)
+    else:
+        console.print(f"compacted {gallery}: {before:,} -> {after:,} bytes")
+
+
+@gallery_app.command("export")
+def export_cmd(gallery: GalleryOpt, out: Annotated[Path, typer.Argument(help="New, empty export folder.")],
+               key_file: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """Export to manifest.json + .npy files (no pickle). Templates are written IN CLEAR."""
+    with _open(gallery, key_file) as g:
+        n = len(g)
+        g.export(out)
+    if as_json:
+        _emit({"export": str(out), "classes": n}, True)
+    else:
+        console.print(f"exported {n:,} classes to {out} [yellow](templates in clear: protect it)[/yellow]")
+
+
+@gallery_app.command("import")
+def import_cmd(source: Annotated[Path, typer.Argument(help="A folder written by `megaclass gallery export`.")],
+               gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """Create a new gallery from an export (encrypted if a key is configured)."""
+    from .gallery import Gallery
+
+    with Gallery.import_from(source, gallery, key=key_file) as g:
+        n, enc = len(g), g.stats()["encrypted"]
+    if as_json:
+        _emit({"gallery": str(gallery), "classes": n, "encrypted": enc}, True)
+    else:
+        console.print(f"imported {n:,} classes into {gallery} ({'encrypted' if enc else 'in clear'})")
+
+
+@gallery_app.command()
+def keygen(out: Annotated[Path, typer.Argument(help="Where to write the new key file (must not exist).")]) -> None:
+    """Write a new random 256-bit gallery key (hex) readable only by you."""
+    import os
+
+    from .crypto import generate_key
+
+    if out.exists():
+        raise InvalidInputError(f"{out} exists: refusing to overwrite a key")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_key().hex() + "\n")
+    console.print(f"wrote {out}; set MEGACLASS_GALLERY_KEY_FILE={out} or pass --key-file")

@@ -1,0 +1,139 @@
+"""Gallery operations beyond enroll/search: compaction, integrity check, export/import.
+
+- :func:`compact` makes erasure final on disk: SQLite ``VACUUM`` plus a truncated WAL
+  (with ``secure_delete`` on, deleted rows are zeroed as well) and a rewritten index
+  snapshot, so an erased class's vector bytes no longer appear in any gallery file.
+- :func:`check` verifies that the store is intact, every template decodes (and
+  decrypts) to a unit vector, and the index holds exactly the store's templates.
+- :func:`export_gallery` / :func:`import_gallery` move a gallery as ``manifest.json`` +
+  ``templates.npy`` + ``template_class.npy`` (``allow_pickle=False``): portable, no
+  pickle. An export holds templates **in clear**, whatever the source's encryption.
+
+Example
+-------
+>>> from megaclass.gallery import Gallery                         # doctest: +SKIP
+>>> g = Gallery.open("faces"); g.erase("alice"); g.compact()    # doctest: +SKIP
+>>> g.check()["ok"]                                              # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import ConfigError, InvalidInputError
+from .index import INDEX_META
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .gallery import Gallery
+
+EXPORT_FORMAT = "megaclass-gallery-export"
+EXPORT_VERSION = 1
+
+
+def compact(gallery: Gallery) -> None:
+    """Rewrite the store and the index snapshot so freed (erased) bytes leave the disk."""
+    with gallery._open() as store:
+        store.compact()
+        for stale in gallery.path.glob("*.tmp"):
+            stale.unlink(missing_ok=True)
+    gallery.save()
+
+
+def check(gallery: Gallery) -> dict:
+    """Integrity report: ``{"ok": bool, "problems": [...], ...}`` (nothing is modified)."""
+    problems: list[str] = []
+    with gallery._open() as store:
+        problems += store.integrity_problems()
+        n_templates, bad_norm = 0, 0
+        ids_seen = []
+        try:
+            for tids, vecs in store.iter_templates():
+                n_templates += len(tids)
+                ids_seen.append(tids)
+                bad_norm += int(np.sum(np.abs(np.linalg.norm(vecs, axis=1) - 1) > 1e-3))
+        except Exception as exc:  # damaged or undecryptable rows
+            problems.append(f"templates cannot be read: {exc}")
+        if bad_norm:
+            problems.append(f"{bad_norm} templates are not unit vectors")
+        store_ids = np.sort(np.concatenate(ids_seen)) if ids_seen else np.empty(0, np.int64)
+        index_ids = np.sort(gallery._index.template_ids())
+        if not np.array_equal(store_ids, index_ids):
+            problems.append(f"index holds {len(index_ids)} templates, store {len(store_ids)} "
+                            "(or different ids)")
+        snapshot = "missing"
+        meta_path = gallery.path / INDEX_META
+        if meta_path.exists():
+            try:
+                seq = json.loads(meta_path.read_text()).get("seq")
+                snapshot = "current" if seq == store.last_seq() else "stale (rebuilt on open)"
+            except (OSError, ValueError):
+                snapshot = "damaged (rebuilt on open)"
+        classes = len(store.class_rows())
+        encrypted = store.cipher is not None
+    return {"ok": not problems, "problems": problems, "classes": classes,
+            "templates": n_templates, "encrypted": encrypted, "snapshot": snapshot}
+
+
+def export_gallery(gallery: Gallery, out: str | os.PathLike) -> Path:
+    """Write ``manifest.json``, ``templates.npy``, ``template_class.npy`` into ``out``."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"export folder {out} is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    with gallery._open() as store:
+        records = store.class_records()
+        position = {cid: k for k, (cid, _, _) in enumerate(records)}
+        tids, cids = store.template_classes()
+        vectors = np.empty((len(tids), gallery.dim), np.float32)
+        at = 0
+        for ids, vecs in store.iter_templates():
+            vectors[at: at + len(ids)] = vecs
+            at += len(ids)
+        settings = store.settings()
+    owner = np.asarray([position[c] for c in cids.tolist()], dtype=np.int64)
+    np.save(out / "templates.npy", vectors, allow_pickle=False)
+    np.save(out / "template_class.npy", owner, allow_pickle=False)
+    manifest = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "dim": gallery.dim,
+                "classes": [{"label": label, "meta": meta} for _, label, meta in records],
+                "templates": len(vectors), "settings": settings}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return out
+
+
+def import_gallery(src: str | os.PathLike, path: str | os.PathLike, *, key=None) -> Gallery:
+    """Create a new gallery at ``path`` from an export (one transaction: all or nothing)."""
+    from .gallery import Gallery
+
+    src = Path(src)
+    try:
+        manifest = json.loads((src / "manifest.json").read_text())
+        vectors = np.load(src / "templates.npy", allow_pickle=False)
+        owner = np.load(src / "template_class.npy", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{src} is not a readable gallery export: {exc}") from exc
+    if manifest.get("format") != EXPORT_FORMAT or manifest.get("version") != EXPORT_VERSION:
+        raise InvalidInputError(f"{src}: not a megaclass gallery export (version 1)")
+    classes = manifest["classes"]
+    if len(owner) != len(vectors) or (len(owner) and (owner.min() < 0 or owner.max() >= len(classes))):
+        raise InvalidInputError(f"{src}: templates and classes do not match")
+    order = np.argsort(owner, kind="stable")
+    bounds = np.searchsorted(owner[order], np.arange(len(classes) + 1))
+    items = [(c["label"], vectors[order[bounds[k]: bounds[k + 1]]], c.get("meta") or None)
+             for k, c in enumerate(classes)]
+    gallery = Gallery.open(path, dim=int(manifest["dim"]), key=key)
+    try:
+        if len(gallery):
+            raise ConfigError(f"{path} already holds a gallery with classes: import needs a new one")
+        gallery.enroll_many(items)
+        for k, v in manifest.get("settings", {}).items():
+            gallery.set_setting(k, v)
+    except BaseException:
+        gallery.close()
+        raise
+    return gallery
