@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from ..cli_common import GalleryOpt, JsonOpt, ModelOpt, SeedOpt, _emit, _labelled, _recognizer
+from ..errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -15,37 +17,86 @@ def register(app: typer.Typer) -> None:
     app.command()(evaluate)
 
 
+def _sizes(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(x.replace("_", "").lower().replace("k", "000").replace("m", "000000"))
+                for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"bad --gallery-sizes {text!r}: use e.g. 1000,10k,100k,1m") from None
+
+
+def _pct(v) -> str:
+    return "undefined" if v is None else f"{v:.2%}"
+
+
 def evaluate(model: ModelOpt, gallery: GalleryOpt,
-             mated: Annotated[str, typer.Option(help="Samples of ENROLLED classes (labels must match): glyphs:START-END or a folder.")],
-             non_mated: Annotated[str | None, typer.Option(help="Samples of classes NOT enrolled.")] = None,
-             target_fpir: Annotated[list[float], typer.Option(help="FPIR(s) to report FNIR at.")] = [0.01],
+             queries: Annotated[str, typer.Option("--queries", "--mated", "-q", help="Samples of ENROLLED classes (labels must match): glyphs:START-END or a folder root/<class>/<img>.")],
+             non_mated: Annotated[str | None, typer.Option(help="Samples of classes NOT enrolled (for FPIR, FNIR@FPIR).")] = None,
+             report: Annotated[Path | None, typer.Option(help="Write report.html + metrics.json to this folder.")] = None,
+             target_fpir: Annotated[list[float], typer.Option(help="FPIR(s) to report FNIR at; the first also sets the gallery-size curve's.")] = [0.01, 0.1, 0.003, 0.001],
+             gallery_sizes: Annotated[str | None, typer.Option(help="Gallery-size curve: total classes, e.g. 1k,10k,100k,1m (distractors added to a scratch copy).")] = None,
+             distractors: Annotated[int, typer.Option(help="First glyph class id of the distractor classes.")] = 10_000_000,
+             distractor_samples: Annotated[int, typer.Option(help="Samples enrolled per distractor class.")] = 3,
              per_class: Annotated[int, typer.Option(help="With glyphs: queries per class.")] = 1,
              seed: SeedOpt = 4, as_json: JsonOpt = False) -> None:
-    """Closed-set top-1/top-5 on mated searches; FNIR at FPIR with non-mated searches."""
-    from .evaluate import fnir_at_fpir, top_k_accuracy
+    """Closed-set, open-set 1:N, verification 1:1 metrics; optional HTML report and gallery-size curve."""
+    from .pipeline import evaluate_recognizer
 
+    sizes = _sizes(gallery_sizes)
     rec = _recognizer(model, gallery)
     with rec:
-        images, truth = _labelled(mated, rec.encoder.input_size, per_class, seed)
-        decisions = rec.identify(images, k=5)
-        result: dict = {"mated_searches": len(truth), **top_k_accuracy(
-            [[m.label for m in d.candidates] for d in decisions], truth, ks=(1, 5))}
+        images, truth = _labelled(queries, rec.encoder.input_size, per_class, seed)
+        nm_images = None
         if non_mated:
             nm_images, _ = _labelled(non_mated, rec.encoder.input_size, per_class, seed)
-            nm_scores = [d.score for d in rec.identify(nm_images, k=1)]
-            scores = [d.score for d in decisions]
-            correct = [bool(d.candidates) and d.candidates[0].label == t
-                       for d, t in zip(decisions, truth, strict=True)]
-            result["non_mated_searches"] = len(nm_scores)
-            result["open_set"] = [fnir_at_fpir(scores, correct, nm_scores, f) for f in target_fpir]
+        q_vec = rec.embed(images)
+        nm_vec = rec.embed(nm_images) if nm_images is not None else None
+        ev = evaluate_recognizer(rec, q_vec, truth, nm_vec, fpirs=tuple(target_fpir), seed=seed)
+        scaling = None
+        if sizes:
+            from .scaling import gallery_size_curve, glyph_distractors
+
+            scaling = gallery_size_curve(rec, q_vec, truth, nm_vec,
+                                         glyph_distractors(distractors, distractor_samples,
+                                                           size=rec.encoder.input_size),
+                                         sizes=sizes, target_fpir=target_fpir[0])
+        m = ev.metrics
+        # flat keys first (the shape of earlier versions), then every metric by family
+        result = {"mated_searches": m["closed_set"]["queries"],
+                  "non_mated_searches": m["open_set"]["non_mated_searches"],
+                  "top1": m["closed_set"]["top_k"]["top1"], "top5": m["closed_set"]["top_k"]["top5"],
+                  "open_set": m["open_set"]["fnir_at_fpir"], "gallery": m["gallery"],
+                  "closed_set": m["closed_set"], "identification": m["open_set"],
+                  "verification": m["verification"]}
+        if scaling:
+            result["gallery_size"] = scaling
+        if report is not None:
+            from .report import write_report
+
+            path = write_report(report, ev, images=images, labels=truth, scaling=scaling,
+                                context={"model": str(model), "gallery": str(gallery),
+                                         "queries": queries, "non-mated": non_mated or "none"})
+            result["report"] = str(path)
+    cs, os_, vf = result["closed_set"], result["identification"], result["verification"]
     table = Table(title="evaluation")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("mated searches", f"{result['mated_searches']:,}")
-    table.add_row("top-1", f"{result['top1']:.2%}")
-    table.add_row("top-5", f"{result['top5']:.2%}")
-    for r in result.get("open_set", []):
-        table.add_row(f"FNIR @ FPIR {r['target_fpir']:g} (T={r['threshold']:.3f})", f"{r['fnir']:.2%}")
+    table.add_row("mated searches", f"{cs['queries']:,}")
+    table.add_row("non-mated searches", f"{os_['non_mated_searches']:,}")
+    for k, v in cs["top_k"].items():
+        table.add_row(k.replace("top", "top-"), _pct(v))
+    table.add_row("macro F1", _pct(cs["macro"]["f1"]))
+    for r in os_["fnir_at_fpir"]:
+        note = f" (T={r['threshold']:.3f})" if r["threshold"] is not None else f" ({r['reason']})"
+        table.add_row(f"FNIR @ FPIR {r['target_fpir']:g}{note}", _pct(r["fnir"]))
+    for r in vf["tar_at_far"]:
+        table.add_row(f"TAR @ FAR {r['far']:g}" + (f" ({r['reason']})" if r["reason"] else ""),
+                      _pct(r["tar"]))
+    table.add_row("EER", _pct(vf["eer"]))
+    for p in (scaling or {}).get("points", []):
+        table.add_row(f"gallery {p['gallery_size']:,}: top-1 / FNIR", f"{_pct(p['top1'])} / {_pct(p['fnir'])}")
+    if report is not None:
+        table.add_row("report", result["report"])
     _emit(result, as_json, table)
-
-

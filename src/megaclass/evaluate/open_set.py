@@ -46,11 +46,12 @@ class Calibration:
 
 
 def _scores(x, name: str) -> np.ndarray:
+    """Scores as float64; ``-inf`` marks a search with no candidate (it never passes a threshold)."""
     a = np.asarray(x, dtype=np.float64).reshape(-1)
     if a.size == 0:
         raise InvalidInputError(f"{name}: at least one score is needed")
-    if not np.all(np.isfinite(a)):
-        raise InvalidInputError(f"{name} contain NaN or inf")
+    if np.isnan(a).any() or np.isposinf(a).any():
+        raise InvalidInputError(f"{name} contain NaN or +inf ({int(np.isnan(a).sum())} NaN)")
     return a
 
 
@@ -87,8 +88,8 @@ def calibrate_threshold(non_mated_scores, target_fpir: float) -> Calibration:
     s = np.sort(_scores(non_mated_scores, "non-mated scores"))[::-1]
     n = s.size
     allowed = int(math.floor(target_fpir * n + 1e-9))
-    if allowed >= n:
-        threshold = float(s[-1])
+    if allowed >= n or not np.isfinite(s[allowed]):
+        threshold = float(s[-1]) if np.isfinite(s[-1]) else float(s[np.isfinite(s)].min(initial=-1.0))
     else:
         # strictly above the (allowed+1)-th highest score: exactly `allowed` (or fewer, on ties) pass
         threshold = float(np.nextafter(s[allowed], np.inf))
@@ -111,9 +112,79 @@ def det_curve(mated_scores, mated_correct, non_mated_scores) -> dict[str, np.nda
     """FPIR and FNIR at every distinct threshold (for DET plots)."""
     m = _scores(mated_scores, "mated scores")
     ok = np.asarray(mated_correct, dtype=bool).reshape(-1)
+    if ok.shape != m.shape:
+        raise InvalidInputError("mated_correct must have one flag per mated score")
     nm = np.sort(_scores(non_mated_scores, "non-mated scores"))
     thresholds = np.unique(np.concatenate([m, nm]))
+    thresholds = thresholds[np.isfinite(thresholds)]
     fp = 1.0 - np.searchsorted(nm, thresholds, side="left") / nm.size
     hits = np.sort(m[ok])
     fn = 1.0 - (hits.size - np.searchsorted(hits, thresholds, side="left")) / m.size
     return {"threshold": thresholds, "fpir": fp, "fnir": fn}
+
+
+def fnir_at_fpirs(mated_scores, mated_correct, non_mated_scores,
+                  targets=(0.1, 0.01, 0.003, 0.001)) -> list[dict]:
+    """FNIR at each target FPIR, or None with a reason when it cannot be measured.
+
+    A target FPIR below ``1 / n_non_mated`` cannot be told apart from 0 with this many
+    non-mated searches: its FNIR is reported as None (``reason`` says how many searches
+    it needs) rather than a number that only looks precise. With no non-mated searches
+    at all every entry is None ("FPIR undefined").
+
+    Examples
+    --------
+    >>> r = fnir_at_fpirs([0.9, 0.4], [True, True], [0.1, 0.5], targets=(0.5, 0.01))
+    >>> r[0]["fnir"], r[1]["fnir"], r[1]["reason"]
+    (0.0, None, 'needs >= 100 non-mated searches, got 2')
+    """
+    m = _scores(mated_scores, "mated scores")
+    ok = np.asarray(mated_correct, dtype=bool).reshape(-1)
+    if ok.shape != m.shape:
+        raise InvalidInputError("mated_correct must have one flag per mated score")
+    nm = np.asarray(non_mated_scores, dtype=np.float64).reshape(-1)
+    out = []
+    for t in targets:
+        if not 0.0 < t < 1.0:
+            raise InvalidInputError(f"target FPIR must lie in (0, 1), got {t}")
+        need = int(math.ceil(1.0 / t - 1e-9))
+        if nm.size == 0:
+            out.append({"target_fpir": t, "fnir": None, "threshold": None, "fpir": None,
+                        "reason": "FPIR undefined: no non-mated searches"})
+        elif nm.size < need:
+            out.append({"target_fpir": t, "fnir": None, "threshold": None, "fpir": None,
+                        "reason": f"needs >= {need:,} non-mated searches, got {nm.size:,}"})
+        else:
+            cal = calibrate_threshold(nm, t)
+            out.append({"target_fpir": t, "threshold": cal.threshold, "fpir": cal.achieved_fpir,
+                        "fpir_ci95": list(cal.fpir_ci95),
+                        "fnir": fnir(m, ok, cal.threshold), "reason": None})
+    return out
+
+
+def cmc_curve(ranks, max_rank: int = 10) -> np.ndarray:
+    """Cumulative match characteristic: share of mated searches with their class at rank <= k.
+
+    ``ranks`` are 1-based true ranks, 0 where the class was not among the candidates
+    (see :func:`~megaclass.evaluate.true_ranks`). Returns an array of ``max_rank`` rates
+    for k = 1..max_rank.
+
+    Examples
+    --------
+    >>> cmc_curve([1, 2, 0, 1], max_rank=3).tolist()
+    [0.5, 0.75, 0.75]
+    """
+    r = np.asarray(ranks, dtype=np.int64).reshape(-1)
+    if r.size == 0:
+        raise InvalidInputError("CMC needs at least one mated search")
+    if (r < 0).any():
+        raise InvalidInputError("ranks must be >= 0 (0 = not found)")
+    if max_rank < 1:
+        raise InvalidInputError(f"max_rank must be >= 1, got {max_rank}")
+    counts = np.bincount(np.minimum(r, max_rank + 1), minlength=max_rank + 2)
+    return np.cumsum(counts[1:max_rank + 1]) / r.size
+
+
+def rank1_miss_rate(ranks) -> float:
+    """Share of mated searches whose class is not at rank 1 (FNIR at threshold -inf)."""
+    return float(1.0 - cmc_curve(ranks, 1)[0])

@@ -17,7 +17,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import ConfigError, InvalidInputError, ModelFormatError
+from ..errors import ConfigError, InvalidInputError, MegaclassError, ModelFormatError
+from .losses import classification_loss
+
+
+class TaxonomyError(InvalidInputError):
+    """A taxonomy (class -> group) file that is unreadable, names unknown classes or misses some."""
+
+
+class InsufficientMemoryError(MegaclassError, MemoryError):
+    """A head whose state (class centres + optimizer state) would not fit in available RAM."""
 
 
 class Head(nn.Module):
@@ -28,6 +37,11 @@ class Head(nn.Module):
     """
 
     name: ClassVar[str] = "head"
+    #: True for heads that update their own (row-sparse) state in :meth:`sparse_step`
+    #: instead of exposing it as ``nn.Parameter`` to the trainer's optimizer.
+    sparse: ClassVar[bool] = False
+    #: True for heads whose loss is a cross-entropy over logits (focal / class weights apply).
+    softmax_type: ClassVar[bool] = False
 
     def __init__(self, num_classes: int, dim: int) -> None:
         super().__init__()
@@ -37,6 +51,57 @@ class Head(nn.Module):
             raise ConfigError(f"embedding dim must be >= 1, got {dim}")
         self.num_classes = int(num_classes)
         self.dim = int(dim)
+        self.focal_gamma = 0.0
+        self.class_weight: torch.Tensor | None = None
+
+    # -- loss options (training-time only, not saved) ---------------------------------
+    def set_loss(self, *, focal_gamma: float = 0.0, class_weight: torch.Tensor | None = None) -> Head:
+        """Use focal loss (``focal_gamma > 0``) and/or per-class weights in the cross-entropy.
+
+        Only softmax-type heads accept these (``softmax``, ``normface``, ``cosface``,
+        ``arcface``, ``partial_fc``, ``hierarchical``). ``class_weight`` has one entry per
+        class, e.g. :func:`megaclass.data.samplers.class_weights` (Cui et al. 2019).
+        """
+        if focal_gamma < 0:
+            raise ConfigError(f"focal_gamma must be >= 0, got {focal_gamma}")
+        if (focal_gamma or class_weight is not None) and not self.softmax_type:
+            raise ConfigError(f"the {self.name} head has no softmax loss: focal loss and class "
+                              "weights do not apply to it")
+        if class_weight is not None:
+            class_weight = torch.as_tensor(class_weight, dtype=torch.float32).flatten()
+            if class_weight.numel() != self.num_classes:
+                raise ConfigError(f"class_weight needs {self.num_classes} entries, "
+                                  f"got {class_weight.numel()}")
+        self.focal_gamma = float(focal_gamma)
+        self.class_weight = class_weight
+        return self
+
+    def loss_from_logits(self, logits: torch.Tensor, targets: torch.Tensor,
+                         labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy of ``logits`` at column ``targets`` with the head's focal/weight options.
+
+        ``labels`` (global class ids, default ``targets``) select the class weights when the
+        logit columns are a subset of classes (Partial FC, hierarchical).
+        """
+        weight = None
+        if self.class_weight is not None:
+            weight = self.class_weight.to(logits.device)[targets if labels is None else labels]
+        return classification_loss(logits, targets, gamma=self.focal_gamma, sample_weight=weight)
+
+    def sparse_step(self, lr: float) -> None:
+        """Apply the head's own update after ``loss.backward()`` (sparse heads only)."""
+
+    def predict(self, embeddings: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` ``(scores, class ids)`` per embedding, each ``(B, k)``.
+
+        The default ranks :meth:`logits`; heads with another inference rule (beam
+        search, nearest prototype) override it. At millions of classes export
+        :meth:`class_centers` into a gallery and search it instead.
+        """
+        with torch.no_grad():
+            scores = self.logits(embeddings)
+            k = min(k, scores.shape[1])
+            return scores.topk(k, dim=1)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Scalar loss for ``(B, dim)`` embeddings and ``(B,)`` int64 labels."""
@@ -63,6 +128,10 @@ class Head(nn.Module):
             )
         if embeddings.shape[0] == 0:
             raise InvalidInputError("empty batch: at least one embedding is needed")
+        if not torch.isfinite(embeddings).all():
+            raise InvalidInputError("embeddings contain NaN or inf")
+        if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise InvalidInputError(f"labels must be integer class ids, got dtype {labels.dtype}")
         if labels.shape != (embeddings.shape[0],):
             raise InvalidInputError(
                 f"labels must have shape ({embeddings.shape[0]},), got {tuple(labels.shape)}"
@@ -75,6 +144,7 @@ class Head(nn.Module):
 
     # -- persistence (safetensors + JSON, never pickle) ------------------------------
     def save(self, path: str | os.PathLike) -> Path:
+        """Write ``head.json`` (name, sizes, hyper-parameters) and ``head.safetensors``."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}

@@ -30,6 +30,7 @@ class SoftmaxHead(Head):
     """Plain linear softmax with bias over the (normalised) embeddings: the baseline."""
 
     name = "softmax"
+    softmax_type = True
 
     def __init__(self, num_classes: int, dim: int) -> None:
         super().__init__(num_classes, dim)
@@ -42,7 +43,7 @@ class SoftmaxHead(Head):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_batch(embeddings, labels)
-        return F.cross_entropy(self.logits(embeddings), labels)
+        return self.loss_from_logits(self.logits(embeddings), labels)
 
     def class_centers(self) -> torch.Tensor:
         return F.normalize(self.weight.detach().float(), dim=1)
@@ -62,6 +63,7 @@ class MarginSoftmaxHead(Head):
     """
 
     name = "normface"
+    softmax_type = True
     default_scale = 30.0
     default_margin = 0.0
 
@@ -93,7 +95,7 @@ class MarginSoftmaxHead(Head):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_batch(embeddings, labels)
-        return F.cross_entropy(self.margin_logits(self.cosine(embeddings), labels), labels)
+        return self.loss_from_logits(self.margin_logits(self.cosine(embeddings), labels), labels)
 
     def class_centers(self) -> torch.Tensor:
         return F.normalize(self.weight.detach().float(), dim=1)

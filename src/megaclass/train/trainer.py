@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.base import Source
-from ..data.samplers import MPerClassSampler
+from ..data.samplers import MPerClassSampler, class_weights
 from ..errors import ConfigError
-from ..heads import Head, make_head
+from ..heads import HEADS, Head, make_head
 from ..models import Encoder, EncoderConfig
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .progress import TrainProgress
@@ -37,6 +37,14 @@ class TrainConfig:
     defaults to 3e-3 for AdamW and 0.1 for SGD. Warm-up is linear over
     ``warmup_steps`` (default: 5 % of the run, at most 300), then the learning
     rate follows a cosine down to 1 % of its peak.
+
+    ``head_options`` go to the head's constructor (e.g. ``{"sample_rate": 0.1,
+    "dtype": "bfloat16"}`` for ``partial_fc``, ``{"taxonomy": "tax.json"}`` for
+    ``hierarchical``). Sparse heads (``partial_fc``) update their own rows with the
+    same schedule, using row-wise Adam(W) when ``optimizer="adamw"`` and SGD-momentum
+    when ``"sgd"``. ``focal_gamma > 0`` turns the cross-entropy into focal loss and
+    ``class_balanced`` weights it by the effective number of samples per class
+    (Cui et al. 2019, ``balance_beta``); both need a softmax-type head.
     """
 
     head: str = "cosface"
@@ -60,6 +68,10 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict)
+    head_options: dict = field(default_factory=dict)
+    focal_gamma: float = 0.0
+    class_balanced: bool = False
+    balance_beta: float = 0.999
 
     def validate(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
@@ -76,6 +88,10 @@ class TrainConfig:
             raise ConfigError("checkpoint_every needs checkpoint_dir")
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("resume needs checkpoint_dir")
+        if self.head.lower() not in HEADS:
+            raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join(sorted(HEADS))}")
+        if self.focal_gamma < 0:
+            raise ConfigError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
 
 
 class Trainer:
@@ -108,8 +124,26 @@ class Trainer:
         c = self.config
         torch.manual_seed(c.seed)
         encoder = Encoder(EncoderConfig(dim=c.dim, input_size=self.source.size, widths=c.widths))
-        head = make_head(c.head, self.source.num_classes, c.dim, scale=c.scale, margin=c.margin)
-        return encoder, head, self._optimizer(encoder, head)
+        cls = HEADS[c.head.lower()]
+        options = dict(c.head_options)
+        if cls.sparse:
+            options.setdefault("optimizer", "adam" if c.optimizer == "adamw" else "sgd")
+            options.setdefault("momentum", c.momentum)
+            options.setdefault("weight_decay", c.weight_decay)
+        if hasattr(cls, "source_options"):
+            options = cls.source_options(self.source, options)
+        head = make_head(c.head, self.source.num_classes, c.dim, scale=c.scale, margin=c.margin, **options)
+        return encoder, self._loss_options(head), self._optimizer(encoder, head)
+
+    def _loss_options(self, head: Head) -> Head:
+        c = self.config
+        weight = None
+        if c.class_balanced:
+            weight = class_weights(self.source.labels, beta=c.balance_beta,
+                                   num_classes=self.source.num_classes)
+        if c.focal_gamma or weight is not None:
+            head.set_loss(focal_gamma=c.focal_gamma, class_weight=weight)
+        return head
 
     def _optimizer(self, encoder: Encoder, head: Head) -> torch.optim.Optimizer:
         c = self.config
@@ -150,6 +184,7 @@ class Trainer:
         ckpt = latest_checkpoint(c.checkpoint_dir) if (c.resume and c.checkpoint_dir) else None
         if ckpt is not None:
             encoder, head, opt_state, info = load_checkpoint(ckpt)
+            head = self._loss_options(head)
             opt = self._optimizer(encoder, head)
             opt.load_state_dict(opt_state)
             step = int(info["step"])
@@ -178,6 +213,7 @@ class Trainer:
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    head.sparse_step(opt.param_groups[0]["lr"])
                     step += 1
                     images += len(y)
                     rec = {"step": step, "loss": round(loss.item(), 5), "lr": opt.param_groups[0]["lr"]}
