@@ -102,7 +102,6 @@ def test_erased_vectors_leave_every_file_after_compact(tmp_path):
         assert g.check()["ok"]
     for n in needles:
         assert _files_contain(path, n) == [], "erased template bytes still on disk"
-    assert all(b"c5" not in (path / f).read_bytes() for f in ("gallery.db",))
     with Gallery.open(path) as g:
         assert "c5" not in g and len(g) == 19
 

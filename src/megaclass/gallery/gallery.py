@@ -24,8 +24,11 @@ from ..errors import (
     NotAGalleryError,
 )
 from .crypto import resolve_key
-from .index import INDEX_TYPE, ClassIndex, as_rows, as_unit_vectors, unit_rows_of_items
+from .index import ClassIndex, resolve_spec
 from .store import DB_NAME, RESERVED_KEYS, ClassChange, Store
+from .vectors import as_rows, as_unit_vectors, unit_rows_of_items
+
+INDEX_SETTING = "index"  # the requested index spec, kept in the gallery's meta
 
 
 @dataclass(frozen=True)
@@ -90,13 +93,20 @@ class Gallery:
 
     # ------------------------------------------------------------------ open / close
     @classmethod
-    def open(cls, path, *, dim: int | None = None, create: bool = True, key=None) -> Gallery:
+    def open(cls, path, *, dim: int | None = None, create: bool = True, key=None,
+             index: str | None = None) -> Gallery:
         """Open the gallery at ``path``, creating it (``dim`` required) if missing or empty.
 
         ``key`` (32 bytes or a key-file path; default: ``$MEGACLASS_GALLERY_KEY`` or
         ``$MEGACLASS_GALLERY_KEY_FILE``) encrypts templates and the index snapshot with
         AES-256-GCM. Without a key, templates are stored in clear. An encrypted gallery
         opened without its key, or with a wrong one, raises EncryptionKeyError.
+
+        ``index`` is a FAISS factory string (``"Flat"``, ``"IVF4096,Flat"``,
+        ``"IVF4096,SQ8"``, ``"HNSW32"``, ...) or ``"auto"`` (the default for new
+        galleries: exact search while small, a tuned IVF index as it grows; see
+        :mod:`megaclass.gallery.index`). It is stored with the gallery; passing a
+        different one rebuilds the index.
 
         Raises ConfigError (new gallery without ``dim``, or ``create=False``),
         DimensionMismatchError (``dim`` differs from an existing gallery's), and
@@ -109,6 +119,8 @@ class Gallery:
         """
         path = Path(os.fspath(path))
         key = resolve_key(key)
+        if index is not None:
+            resolve_spec(index, 0)  # validate the grammar before touching anything
         if dim is not None and (type(dim) is not int or dim < 1):
             raise ConfigError(f"dim must be a positive int, got {dim!r}")
         if path.exists() and not path.is_dir():
@@ -120,6 +132,8 @@ class Gallery:
                 store.close()
                 raise DimensionMismatchError(
                     f"{path}: gallery has dim {store.dim}, got dim={dim}")
+            if index is not None and store.get_meta(INDEX_SETTING) != index:
+                store.set_meta(INDEX_SETTING, index)
             return cls(store)
         if path.is_dir() and {p.name for p in path.iterdir()} - {DB_NAME + ".tmp"}:
             raise NotAGalleryError(
@@ -129,25 +143,51 @@ class Gallery:
         if dim is None:
             raise ConfigError(f"creating a new gallery at {path} needs dim")
         path.mkdir(parents=True, exist_ok=True)
-        return cls(Store.create(path, dim, key))
+        store = Store.create(path, dim, key)
+        if index is not None:
+            store.set_meta(INDEX_SETTING, index)
+        return cls(store)
 
     def _load_state(self) -> None:
-        """(Re)build the in-memory maps and the index: snapshot if current, else the store."""
+        """(Re)build the in-memory maps and the index: the snapshot brought up to date by
+        replaying its difference with the store, else a rebuild from the store."""
         store = self._store
+        requested = store.get_meta(INDEX_SETTING) or "auto"
         with store.reading():  # one consistent view even if another process is writing
             tids, cids = store.template_classes()
             seq = store.last_seq()
             labels = dict(store.class_rows())
-            index = ClassIndex.load(self.path, gallery_uuid=store.uuid, seq=seq, dim=self.dim,
-                                    template_ids=tids, cipher=store.cipher)
-            self._snapshot_seq = seq if index is not None else None
-            if index is None:
-                index = ClassIndex.build(self.dim, store.iter_templates())
+            index = ClassIndex.load(self.path, gallery_uuid=store.uuid, dim=self.dim,
+                                    requested=requested, cipher=store.cipher)
+            self._snapshot_seq = None
+            if index is not None:
+                snap = index.template_ids()
+                added = np.setdiff1d(tids, snap, assume_unique=True)
+                gone = np.setdiff1d(snap, tids, assume_unique=True)
+                if not len(added) and not len(gone):
+                    self._snapshot_seq = seq
+                if len(added):
+                    index.index.add_with_ids(store.templates_by_ids(added), added)
+                if len(gone) and index.exact:
+                    index.index.remove_ids(gone)
+            else:
+                index = ClassIndex.build(self.dim, store.iter_templates(), spec=requested)
         self._seq = seq  # the last op seq the in-memory state reflects
         index.set_map(tids, cids)
+        if index.needs_rebuild():
+            with store.reading():
+                index = ClassIndex.build(self.dim, store.iter_templates(), spec=requested)
+            index.set_map(tids, cids)
+            self._snapshot_seq = None
         self._index = index
         self._labels: dict[int, str] = labels
         self._ids: dict[str, int] = {lab: cid for cid, lab in self._labels.items()}
+
+    def _retune(self) -> None:
+        with self._store.reading():
+            parts = list(self._store.iter_templates())
+        tids = np.concatenate([p[0] for p in parts])
+        self._index.tune(np.concatenate([p[1] for p in parts]), tids)
 
     @contextmanager
     def _open(self) -> Iterator[Store]:
@@ -205,6 +245,10 @@ class Gallery:
                     self._labels.pop(c.class_id, None)
                     self._ids.pop(c.label, None)
             self._seq = store.seq_after
+            if self._index.needs_rebuild():  # tombstones piled up, or "auto" outgrew its index
+                self._load_state()
+            elif self._index.needs_tuning():  # grown 2x: re-measure recall, re-tune the knob
+                self._retune()
         except BaseException:
             self._load_state()  # the store committed: rebuild the derived state from it
             raise
@@ -404,7 +448,7 @@ class Gallery:
             return {"path": str(self.path), "classes": len(self._ids),
                     "templates": self._index.ntotal, "dim": self.dim,
                     "max_templates_per_class": self._index.max_per_class(),
-                    "index": INDEX_TYPE, "encrypted": store.cipher is not None,
+                    **self._index.describe(), "encrypted": store.cipher is not None,
                     "disk_bytes": store.disk_bytes(),
                     "last_seq": store.last_seq()}
 

@@ -1,33 +1,86 @@
 """FAISS index derived from the store, plus the template -> class map for class-collapse.
 
-The index is ``faiss.IndexIDMap2(faiss.IndexFlatIP(dim))`` keyed by template id (exact
-cosine search on unit vectors). It is never the source of truth: ``index.faiss`` +
-``index.json`` are a snapshot that is reused on open only if it covers exactly the store's
-last op seq, belongs to the same gallery uuid and its bytes match the recorded SHA-256;
-otherwise the index is rebuilt from the store. Snapshot files are written to a tmp name
-and ``os.replace``-d into place (index first, then the JSON that vouches for it).
-Only FAISS's own binary format and JSON are written: nothing is pickled.
+The index is chosen by a FAISS factory string (one documented grammar, see
+:func:`resolve_spec`): ``"Flat"`` (exact), ``"IVF<n>,Flat"``, ``"IVF<n>,SQ8"``,
+``"HNSW<M>"``, ... or ``"auto"``, which picks exact search below
+:data:`AUTO_EXACT_MAX` templates and ``IVF<n>,Flat`` above, trains it on the store's
+templates, tunes ``nprobe`` until recall@1 against exact search reaches
+:data:`TARGET_RECALL` on a sample, and records what it chose. Every index is wrapped
+in ``IndexIDMap2`` keyed by template id.
+
+Erasure: ``Flat`` removes vectors from FAISS at once. Other index types keep a
+*tombstone* (the template id maps to no class, so search skips it; HNSW cannot remove
+vectors at all) and the index is rebuilt from the store when tombstones exceed
+:data:`TOMBSTONE_REBUILD` of its vectors, or on :meth:`Gallery.compact`.
+
+The index is never the source of truth: ``index.faiss`` + ``index.json`` are a snapshot
+stamped with the gallery uuid, the op seq it covers, its spec and SHA-256. On open a
+matching snapshot is loaded and brought up to date by replaying the difference with the
+store (templates added since are read and inserted; removed ones dropped), otherwise the
+index is rebuilt. Only FAISS's binary format and JSON are written: nothing is pickled.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from ..errors import DimensionMismatchError, EmptyClassError, InvalidInputError, MegaclassError
+from ..errors import ConfigError, MegaclassError
+from .vectors import as_rows, as_unit_vectors, unit_rows, unit_rows_of_items  # noqa: F401
 
 INDEX_NAME = "index.faiss"
 INDEX_META = "index.json"
-INDEX_TYPE = "IndexIDMap2(IndexFlatIP)"
-_SNAPSHOT_VERSION = 1
+INDEX_TYPE = "Flat"  # the default spec
+AUTO_EXACT_MAX = 200_000  # "auto" uses exact search up to this many templates
+TARGET_RECALL = 0.99  # "auto"/IVF/HNSW: recall@1 vs exact that nprobe/efSearch must reach
+TOMBSTONE_REBUILD = 0.10
+AUTO_NLIST_MIN = 256
+_SNAPSHOT_VERSION = 2
 _READ_CHUNK = 1 << 20
 _FIRST_PASS_CAP = 4096  # neighbours per query in the first pass; short rows widen after
+_SPEC = re.compile(r"^(Flat|auto|HNSW\d+(,Flat)?|IVF\d+,(Flat|SQ8|SQ4|SQfp16|PQ\d+(x\d+)?)"
+                   r"|(OPQ\d+(_\d+)?,)?IVF\d+,PQ\d+(x\d+)?|HNSW\d+,(SQ8|SQfp16))$")
+
+
+def resolve_spec(spec: str, n: int) -> str:
+    """The concrete factory string for ``spec`` at ``n`` templates (``auto`` decides here).
+
+    ``auto``: ``Flat`` up to :data:`AUTO_EXACT_MAX` templates; above, ``IVF<nlist>,Flat``
+    with ``nlist`` the power of two nearest ``4 * sqrt(n)`` (FAISS's usual guidance), at
+    most ``n / 39`` so that k-means has enough points per centroid.
+    """
+    if not isinstance(spec, str) or not _SPEC.match(spec):
+        raise ConfigError(f"unsupported index spec {spec!r}: use 'auto', 'Flat', 'IVF4096,Flat', "
+                          "'IVF4096,SQ8', 'IVF4096,PQ32', 'HNSW32', ...")
+    if spec != "auto":
+        return spec
+    if n <= AUTO_EXACT_MAX:
+        return "Flat"
+    nlist = min(2 ** round(math.log2(4 * math.sqrt(n))), 2 ** math.floor(math.log2(max(n / 39, 1))))
+    return f"IVF{min(max(nlist, AUTO_NLIST_MIN), 65536)},Flat"
+
+
+def _min_train(spec: str) -> int:
+    """Templates needed to train ``spec`` (0: no training)."""
+    m = re.search(r"IVF(\d+)", spec)
+    need = 39 * int(m.group(1)) if m else 0
+    if "PQ" in spec:
+        need = max(need, 256 * 39)
+    return need
+
+
+def _new_faiss(dim: int, spec: str) -> faiss.Index:
+    inner = faiss.IndexFlatIP(dim) if spec == "Flat" else faiss.index_factory(
+        dim, spec, faiss.METRIC_INNER_PRODUCT)
+    return faiss.IndexIDMap2(inner)
 
 
 def _sha256(path: Path) -> str:
@@ -49,92 +102,41 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def as_unit_vectors(vectors, dim: int, *, allow_empty: bool = False) -> np.ndarray:
-    """Validate embeddings and return them L2-normalised as a ``(n, dim)`` float32 array.
-
-    Accepts numpy arrays, nested lists, or tensors (anything with ``.detach()``, converted
-    via ``.detach().cpu().numpy()``). A single ``(dim,)`` vector is one row.
-
-    Raises EmptyClassError (no rows), DimensionMismatchError (wrong dim), InvalidInputError
-    (not numeric, not 1-D/2-D, NaN/inf, zero vector).
-
-    Examples
-    --------
-    >>> as_unit_vectors([3.0, 4.0], dim=2)
-    array([[0.6, 0.8]], dtype=float32)
-    """
-    return unit_rows(as_rows(vectors, dim, allow_empty=allow_empty))
-
-
-def as_rows(vectors, dim: int, *, allow_empty: bool = False) -> np.ndarray:
-    """First half of :func:`as_unit_vectors`: convert and check type and shape only."""
-    if hasattr(vectors, "detach"):
-        vectors = vectors.detach().cpu().numpy()
-    try:
-        arr = np.asarray(vectors)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInputError(f"vectors are not a numeric array: {exc}") from exc
-    if arr.dtype.kind not in "fiu":
-        raise InvalidInputError(f"vectors must be numeric, got dtype {arr.dtype}")
-    if arr.ndim == 1:
-        arr = arr.reshape(1, -1) if arr.size else arr.reshape(0, dim)
-    if arr.ndim != 2:
-        raise InvalidInputError(f"vectors must be 1-D or 2-D (n, dim), got shape {arr.shape}")
-    if arr.shape[1] != dim:
-        raise DimensionMismatchError(f"expected vectors of dim {dim}, got dim {arr.shape[1]}")
-    if arr.shape[0] == 0 and not allow_empty:
-        raise EmptyClassError("no vectors given (need at least one template)")
-    return arr
-
-
-def unit_rows(arr: np.ndarray) -> np.ndarray:
-    """Second half of :func:`as_unit_vectors`: finite, non-zero, L2-normalised float32."""
-    arr = arr.astype(np.float64)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        rows = np.flatnonzero(~finite.all(axis=1)).tolist()
-        kinds = [name for name, bad in (("NaN", np.isnan(arr).any()),
-                                         ("inf", np.isinf(arr).any())) if bad]
-        raise InvalidInputError(f"vectors contain {'/'.join(kinds)} (rows {rows[:10]})")
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    if not (norms > 0).all():
-        rows = np.flatnonzero(norms[:, 0] <= 0).tolist()
-        raise InvalidInputError(f"zero vector cannot be normalised (rows {rows[:10]})")
-    return np.ascontiguousarray(arr / norms, dtype=np.float32)
-
-
-def unit_rows_of_items(labels: list[str], rows: list[np.ndarray]) -> np.ndarray:
-    """:func:`unit_rows` of many items' rows at once; on failure, name the first bad item."""
-    if not rows:
-        return np.empty((0, 0), np.float32)
-    try:
-        return unit_rows(np.concatenate(rows))
-    except InvalidInputError:
-        for i, r in enumerate(rows):
-            try:
-                unit_rows(r)
-            except InvalidInputError as exc:
-                raise type(exc)(f"item {i} ({labels[i]!r}): {exc}") from exc
-        raise
-
-
 class ClassIndex:
     """Template vectors in FAISS + a dense ``template id -> class id`` array.
 
-    ``class id`` is the store's ``classes.id``; ``-1`` marks template ids that are absent.
+    ``class id`` is the store's ``classes.id``; ``-1`` marks template ids that are absent
+    (never enrolled, removed, or tombstoned inside a non-Flat FAISS index).
+
+    Attributes
+    ----------
+    spec : the concrete factory string in use; requested : what was asked ("auto", ...).
+    info : how it was chosen and tuned (``nprobe`` / ``efSearch``, measured recall@1).
+    tombstones : erased templates still inside the FAISS index (skipped by search).
     """
 
-    def __init__(self, dim: int, index: faiss.Index | None = None):
+    def __init__(self, dim: int, index: faiss.Index | None = None, *, spec: str = "Flat",
+                 requested: str | None = None, info: dict | None = None):
         self.dim = dim
-        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.spec = spec
+        self.requested = requested or spec
+        self.info = dict(info or {})
+        self.index = index if index is not None else _new_faiss(dim, spec)
+        self.tombstones = 0
         self._tid2cid = np.full(1024, -1, dtype=np.int64)
         self._counts: dict[int, int] = {}
         self._max_per_class = 0
         self._max_stale = False
+        self._apply_search_params()
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        """Live templates (FAISS vectors minus tombstones)."""
+        return int(self.index.ntotal) - self.tombstones
+
+    @property
+    def exact(self) -> bool:
+        return self.spec == "Flat"
 
     # ------------------------------------------------------------------ map upkeep
     def set_map(self, tids: np.ndarray, cids: np.ndarray) -> None:
@@ -146,6 +148,7 @@ class ClassIndex:
         self._counts = dict(zip(uniq.tolist(), counts.tolist(), strict=True))
         self._max_per_class = int(counts.max()) if len(counts) else 0
         self._max_stale = False
+        self.tombstones = int(self.index.ntotal) - len(tids)
 
     def max_per_class(self) -> int:
         if self._max_stale:
@@ -171,12 +174,15 @@ class ClassIndex:
             self._max_per_class = max(self._max_per_class, total)  # an upper bound if stale
 
     def remove(self, tids: np.ndarray) -> None:
-        """Remove templates by id; a class disappears when none of its templates are left."""
+        """Remove templates by id (Flat: from FAISS; others: tombstones)."""
         if not len(tids):
             return
         tids = np.ascontiguousarray(tids, dtype=np.int64)
         cids = self._tid2cid[tids]
-        self.index.remove_ids(tids)
+        if self.exact:
+            self.index.remove_ids(tids)
+        else:
+            self.tombstones += int(np.sum(cids >= 0))
         self._tid2cid[tids] = -1
         uniq, counts = np.unique(cids[cids >= 0], return_counts=True)
         for c, n in zip(uniq.tolist(), counts.tolist(), strict=True):
@@ -186,6 +192,17 @@ class ClassIndex:
             else:
                 self._counts.pop(c, None)
         self._max_stale = True
+
+    def needs_rebuild(self) -> bool:
+        """Too many tombstones, or an exact index that should now be the requested one
+        ("auto" outgrew exact search, or a trainable spec now has enough templates)."""
+        total = int(self.index.ntotal)
+        if self.tombstones and self.tombstones > TOMBSTONE_REBUILD * max(total, 1):
+            return True
+        if not self.exact:
+            return False
+        concrete = resolve_spec(self.requested, self.ntotal)
+        return concrete != "Flat" and self.ntotal >= _min_train(concrete)
 
     # ------------------------------------------------------------------ search
     def search(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -197,11 +214,13 @@ class ClassIndex:
         """
         nq = len(queries)
         out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.int64), np.empty(0))] * nq
-        total = self.ntotal
-        if total == 0 or nq == 0:
+        total = int(self.index.ntotal)
+        if self.ntotal <= 0 or nq == 0:
             return out
         nclasses = len(self._counts)
         kk = min(total, max(k, min(k * max(1, self.max_per_class()), _FIRST_PASS_CAP)))
+        if self.tombstones:
+            kk = min(total, int(kk * (1 + 2 * self.tombstones / total)) + 1)
         rows = np.arange(nq)
         while len(rows):
             scores, ids = self.index.search(np.ascontiguousarray(queries[rows]), kk)
@@ -216,25 +235,100 @@ class ClassIndex:
         return out
 
     def _collapse(self, ids: np.ndarray, scores: np.ndarray, k: int):
-        keep = ids >= 0
-        ids, scores = ids[keep], scores[keep]
+        ids, scores = ids[ids >= 0], scores[ids >= 0]
         cids = self._tid2cid[ids]
+        ids, scores, cids = ids[cids >= 0], scores[cids >= 0], cids[cids >= 0]  # tombstones
         _, first = np.unique(cids, return_index=True)  # FAISS IP results: best first
         first = np.sort(first)[:k]
         return cids[first], scores[first].astype(np.float64)
 
     def template_ids(self) -> np.ndarray:
-        """Ids of the templates the FAISS index holds (int64, index order)."""
+        """Ids of the templates the FAISS index holds, tombstones included (int64)."""
         return faiss.vector_to_array(self.index.id_map).astype(np.int64)
 
-    # ------------------------------------------------------------------ build / snapshot
+    def live_template_ids(self) -> np.ndarray:
+        """Ids of the templates search can return (tombstones excluded)."""
+        ids = self.template_ids()
+        ids = ids[ids < len(self._tid2cid)]
+        return ids[self._tid2cid[ids] >= 0]
+
+    # ------------------------------------------------------------------ build / tune
     @classmethod
-    def build(cls, dim: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> ClassIndex:
-        """Build from ``(template ids, vectors)`` chunks read from the store."""
-        self = cls(dim)
-        for tids, vecs in chunks:
-            self.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), tids)
+    def build(cls, dim: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]], *,
+              spec: str = "Flat", progress=None) -> ClassIndex:
+        """Build from ``(template ids, vectors)`` chunks read from the store.
+
+        Trainable specs are trained on (a sample of) all templates; with too few templates
+        to train, exact ``Flat`` is used and ``info["fallback"]`` says why.
+        """
+        parts = list(chunks)
+        tids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
+        vecs = (np.concatenate([p[1] for p in parts]) if parts
+                else np.empty((0, dim), np.float32))
+        concrete = resolve_spec(spec, len(tids))
+        info: dict = {}
+        if len(tids) < _min_train(concrete):
+            info["fallback"] = (f"{concrete} needs >= {_min_train(concrete)} templates to train, "
+                                f"the gallery has {len(tids)}: using exact Flat")
+            concrete = "Flat"
+        self = cls(dim, spec=concrete, requested=spec, info=info)
+        if not self.index.is_trained:
+            rng = np.random.default_rng(0)
+            sample = vecs[rng.choice(len(vecs), min(len(vecs), 200_000), replace=False)]
+            self.index.train(np.ascontiguousarray(sample))
+        step = 1 << 16
+        for i in range(0, len(tids), step):
+            self.index.add_with_ids(np.ascontiguousarray(vecs[i:i + step]), tids[i:i + step])
+            if progress is not None:
+                progress(min(i + step, len(tids)), len(tids))
+        if not self.exact and len(tids):
+            self.tune(vecs, tids)
         return self
+
+    def tune(self, vecs: np.ndarray, tids: np.ndarray, *, queries: int = 500, seed: int = 0) -> None:
+        """Raise nprobe / efSearch until recall@1 vs exact search reaches TARGET_RECALL.
+
+        Queries are noisy copies of sampled templates (cosine ~0.8 to their source), the
+        situation of a fresh sample of an enrolled class.
+        """
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(vecs), min(queries, len(vecs)), replace=False)
+        q = vecs[pick] + rng.normal(scale=0.75 / math.sqrt(self.dim), size=(len(pick), self.dim))
+        q = np.ascontiguousarray(unit_rows(q))
+        exact = faiss.IndexFlatIP(self.dim)
+        exact.add(np.ascontiguousarray(vecs, dtype=np.float32))
+        truth = tids[exact.search(q, 1)[1][:, 0]]
+        inner = faiss.downcast_index(self.index.index)
+        knob = "nprobe" if hasattr(inner, "nprobe") else "efSearch"
+        value, recall = (8 if knob == "nprobe" else 32), 0.0
+        limit = getattr(inner, "nlist", 1 << 12) if knob == "nprobe" else 4096
+        while True:
+            self.info[knob] = value
+            self._apply_search_params()
+            recall = float(np.mean(self.index.search(q, 1)[1][:, 0] == truth))
+            if recall >= TARGET_RECALL or value >= limit:
+                break
+            value = min(limit, value * 2)
+        self.info["recall_at_1"] = round(recall, 4)
+        self.info["recall_queries"] = len(pick)
+        self.info["tuned_at"] = len(vecs)
+
+    def needs_tuning(self) -> bool:
+        """An approximate index that has doubled in size since its search knob was tuned."""
+        if self.exact or self.ntotal == 0:
+            return False
+        return self.ntotal >= 2 * int(self.info.get("tuned_at", 0))
+
+    def _apply_search_params(self) -> None:
+        inner = faiss.downcast_index(self.index.index)
+        if "nprobe" in self.info and hasattr(inner, "nprobe"):
+            inner.nprobe = int(self.info["nprobe"])
+        if "efSearch" in self.info and hasattr(inner, "hnsw"):
+            inner.hnsw.efSearch = int(self.info["efSearch"])
+
+    def describe(self) -> dict:
+        return {"index": self.spec, "index_requested": self.requested,
+                "tombstones": self.tombstones, **self.info}
 
     def save(self, directory: Path, *, gallery_uuid: str, seq: int, cipher=None) -> None:
         """Write ``index.faiss`` + ``index.json`` atomically (tmp file + ``os.replace``).
@@ -263,7 +357,8 @@ class ClassIndex:
             f.flush()
             os.fsync(f.fileno())
         meta = {"version": _SNAPSHOT_VERSION, "uuid": gallery_uuid, "seq": int(seq),
-                "dim": self.dim, "ntotal": self.ntotal, "type": INDEX_TYPE,
+                "dim": self.dim, "vectors": int(self.index.ntotal), "spec": self.spec,
+                "requested": self.requested, "info": self.info,
                 "encrypted": cipher is not None, "sha256": h.hexdigest()}
         with open(tmp_meta, "w", encoding="utf-8") as f:
             json.dump(meta, f)
@@ -274,17 +369,22 @@ class ClassIndex:
         _fsync_dir(directory)
 
     @classmethod
-    def load(cls, directory: Path, *, gallery_uuid: str, seq: int, dim: int,
-             template_ids: np.ndarray, cipher=None) -> ClassIndex | None:
-        """The snapshot if it is current and intact, else ``None`` (caller rebuilds)."""
+    def load(cls, directory: Path, *, gallery_uuid: str, dim: int, requested: str,
+             cipher=None) -> ClassIndex | None:
+        """The snapshot if it is this gallery's and intact, else ``None`` (caller rebuilds).
+
+        It may be older than the store: the caller replays the difference
+        (:meth:`Gallery._load_state`). ``index.json``'s ``seq`` says which op it covers.
+        """
         data_path, meta_path = directory / INDEX_NAME, directory / INDEX_META
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             if not (isinstance(meta, dict) and meta.get("version") == _SNAPSHOT_VERSION
-                    and meta.get("uuid") == gallery_uuid and meta.get("seq") == seq
-                    and meta.get("dim") == dim and meta.get("ntotal") == len(template_ids)
+                    and meta.get("uuid") == gallery_uuid and meta.get("dim") == dim
+                    and meta.get("requested") == requested
                     and bool(meta.get("encrypted", False)) == (cipher is not None)):
                 return None
+            seq = int(meta["seq"])
             if _sha256(data_path) != meta.get("sha256"):
                 return None
             if cipher is not None:
@@ -292,15 +392,16 @@ class ClassIndex:
                 index = faiss.deserialize_index(np.frombuffer(plain, dtype=np.uint8))
             else:
                 index = faiss.read_index(str(data_path))
-        except (OSError, ValueError, RuntimeError, MegaclassError):
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, MegaclassError):
             return None
         if not (isinstance(index, faiss.IndexIDMap2) and index.d == dim
-                and isinstance(faiss.downcast_index(index.index), faiss.IndexFlatIP)):
+                and index.ntotal == meta.get("vectors")):
             return None
-        ids = np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
-        if not np.array_equal(ids, np.sort(template_ids)):
+        if meta.get("spec") == "Flat" and not isinstance(faiss.downcast_index(index.index),
+                                                         faiss.IndexFlatIP):
             return None
-        return cls(dim, index)
+        return cls(dim, index, spec=str(meta["spec"]), requested=requested,
+                   info=meta.get("info") or {})
 
 
 def _snapshot_aad(gallery_uuid: str, seq: int) -> bytes:

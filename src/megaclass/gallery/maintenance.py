@@ -62,7 +62,7 @@ def check(gallery: Gallery) -> dict:
         if bad_norm:
             problems.append(f"{bad_norm} templates are not unit vectors")
         store_ids = np.sort(np.concatenate(ids_seen)) if ids_seen else np.empty(0, np.int64)
-        index_ids = np.sort(gallery._index.template_ids())
+        index_ids = np.sort(gallery._index.live_template_ids())
         if not np.array_equal(store_ids, index_ids):
             problems.append(f"index holds {len(index_ids)} templates, store {len(store_ids)} "
                             "(or different ids)")

@@ -247,6 +247,15 @@ class Store:
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             yield ids, self._decode(ids.tolist(), [r[1] for r in rows])
 
+    def templates_by_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Vectors of the given template ids, in the order given (all must exist)."""
+        rows = dict(self._in_chunks(self._conn, "SELECT id, vector FROM templates WHERE id IN ({})",
+                                    [int(i) for i in ids]))
+        if len(rows) != len(ids):
+            raise NotAGalleryError(f"{self.path}: templates vanished while reading")
+        keys = [int(i) for i in ids]
+        return self._decode(keys, [rows[i] for i in keys])
+
     def _decode(self, ids: list[int], blobs: list[bytes]) -> np.ndarray:
         if self.cipher is not None:
             blobs = [self.cipher.decrypt(b, self.cipher.row_aad(self.uuid, i))

@@ -1,0 +1,76 @@
+"""Validation of embedding vectors at the gallery boundary (one place, typed errors)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DimensionMismatchError, EmptyClassError, InvalidInputError
+
+
+def as_unit_vectors(vectors, dim: int, *, allow_empty: bool = False) -> np.ndarray:
+    """Validate embeddings and return them L2-normalised as a ``(n, dim)`` float32 array.
+
+    Accepts numpy arrays, nested lists, or tensors (anything with ``.detach()``, converted
+    via ``.detach().cpu().numpy()``). A single ``(dim,)`` vector is one row.
+
+    Raises EmptyClassError (no rows), DimensionMismatchError (wrong dim), InvalidInputError
+    (not numeric, not 1-D/2-D, NaN/inf, zero vector).
+
+    Examples
+    --------
+    >>> as_unit_vectors([3.0, 4.0], dim=2)
+    array([[0.6, 0.8]], dtype=float32)
+    """
+    return unit_rows(as_rows(vectors, dim, allow_empty=allow_empty))
+
+
+def as_rows(vectors, dim: int, *, allow_empty: bool = False) -> np.ndarray:
+    """First half of :func:`as_unit_vectors`: convert and check type and shape only."""
+    if hasattr(vectors, "detach"):
+        vectors = vectors.detach().cpu().numpy()
+    try:
+        arr = np.asarray(vectors)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInputError(f"vectors are not a numeric array: {exc}") from exc
+    if arr.dtype.kind not in "fiu":
+        raise InvalidInputError(f"vectors must be numeric, got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1) if arr.size else arr.reshape(0, dim)
+    if arr.ndim != 2:
+        raise InvalidInputError(f"vectors must be 1-D or 2-D (n, dim), got shape {arr.shape}")
+    if arr.shape[1] != dim:
+        raise DimensionMismatchError(f"expected vectors of dim {dim}, got dim {arr.shape[1]}")
+    if arr.shape[0] == 0 and not allow_empty:
+        raise EmptyClassError("no vectors given (need at least one template)")
+    return arr
+
+
+def unit_rows(arr: np.ndarray) -> np.ndarray:
+    """Second half of :func:`as_unit_vectors`: finite, non-zero, L2-normalised float32."""
+    arr = arr.astype(np.float64)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.all(axis=1)).tolist()
+        kinds = [name for name, bad in (("NaN", np.isnan(arr).any()),
+                                         ("inf", np.isinf(arr).any())) if bad]
+        raise InvalidInputError(f"vectors contain {'/'.join(kinds)} (rows {rows[:10]})")
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    if not (norms > 0).all():
+        rows = np.flatnonzero(norms[:, 0] <= 0).tolist()
+        raise InvalidInputError(f"zero vector cannot be normalised (rows {rows[:10]})")
+    return np.ascontiguousarray(arr / norms, dtype=np.float32)
+
+
+def unit_rows_of_items(labels: list[str], rows: list[np.ndarray]) -> np.ndarray:
+    """:func:`unit_rows` of many items' rows at once; on failure, name the first bad item."""
+    if not rows:
+        return np.empty((0, 0), np.float32)
+    try:
+        return unit_rows(np.concatenate(rows))
+    except InvalidInputError:
+        for i, r in enumerate(rows):
+            try:
+                unit_rows(r)
+            except InvalidInputError as exc:
+                raise type(exc)(f"item {i} ({labels[i]!r}): {exc}") from exc
+        raise

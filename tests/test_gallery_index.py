@@ -1,0 +1,103 @@
+"""Index choice by factory string or "auto", tombstones, snapshot replay."""
+
+import numpy as np
+import pytest
+
+from megaclass.errors import ConfigError
+from megaclass.gallery import Gallery
+from megaclass.gallery import index as index_mod
+from megaclass.gallery.index import ClassIndex, resolve_spec
+
+DIM = 16
+
+
+def _clustered(n_classes: int, per: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, DIM))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    vecs = centres[:, None, :] + rng.normal(scale=0.15, size=(n_classes, per, DIM))
+    return centres, vecs.astype(np.float32)
+
+
+def _fill(g, n_classes=400, per=3, seed=0):
+    centres, vecs = _clustered(n_classes, per, seed)
+    g.enroll_many((f"c{i}", vecs[i]) for i in range(n_classes))
+    return centres
+
+
+def test_resolve_spec_grammar():
+    assert resolve_spec("auto", 1000) == "Flat"
+    assert resolve_spec("auto", 1_000_000) == "IVF4096,Flat"
+    assert resolve_spec("IVF1024,SQ8", 5) == "IVF1024,SQ8"
+    with pytest.raises(ConfigError, match="unsupported index spec"):
+        resolve_spec("IVF,Bogus", 10)
+    with pytest.raises(ConfigError):
+        Gallery.open("/tmp/never-created-gallery", dim=4, index="nonsense")
+
+
+@pytest.mark.parametrize("spec", ["IVF16,Flat", "HNSW16", "IVF16,SQ8"])
+def test_approximate_indexes_find_the_right_class(tmp_path, spec):
+    with Gallery.open(tmp_path / "g", dim=DIM, index=spec) as g:
+        centres = _fill(g)
+        st = g.stats()
+        assert st["index"] == spec and st["index_requested"] == spec
+        assert st["recall_at_1"] >= 0.9
+        hits = [m[0].label for m in g.search(centres[:100], k=1)]
+        assert np.mean([h == f"c{i}" for i, h in enumerate(hits)]) >= 0.97
+
+
+def test_too_few_templates_to_train_falls_back_to_exact(tmp_path):
+    with Gallery.open(tmp_path / "g", dim=DIM, index="IVF1024,Flat") as g:
+        _fill(g, n_classes=20)
+        st = g.stats()
+        assert st["index"] == "Flat" and "needs >=" in st["fallback"]
+
+
+def test_tombstones_hide_erased_classes_and_trigger_rebuild(tmp_path):
+    with Gallery.open(tmp_path / "g", dim=DIM, index="HNSW16") as g:
+        centres = _fill(g, n_classes=200)
+        g.erase("c3")
+        assert g.stats()["tombstones"] == 3
+        assert all(m.label != "c3" for m in g.search(centres[3], k=10)[0])
+        for i in range(4, 30):  # > 10 % of the vectors: rebuilt without tombstones
+            g.erase(f"c{i}")
+        assert g.stats()["tombstones"] < 0.1 * g.stats()["templates"]
+        assert g.check()["ok"]
+    with Gallery.open(tmp_path / "g") as g:
+        assert "c3" not in g and g.search(centres[3], k=1)[0][0].label != "c3"
+
+
+def test_auto_upgrades_as_the_gallery_grows(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_mod, "AUTO_EXACT_MAX", 500)
+    monkeypatch.setattr(index_mod, "AUTO_NLIST_MIN", 16)
+    with Gallery.open(tmp_path / "g", dim=DIM) as g:
+        _fill(g, n_classes=100)  # 300 templates: exact
+        assert g.stats()["index"] == "Flat"
+        centres, vecs = _clustered(300, 3, seed=1)
+        g.enroll_many((f"d{i}", vecs[i]) for i in range(300))  # 1,200: IVF
+        st = g.stats()
+        assert st["index"].startswith("IVF") and st["recall_at_1"] >= 0.9
+        assert g.search(centres[7], k=1)[0][0].label == "d7"
+
+
+def test_stale_snapshot_is_replayed_not_rebuilt(tmp_path, monkeypatch):
+    path = tmp_path / "g"
+    with Gallery.open(path, dim=DIM, index="IVF16,Flat") as g:
+        centres = _fill(g)
+        g.save()
+        old = {n: (path / n).read_bytes() for n in ("index.faiss", "index.json")}
+        g.erase("c0")
+        g.enroll("late", centres[5] * 0.9 + 0.1)
+    for name, data in old.items():  # put the older snapshot back
+        (path / name).write_bytes(data)
+
+    def no_build(*a, **k):
+        raise AssertionError("rebuilt instead of replaying the snapshot")
+
+    monkeypatch.setattr(ClassIndex, "build", classmethod(no_build))
+    with Gallery.open(path) as g:
+        assert "c0" not in g and "late" in g
+        assert g.stats()["tombstones"] == 3
+        assert g.search(centres[0], k=5)[0][0].label != "c0"
+        assert "late" in [m.label for m in g.search(centres[5], k=2)[0]]
+        assert g.check()["ok"]
