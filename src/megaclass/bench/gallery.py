@@ -1,0 +1,382 @@
+"""``megaclass bench gallery``: megaclass's gallery against the stores users would pick instead.
+
+Data: ``classes`` class centres on the unit sphere, ``templates`` noisy templates per
+class, mated queries (fresh noisy samples of enrolled classes) and non-mated queries
+(samples of classes never enrolled). Each system runs in its own subprocess (clean
+peak RSS, a crash cannot take the run down) on the same ``data.npz``:
+
+- ``megaclass``: Gallery (SQLite + FAISS, durable batched enroll), index ``auto``;
+- ``faiss``: raw FAISS with the same index spec and search knob (the floor);
+- ``numpy``: brute-force ``templates @ query`` (what DeepFace's ``find`` does);
+- ``hnswlib`` and ``usearch``: HNSW libraries; ``milvus``: Milvus Lite (pymilvus).
+
+Approximate systems raise their search knob until recall@1 (best *class* equal to exact
+search's) reaches 0.99; latency is measured there. Missing optional packages are
+reported as skipped. Results: ``gallery_bench.json`` + ``gallery_bench.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+SYSTEMS = ("megaclass", "faiss", "numpy", "hnswlib", "usearch", "milvus")
+TARGET = 0.99
+
+
+@dataclass
+class GalleryBenchConfig:
+    classes: int = 100_000
+    dim: int = 256
+    templates: int = 2
+    queries: int = 1000
+    non_mated: int = 500
+    single: int = 300  # single-query latency samples
+    seed: int = 0
+
+
+def make_data(cfg: GalleryBenchConfig, path: Path) -> None:
+    """Clustered unit vectors: templates cos ~0.8 to their centre, queries likewise."""
+    rng = np.random.default_rng(cfg.seed)
+    d = cfg.dim
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    def noisy(c):
+        return unit(c + rng.normal(scale=0.75 / np.sqrt(d), size=c.shape).astype(np.float32))
+
+    centres = unit(rng.normal(size=(cfg.classes, d)).astype(np.float32))
+    templates = np.concatenate([noisy(centres) for _ in range(cfg.templates)])
+    owner = np.tile(np.arange(cfg.classes), cfg.templates)
+    mated_cls = rng.integers(0, cfg.classes, cfg.queries)
+    mated = noisy(centres[mated_cls])
+    non_mated = noisy(unit(rng.normal(size=(cfg.non_mated, d)).astype(np.float32)))
+    # exact answer: best class of each query by its best template
+    truth = np.empty(len(mated), np.int64)
+    for i in range(0, len(mated), 256):
+        s = mated[i:i + 256] @ templates.T
+        truth[i:i + 256] = owner[s.argmax(axis=1)]
+    np.savez(path, templates=templates, owner=owner, mated=mated, mated_cls=mated_cls,
+             non_mated=non_mated, truth=truth)
+
+
+def _percentiles(samples: list[float]) -> dict:
+    a = np.asarray(samples) * 1000
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99))}
+
+
+def _time_single(search, queries: np.ndarray, n: int) -> dict:
+    lat = []
+    for q in queries[:n]:
+        t = time.perf_counter()
+        search(q[None, :])
+        lat.append(time.perf_counter() - t)
+    return _percentiles(lat)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _dir_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def run_system(name: str, data_path: Path, work: Path, single: int) -> dict:
+    """Run one system in this process; returns its measurements."""
+    data = np.load(data_path, allow_pickle=False)
+    tpl, owner, mated, truth = data["templates"], data["owner"], data["mated"], data["truth"]
+    runner = globals()[f"_run_{name}"]
+    out = runner(tpl, owner, mated, truth, work, single)
+    out["peak_rss_mb"] = _rss_mb()
+    return out
+
+
+def _recall(pred_cls: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean(pred_cls == truth))
+
+
+def _tune(set_knob, search_cls, mated, truth, start: int, limit: int) -> tuple[int, float]:
+    knob = start
+    while True:
+        set_knob(knob)
+        r = _recall(search_cls(mated), truth)
+        if r >= TARGET or knob >= limit:
+            return knob, r
+        knob = min(limit, knob * 2)
+
+
+def _run_megaclass(tpl, owner, mated, truth, work, single):
+    from megaclass.gallery import Gallery
+
+    path = work / "megaclass"
+    n_cls = int(owner.max()) + 1
+    per = len(tpl) // n_cls
+    by_class = tpl.reshape(per, n_cls, -1)
+    t = time.perf_counter()
+    g = Gallery.open(path, dim=tpl.shape[1])
+    step = 10_000
+    for a in range(0, n_cls, step):  # one durable transaction per 10k classes
+        g.enroll_many((f"c{i}", by_class[:, i]) for i in range(a, min(a + step, n_cls)))
+    enroll_s = time.perf_counter() - t
+    single_t = time.perf_counter()
+    for i in range(200):  # every call acknowledged only after its own durable commit
+        g.enroll(f"extra{i}", tpl[i])
+    single_s = time.perf_counter() - single_t
+    for i in range(200):
+        g.erase(f"extra{i}")
+    info = g.stats()
+    ix = g._index
+
+    def search_cls(q):
+        return np.array([int(m[0].label[1:]) for m in g.search(q, k=1)])
+
+    if not ix.exact:
+        knob_name = "nprobe" if "nprobe" in ix.info else "efSearch"
+
+        def set_knob(v):
+            ix.info[knob_name] = v
+            ix._apply_search_params()
+
+        knob, recall = _tune(set_knob, search_cls, mated, truth, int(ix.info[knob_name]), 4096)
+    else:
+        knob_name, knob, recall = None, None, _recall(search_cls(mated), truth)
+    lat = _time_single(lambda q: g.search(q, k=1), mated, single)
+    t = time.perf_counter()
+    g.search(mated, k=1)
+    batch_qps = len(mated) / (time.perf_counter() - t)
+    g.close()
+    t = time.perf_counter()
+    g2 = Gallery.open(path)
+    open_s = time.perf_counter() - t
+    g2.close()
+    return {"index": info["index"], "knob": {knob_name: knob} if knob_name else {},
+            "recall_at_1": recall, "enroll_templates_per_s": len(tpl) / enroll_s,
+            "single_enroll_per_s": 200 / single_s, **lat, "batch_qps": batch_qps,
+            "open_s": open_s, "disk_mb": _dir_bytes(path) / 2**20, "durable": True}
+
+
+def _faiss_spec(work: Path) -> tuple[str, dict]:
+    meta = json.loads((work / "megaclass" / "index.json").read_text())
+    return meta["spec"], meta.get("info", {})
+
+
+def _run_faiss(tpl, owner, mated, truth, work, single):
+    import faiss
+
+    spec, info = _faiss_spec(work)
+    t = time.perf_counter()
+    inner = faiss.IndexFlatIP(tpl.shape[1]) if spec == "Flat" else faiss.index_factory(
+        tpl.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
+    if not inner.is_trained:
+        rng = np.random.default_rng(0)
+        inner.train(tpl[rng.choice(len(tpl), min(len(tpl), 200_000), replace=False)])
+    index = faiss.IndexIDMap2(inner)
+    index.add_with_ids(tpl, np.arange(len(tpl), dtype=np.int64))
+    build_s = time.perf_counter() - t
+    knob = {}
+    if "nprobe" in info:  # the same search knob megaclass settled on: same work per query
+        faiss.extract_index_ivf(index).nprobe = int(info["nprobe"])
+    path = work / "faiss.index"
+    faiss.write_index(index, str(path))
+
+    def search_cls(q):
+        return owner[index.search(q, 1)[1][:, 0]]
+
+    recall = _recall(search_cls(mated), truth)
+    lat = _time_single(lambda q: index.search(q, 1), mated, single)
+    t = time.perf_counter()
+    index.search(mated, 1)
+    batch_qps = len(mated) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    faiss.read_index(str(path))
+    return {"index": spec, "knob": knob or {"nprobe": info.get("nprobe")}, "recall_at_1": recall,
+            "enroll_templates_per_s": len(tpl) / build_s, **lat, "batch_qps": batch_qps,
+            "open_s": time.perf_counter() - t, "disk_mb": path.stat().st_size / 2**20,
+            "durable": False}
+
+
+def _run_numpy(tpl, owner, mated, truth, work, single):
+    path = work / "numpy.npy"
+    t = time.perf_counter()
+    np.save(path, tpl)
+    build_s = time.perf_counter() - t
+
+    def search_cls(q):
+        return owner[(q @ tpl.T).argmax(axis=1)]
+
+    recall = _recall(search_cls(mated[:200]), truth[:200])
+    lat = _time_single(lambda q: (q @ tpl.T).argmax(axis=1), mated, min(single, 100))
+    t = time.perf_counter()
+    for i in range(0, 200, 50):
+        search_cls(mated[i:i + 50])
+    batch_qps = 200 / (time.perf_counter() - t)
+    t = time.perf_counter()
+    np.load(path)
+    return {"index": "brute force", "knob": {}, "recall_at_1": recall,
+            "enroll_templates_per_s": len(tpl) / build_s, **lat, "batch_qps": batch_qps,
+            "open_s": time.perf_counter() - t, "disk_mb": path.stat().st_size / 2**20,
+            "durable": False}
+
+
+def _run_hnswlib(tpl, owner, mated, truth, work, single):
+    import hnswlib
+
+    t = time.perf_counter()
+    index = hnswlib.Index(space="ip", dim=tpl.shape[1])
+    index.init_index(max_elements=len(tpl), M=32, ef_construction=100)
+    index.add_items(tpl, np.arange(len(tpl)))
+    build_s = time.perf_counter() - t
+
+    def search_cls(q):
+        return owner[index.knn_query(q, k=1)[0][:, 0].astype(np.int64)]
+
+    ef, recall = _tune(index.set_ef, search_cls, mated, truth, 16, 2048)
+    lat = _time_single(lambda q: index.knn_query(q, k=1), mated, single)
+    t = time.perf_counter()
+    index.knn_query(mated, k=1)
+    batch_qps = len(mated) / (time.perf_counter() - t)
+    path = work / "hnswlib.bin"
+    index.save_index(str(path))
+    t = time.perf_counter()
+    other = hnswlib.Index(space="ip", dim=tpl.shape[1])
+    other.load_index(str(path))
+    return {"index": "HNSW M=32", "knob": {"ef": ef}, "recall_at_1": recall,
+            "enroll_templates_per_s": len(tpl) / build_s, **lat, "batch_qps": batch_qps,
+            "open_s": time.perf_counter() - t, "disk_mb": path.stat().st_size / 2**20,
+            "durable": False}
+
+
+def _run_usearch(tpl, owner, mated, truth, work, single):
+    from usearch.index import Index
+
+    t = time.perf_counter()
+    index = Index(ndim=tpl.shape[1], metric="ip", connectivity=32, expansion_add=100)
+    index.add(np.arange(len(tpl)), tpl)
+    build_s = time.perf_counter() - t
+
+    def set_knob(v):
+        index.expansion_search = v
+
+    def search_cls(q):
+        return owner[np.asarray(index.search(q, 1).keys).reshape(len(q), -1)[:, 0].astype(np.int64)]
+
+    ef, recall = _tune(set_knob, search_cls, mated, truth, 16, 2048)
+    lat = _time_single(lambda q: index.search(q, 1), mated, single)
+    t = time.perf_counter()
+    index.search(mated, 1)
+    batch_qps = len(mated) / (time.perf_counter() - t)
+    path = work / "usearch.bin"
+    index.save(str(path))
+    t = time.perf_counter()
+    Index.restore(str(path))
+    return {"index": "HNSW M=32", "knob": {"expansion_search": ef}, "recall_at_1": recall,
+            "enroll_templates_per_s": len(tpl) / build_s, **lat, "batch_qps": batch_qps,
+            "open_s": time.perf_counter() - t, "disk_mb": path.stat().st_size / 2**20,
+            "durable": False}
+
+
+def _run_milvus(tpl, owner, mated, truth, work, single):
+    from pymilvus import MilvusClient
+
+    path = work / "milvus.db"
+    client = MilvusClient(str(path))
+    client.create_collection("g", dimension=tpl.shape[1], metric_type="IP")
+    t = time.perf_counter()
+    for a in range(0, len(tpl), 5000):
+        client.insert("g", [{"id": int(i), "vector": tpl[i].tolist()}
+                            for i in range(a, min(a + 5000, len(tpl)))])
+    build_s = time.perf_counter() - t
+
+    def search_cls(q):
+        res = client.search("g", data=q.tolist(), limit=1)
+        return owner[np.array([r[0]["id"] for r in res], dtype=np.int64)]
+
+    recall = _recall(search_cls(mated[:200]), truth[:200])
+    lat = _time_single(lambda q: client.search("g", data=q.tolist(), limit=1), mated,
+                       min(single, 100))
+    t = time.perf_counter()
+    search_cls(mated[:200])
+    batch_qps = 200 / (time.perf_counter() - t)
+    client.close()
+    t = time.perf_counter()
+    MilvusClient(str(path)).close()
+    return {"index": "Milvus Lite default", "knob": {}, "recall_at_1": recall,
+            "enroll_templates_per_s": len(tpl) / build_s, **lat, "batch_qps": batch_qps,
+            "open_s": time.perf_counter() - t, "disk_mb": _dir_bytes(path) / 2**20
+            if path.is_dir() else path.stat().st_size / 2**20, "durable": True}
+
+
+def run_bench(cfg: GalleryBenchConfig, out: Path, systems=SYSTEMS, log=print) -> dict:
+    """Generate data, run every system in a subprocess, write JSON + PNG, return results."""
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="mc-gbench-"))
+    try:
+        t = time.perf_counter()
+        make_data(cfg, work / "data.npz")
+        log(f"data: {cfg.classes:,} classes x {cfg.templates} templates, D={cfg.dim} "
+            f"({time.perf_counter() - t:.1f}s)")
+        results: dict = {}
+        order = ["megaclass"] + [s for s in systems if s != "megaclass"]  # faiss reuses its spec
+        for name in order:
+            if name not in systems and name != "megaclass":
+                continue
+            log(f"running {name} ...")
+            proc = subprocess.run(
+                [sys.executable, "-m", "megaclass.bench.gallery", name, str(work / "data.npz"),
+                 str(work), str(cfg.single)], capture_output=True, text=True,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+            if proc.returncode == 0:
+                results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            else:
+                reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+                results[name] = {"skipped": reason[:300]}
+            log(f"  {name}: {results[name]}")
+        report = {"config": asdict(cfg), "target_recall": TARGET, "results": results}
+        (out / "gallery_bench.json").write_text(json.dumps(report, indent=2))
+        _plot(report, out / "gallery_bench.png")
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = {k: v for k, v in report["results"].items() if "p50_ms" in v}
+    if not res:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    names = list(res)
+    axes[0].bar(names, [res[n]["p50_ms"] for n in names])
+    axes[0].set_ylabel("single-query p50 (ms)")
+    axes[0].set_yscale("log")
+    axes[1].bar(names, [res[n]["enroll_templates_per_s"] for n in names])
+    axes[1].set_ylabel("enroll / build (templates/s)")
+    axes[1].set_yscale("log")
+    c = report["config"]
+    fig.suptitle(f"gallery bench: {c['classes']:,} classes x {c['templates']} templates, D={c['dim']}")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":  # one system, in its own process
+    name, data_path, work, single = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+    print(json.dumps(run_system(name, data_path, work, single)))
