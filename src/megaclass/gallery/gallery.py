@@ -28,7 +28,48 @@ from .index import ClassIndex, resolve_spec
 from .store import DB_NAME, RESERVED_KEYS, ClassChange, Store
 from .vectors import as_rows, as_unit_vectors, unit_rows_of_items
 
+
+class ReadWriteLock:
+    """Many readers or one writer; a waiting writer blocks new readers (no starvation)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
 INDEX_SETTING = "index"  # the requested index spec, kept in the gallery's meta
+PROGRESS_MIN = 200_000  # show a progress bar when rebuilding an index of this many templates
 
 
 @dataclass(frozen=True)
@@ -84,7 +125,8 @@ class Gallery:
         self._erasures = 0
         self.path = store.path.parent
         self.dim = store.dim
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # serialises writers (and state reloads)
+        self._rw = ReadWriteLock()  # searches share it; index/map mutations take it alone
         try:
             self._load_state()
         except BaseException:
@@ -149,6 +191,10 @@ class Gallery:
         return cls(store)
 
     def _load_state(self) -> None:
+        with self._rw.write():
+            self._load_state_locked()
+
+    def _load_state_locked(self) -> None:
         """(Re)build the in-memory maps and the index: the snapshot brought up to date by
         replaying its difference with the store, else a rebuild from the store."""
         store = self._store
@@ -171,17 +217,28 @@ class Gallery:
                 if len(gone) and index.exact:
                     index.index.remove_ids(gone)
             else:
-                index = ClassIndex.build(self.dim, store.iter_templates(), spec=requested)
+                index = self._rebuild(store, requested, len(tids))
         self._seq = seq  # the last op seq the in-memory state reflects
         index.set_map(tids, cids)
         if index.needs_rebuild():
             with store.reading():
-                index = ClassIndex.build(self.dim, store.iter_templates(), spec=requested)
+                index = self._rebuild(store, requested, len(tids))
             index.set_map(tids, cids)
             self._snapshot_seq = None
         self._index = index
         self._labels: dict[int, str] = labels
         self._ids: dict[str, int] = {lab: cid for cid, lab in self._labels.items()}
+
+    def _rebuild(self, store: Store, requested: str, n: int) -> ClassIndex:
+        """Build the index from the store, with a progress bar for large galleries."""
+        if n < PROGRESS_MIN or not self.show_progress:
+            return ClassIndex.build(self.dim, store.iter_templates(), spec=requested)
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task(f"rebuilding index of {self.path.name}", total=n)
+            return ClassIndex.build(self.dim, store.iter_templates(), spec=requested,
+                                    progress=lambda done, total: bar.update(task, completed=done))
 
     def _retune(self) -> None:
         with self._store.reading():
@@ -225,10 +282,20 @@ class Gallery:
 
     # ------------------------------------------------------------------ writes
     def _apply(self, changes: list[ClassChange], vectors: np.ndarray) -> None:
-        """Mirror a committed store write into the index and label maps."""
+        """Mirror a committed store write into the index and label maps (atomically for
+        searches: they see all of it or none of it)."""
+        with self._rw.write():
+            self._apply_locked(changes, vectors)
+        if self._index.needs_rebuild():  # tombstones piled up, or "auto" outgrew its index
+            self._load_state()
+        elif self._index.needs_tuning():  # grown 2x: re-measure recall, re-tune the knob
+            with self._rw.write():
+                self._retune()
+
+    def _apply_locked(self, changes: list[ClassChange], vectors: np.ndarray) -> None:
         store = self._store
         if store.seq_before != self._seq:  # another process wrote meanwhile: reload all
-            self._load_state()
+            self._load_state_locked()
             return
         try:
             removed = [c.removed for c in changes if len(c.removed)]
@@ -245,12 +312,8 @@ class Gallery:
                     self._labels.pop(c.class_id, None)
                     self._ids.pop(c.label, None)
             self._seq = store.seq_after
-            if self._index.needs_rebuild():  # tombstones piled up, or "auto" outgrew its index
-                self._load_state()
-            elif self._index.needs_tuning():  # grown 2x: re-measure recall, re-tune the knob
-                self._retune()
         except BaseException:
-            self._load_state()  # the store committed: rebuild the derived state from it
+            self._load_state_locked()  # the store committed: rebuild the derived state from it
             raise
 
     def enroll(self, label: str, vectors, meta: dict | None = None, *,
@@ -334,6 +397,8 @@ class Gallery:
             return len(change.removed)
 
     # ------------------------------------------------------------------ maintenance
+    #: show a progress bar on stderr when a large index is rebuilt
+    show_progress = True
     #: run :meth:`compact` automatically after this many erasures by one handle (0: never)
     auto_compact_after = 64
 
@@ -379,7 +444,9 @@ class Gallery:
         if type(k) is not int or k < 1:
             raise ConfigError(f"k must be an int >= 1, got {k!r}")
         q = as_unit_vectors(vectors, self.dim, allow_empty=True)
-        with self._open():
+        with self._open():  # closed check; catch up with other processes' writes
+            pass
+        with self._rw.read():  # searches run in parallel; writers wait for them
             found = self._index.search(q, k)
             labels = self._labels
             return [[Match(labels[c], s) for c, s in zip(cids.tolist(),
