@@ -101,3 +101,18 @@ def test_stale_snapshot_is_replayed_not_rebuilt(tmp_path, monkeypatch):
         assert g.search(centres[0], k=5)[0][0].label != "c0"
         assert "late" in [m.label for m in g.search(centres[5], k=2)[0]]
         assert g.check()["ok"]
+
+
+@pytest.mark.parametrize("spec", ["Flat", "IVF16,Flat", "HNSW16"])
+def test_search_filtered_by_class_metadata(tmp_path, spec):
+    centres, vecs = _clustered(400, 3)
+    with Gallery.open(tmp_path / "g", dim=DIM, index=spec) as g:
+        g.enroll_many((f"c{i}", vecs[i], {"site": "berlin" if i % 4 == 0 else "paris", "n": i})
+                      for i in range(400))
+        hits = g.search(centres[:40], k=3, where={"site": "berlin"})
+        for row in hits:
+            assert len(row) == 3 and all(int(m.label[1:]) % 4 == 0 for m in row)
+        # the nearest berlin class of a berlin centre is itself
+        assert [r[0].label for r in hits[::4]] == [f"c{i}" for i in range(0, 40, 4)]
+        assert g.search(centres[:2], k=3, where={"site": "tokyo"}) == [[], []]
+        assert g.search(centres[5], k=1, where={"n": 5, "site": "paris"})[0][0].label == "c5"

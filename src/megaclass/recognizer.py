@@ -221,15 +221,19 @@ class Recognizer:
             self.gallery.set_setting(MODE_KEY, self.templates)
 
     # -- recognition -----------------------------------------------------------------
-    def identify(self, samples, k: int = 5) -> list[Decision]:
-        """1:N: the best class of each sample, or None (unknown) below the threshold."""
-        return self.identify_vectors(self.embed(samples), k=k)
+    def identify(self, samples, k: int = 5, *, where: dict | None = None) -> list[Decision]:
+        """1:N: the best class of each sample, or None (unknown) below the threshold.
 
-    def identify_vectors(self, vectors: np.ndarray, k: int = 5) -> list[Decision]:
+        ``where`` restricts the search to classes whose meta matches (see Gallery.search).
+        """
+        return self.identify_vectors(self.embed(samples), k=k, where=where)
+
+    def identify_vectors(self, vectors: np.ndarray, k: int = 5, *,
+                         where: dict | None = None) -> list[Decision]:
         """:meth:`identify` on embeddings that were already computed."""
         threshold = self.threshold
         out = []
-        for matches in self.gallery.search(vectors, k=k):
+        for matches in self.gallery.search(vectors, k=k, where=where):
             if not matches:
                 out.append(Decision(None, float("-inf"), []))
                 continue

@@ -430,11 +430,13 @@ class Gallery:
         return import_gallery(export_dir, path, key=key)
 
     # ------------------------------------------------------------------ reads
-    def search(self, vectors, k: int = 5) -> list[list[Match]]:
+    def search(self, vectors, k: int = 5, *, where: dict | None = None) -> list[list[Match]]:
         """Best ``k`` distinct classes per query row, best first (one FAISS call per batch).
 
         A class scores by its best template's cosine similarity. Rows get fewer than ``k``
-        matches when the gallery holds fewer classes (none when it is empty).
+        matches when the gallery holds fewer classes (none when it is empty). ``where``
+        keeps only classes whose meta has all the given key/value pairs (exact match),
+        e.g. ``where={"site": "berlin"}``; the filter runs inside FAISS.
 
         Examples
         --------
@@ -444,10 +446,12 @@ class Gallery:
         if type(k) is not int or k < 1:
             raise ConfigError(f"k must be an int >= 1, got {k!r}")
         q = as_unit_vectors(vectors, self.dim, allow_empty=True)
-        with self._open():  # closed check; catch up with other processes' writes
-            pass
+        allowed = None
+        with self._open() as store:  # closed check; catch up with other processes' writes
+            if where:
+                allowed = store.classes_where(_check_meta(where))
         with self._rw.read():  # searches run in parallel; writers wait for them
-            found = self._index.search(q, k)
+            found = self._index.search(q, k, allowed)
             labels = self._labels
             return [[Match(labels[c], s) for c, s in zip(cids.tolist(),
                                                         np.clip(sc, -1.0, 1.0).tolist(),

@@ -205,25 +205,32 @@ class ClassIndex:
         return concrete != "Flat" and self.ntotal >= _min_train(concrete)
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def search(self, queries: np.ndarray, k: int,
+               allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Best ``k`` distinct classes per query row: ``[(class ids, scores), ...]``.
 
         Searches ``k * max templates per class`` template neighbours (which always holds
         ``k`` distinct classes when the index has them; capped at 4096 to bound memory),
         keeps each class's best score, and doubles the search for rows that came back short.
+        ``allowed`` (class ids) restricts the search to those classes, inside FAISS.
         """
         nq = len(queries)
         out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.int64), np.empty(0))] * nq
-        total = int(self.index.ntotal)
+        params, total, nclasses = None, int(self.index.ntotal), len(self._counts)
+        if allowed is not None:
+            tids = np.flatnonzero(np.isin(self._tid2cid, allowed)).astype(np.int64)
+            if not len(tids):
+                return out
+            params = self._filter_params(faiss.IDSelectorBatch(tids))
+            total, nclasses = len(tids), len(np.unique(self._tid2cid[tids]))
         if self.ntotal <= 0 or nq == 0:
             return out
-        nclasses = len(self._counts)
         kk = min(total, max(k, min(k * max(1, self.max_per_class()), _FIRST_PASS_CAP)))
-        if self.tombstones:
+        if self.tombstones and allowed is None:
             kk = min(total, int(kk * (1 + 2 * self.tombstones / total)) + 1)
         rows = np.arange(nq)
         while len(rows):
-            scores, ids = self.index.search(np.ascontiguousarray(queries[rows]), kk)
+            scores, ids = self.index.search(np.ascontiguousarray(queries[rows]), kk, params=params)
             short = []
             for j, r in enumerate(rows):
                 cids, best = self._collapse(ids[j], scores[j], k)
@@ -233,6 +240,15 @@ class ClassIndex:
             rows = np.asarray(short, dtype=np.int64)
             kk = min(total, kk * 2)
         return out
+
+    def _filter_params(self, selector) -> faiss.SearchParameters:
+        """Search parameters restricting FAISS to ``selector``, keeping the tuned knob."""
+        inner = faiss.downcast_index(self.index.index)
+        if hasattr(inner, "nprobe"):
+            return faiss.SearchParametersIVF(sel=selector, nprobe=int(inner.nprobe))
+        if hasattr(inner, "hnsw"):
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=int(inner.hnsw.efSearch))
+        return faiss.SearchParameters(sel=selector)
 
     def _collapse(self, ids: np.ndarray, scores: np.ndarray, k: int):
         ids, scores = ids[ids >= 0], scores[ids >= 0]

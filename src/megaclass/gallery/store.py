@@ -211,6 +211,16 @@ class Store:
     def class_rows(self) -> list[tuple[int, str]]:
         return self._conn.execute("SELECT id, label FROM classes ORDER BY id").fetchall()
 
+    def classes_where(self, where: dict) -> np.ndarray:
+        """Ids of classes whose meta JSON has every key/value pair of ``where``."""
+        sql = "SELECT id FROM classes WHERE " + " AND ".join(
+            "json_extract(meta, ?) = json_extract(?, '$')" for _ in where)
+        args: list = []
+        for key, value in where.items():
+            args += ["$." + json.dumps(str(key)), json.dumps(value)]
+        rows = self._conn.execute(sql, args).fetchall()
+        return np.asarray([r[0] for r in rows], dtype=np.int64)
+
     def class_id(self, label: str) -> int | None:
         row = self._conn.execute("SELECT id FROM classes WHERE label = ?", (label,)).fetchone()
         return None if row is None else int(row[0])
