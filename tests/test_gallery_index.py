@@ -116,3 +116,45 @@ def test_search_filtered_by_class_metadata(tmp_path, spec):
         assert [r[0].label for r in hits[::4]] == [f"c{i}" for i in range(0, 40, 4)]
         assert g.search(centres[:2], k=3, where={"site": "tokyo"}) == [[], []]
         assert g.search(centres[5], k=1, where={"n": 5, "site": "paris"})[0][0].label == "c5"
+
+
+def test_read_only_processes_follow_one_writer(tmp_path):
+    """Readers in other processes search while this process enrolls; they catch up."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from megaclass.errors import ConfigError as CE
+
+    path = tmp_path / "g"
+    centres, vecs = _clustered(60, 2)
+    writer = Gallery.open(path, dim=DIM)
+    writer.enroll_many((f"c{i}", vecs[i]) for i in range(30))
+    reader_code = (
+        "import sys, json, time, numpy as np\n"
+        "from megaclass.gallery import Gallery\n"
+        "g = Gallery.open(sys.argv[1], read_only=True)\n"
+        "q = np.load(sys.argv[2])\n"
+        "seen = []\n"
+        "deadline = time.time() + 20\n"
+        "while time.time() < deadline:\n"
+        "    n = len(g); top = g.search(q, k=1)[0][0].label\n"
+        "    seen.append(n)\n"
+        "    if n == 60 and top == 'c59': break\n"
+        "    time.sleep(0.01)\n"
+        "print(json.dumps({'first': seen[0], 'last': seen[-1], 'top': top}))\n")
+    np.save(tmp_path / "q.npy", centres[59:60])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    readers = [subprocess.Popen([sys.executable, "-c", reader_code, str(path), str(tmp_path / "q.npy")],
+                                stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    for i in range(30, 60):
+        writer.enroll(f"c{i}", vecs[i])
+    results = [json.loads(r.communicate(timeout=60)[0]) for r in readers]
+    writer.close()
+    for r in results:
+        assert r["last"] == 60 and r["top"] == "c59"
+    ro = Gallery.open(path, read_only=True)
+    with pytest.raises(CE, match="read-only"):
+        ro.enroll("x", vecs[0])
+    ro.close()

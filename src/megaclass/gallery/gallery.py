@@ -118,9 +118,11 @@ class Gallery:
 
     path: Path
     dim: int
+    read_only: bool = False
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, *, read_only: bool = False):
         """Use :meth:`Gallery.open`."""
+        self.read_only = read_only
         self._store: Store | None = store
         self._erasures = 0
         self.path = store.path.parent
@@ -136,7 +138,7 @@ class Gallery:
     # ------------------------------------------------------------------ open / close
     @classmethod
     def open(cls, path, *, dim: int | None = None, create: bool = True, key=None,
-             index: str | None = None) -> Gallery:
+             index: str | None = None, read_only: bool = False) -> Gallery:
         """Open the gallery at ``path``, creating it (``dim`` required) if missing or empty.
 
         ``key`` (32 bytes or a key-file path; default: ``$MEGACLASS_GALLERY_KEY`` or
@@ -149,6 +151,10 @@ class Gallery:
         galleries: exact search while small, a tuned IVF index as it grows; see
         :mod:`megaclass.gallery.index`). It is stored with the gallery; passing a
         different one rebuilds the index.
+
+        ``read_only=True`` opens an existing gallery for searching only (several
+        processes may do so while one writer enrolls; each catches up with the writer's
+        commits on its next call). Writes then raise ConfigError.
 
         Raises ConfigError (new gallery without ``dim``, or ``create=False``),
         DimensionMismatchError (``dim`` differs from an existing gallery's), and
@@ -169,19 +175,19 @@ class Gallery:
             raise NotAGalleryError(f"{path}: not a megaclass gallery (not a directory)")
         db = path / DB_NAME
         if db.exists():
-            store = Store.open(db, key)
+            store = Store.open(db, key, read_only=read_only)
             if dim is not None and dim != store.dim:
                 store.close()
                 raise DimensionMismatchError(
                     f"{path}: gallery has dim {store.dim}, got dim={dim}")
-            if index is not None and store.get_meta(INDEX_SETTING) != index:
+            if index is not None and store.get_meta(INDEX_SETTING) != index and not read_only:
                 store.set_meta(INDEX_SETTING, index)
-            return cls(store)
+            return cls(store, read_only=read_only)
         if path.is_dir() and {p.name for p in path.iterdir()} - {DB_NAME + ".tmp"}:
             raise NotAGalleryError(
                 f"{path}: not a megaclass gallery (non-empty directory without {DB_NAME})")
-        if not create:
-            raise ConfigError(f"no gallery at {path} and create=False")
+        if not create or read_only:
+            raise ConfigError(f"no gallery at {path} to open (create=False or read_only=True)")
         if dim is None:
             raise ConfigError(f"creating a new gallery at {path} needs dim")
         path.mkdir(parents=True, exist_ok=True)
@@ -256,8 +262,13 @@ class Gallery:
                 self._load_state()
             yield self._store
 
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ConfigError(f"gallery {self.path} was opened read-only")
+
     def save(self) -> None:
         """Write the index snapshot (``index.faiss`` + ``index.json``) atomically."""
+        self._check_writable()
         with self._open() as store:
             self._index.save(self.path, gallery_uuid=store.uuid, seq=self._seq, cipher=store.cipher)
             self._snapshot_seq = self._seq
@@ -268,7 +279,7 @@ class Gallery:
             if self._store is None:
                 return
             try:
-                if self._snapshot_seq != self._store.last_seq():
+                if self._snapshot_seq != self._store.last_seq() and not self.read_only:
                     self.save()
             finally:
                 self._store.close()
@@ -340,6 +351,7 @@ class Gallery:
         --------
         >>> g.enroll_many([("a", va), ("b", vb, {"src": "x"})])  # doctest: +SKIP
         """
+        self._check_writable()
         labels: list[str] = []
         rows: list[np.ndarray] = []
         metas: list[dict] = []
@@ -373,6 +385,7 @@ class Gallery:
         --------
         >>> g.add_templates("alice", new_vectors)  # doctest: +SKIP
         """
+        self._check_writable()
         label = _check_label(label)
         vecs = as_unit_vectors(vectors, self.dim)
         with self._open() as store:
@@ -387,6 +400,7 @@ class Gallery:
         >>> g.erase("alice")  # doctest: +SKIP
         3
         """
+        self._check_writable()
         label = _check_label(label)
         with self._open() as store:
             change = store.erase(label)
@@ -404,6 +418,7 @@ class Gallery:
 
     def compact(self) -> None:
         """Make erasures final on disk (VACUUM, truncated WAL, rewritten snapshot)."""
+        self._check_writable()
         from .maintenance import compact
 
         with self._lock:
@@ -503,6 +518,7 @@ class Gallery:
 
     def set_setting(self, key: str, value) -> None:
         """Store a JSON-serialisable ``value`` under ``key`` (reserved keys are refused)."""
+        self._check_writable()
         _check_label(key, "setting key")
         if key in RESERVED_KEYS:
             raise ConfigError(f"setting {key!r} is reserved by the gallery")

@@ -122,14 +122,15 @@ class Store:
         return cls.open(final, key)
 
     @classmethod
-    def open(cls, db_path: Path, key: bytes | None = None) -> Store:
+    def open(cls, db_path: Path, key: bytes | None = None, *, read_only: bool = False) -> Store:
         """Open an existing ``gallery.db``; NotAGalleryError if it is not one.
 
         EncryptionKeyError if the gallery is encrypted and ``key`` is missing or wrong, or
         if a key is given for a gallery that stores templates in clear.
         """
         try:
-            conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=rw", uri=True,
+            mode = "ro" if read_only else "rw"
+            conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode={mode}", uri=True,
                                    isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise NotAGalleryError(f"{db_path}: cannot open as SQLite ({exc})") from exc
@@ -149,7 +150,8 @@ class Store:
             if type(dim) is not int or dim < 1:
                 raise NotAGalleryError(f"{db_path}: damaged gallery meta (dim={dim!r})")
             cipher = _cipher_for(meta, key, db_path)
-            conn.execute("PRAGMA journal_mode=WAL")
+            if not read_only:
+                conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed, not left behind
