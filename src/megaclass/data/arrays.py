@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import EmptyClassError, InvalidInputError
+from .base import LabelledSource
 from .images import _check_size, to_batch
 
 __all__ = ["ArraySource", "encode_labels"]
@@ -93,7 +94,7 @@ def encode_labels(labels, *, class_names: Sequence[str] | None = None
     return inverse.reshape(-1).astype(np.int64), [str(u) for u in uniq.tolist()]
 
 
-class ArraySource:
+class ArraySource(LabelledSource):
     """Labelled images from arrays: ``ArraySource(images, labels)``.
 
     Parameters
@@ -121,19 +122,6 @@ class ArraySource:
                 f"got {n} images but {len(self._labels)} labels; they must match")
         self.images: torch.Tensor = to_batch(images, size=self.size)
         self.num_classes = len(self._class_names)
-
-    @property
-    def class_names(self) -> list[str]:
-        """Name of each label index."""
-        return list(self._class_names)
-
-    @property
-    def labels(self) -> np.ndarray:
-        """int64 label index of every item."""
-        return self._labels
-
-    def __len__(self) -> int:
-        return len(self._labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self._labels[index])

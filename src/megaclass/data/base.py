@@ -39,3 +39,27 @@ class Source(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]: ...
+
+
+class LabelledSource:
+    """Plumbing shared by sources that hold their class names and labels in memory.
+
+    Subclasses set ``_class_names`` (list of str) and ``_labels`` (int64 array) and
+    implement ``__getitem__``.
+    """
+
+    _class_names: list[str]
+    _labels: np.ndarray
+
+    @property
+    def class_names(self) -> list[str]:
+        """Name of each label index."""
+        return list(self._class_names)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64 label index of every item."""
+        return self._labels
+
+    def __len__(self) -> int:
+        return len(self._labels)

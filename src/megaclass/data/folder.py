@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, EmptyClassError, InvalidInputError
+from .base import LabelledSource
 from .images import _check_size, decode_image, load_image, to_batch
 
 __all__ = ["ImageFolderSource", "IMAGE_EXTENSIONS"]
@@ -78,7 +79,7 @@ def _scan(root: Path, exts: frozenset[str]) -> dict[str, list[Path]]:
     return found
 
 
-class ImageFolderSource:
+class ImageFolderSource(LabelledSource):
     """Labelled images from ``root/<class>/...`` (see the module docstring for the rule).
 
     Parameters
@@ -134,19 +135,6 @@ class ImageFolderSource:
         if verify:
             for path in self.paths:
                 decode_image(path, size=self.size)
-
-    @property
-    def class_names(self) -> list[str]:
-        """Name of each label index (relative folder path, ``"/"``-joined)."""
-        return list(self._class_names)
-
-    @property
-    def labels(self) -> np.ndarray:
-        """int64 label index of every item."""
-        return self._labels
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         n = len(self.paths)
