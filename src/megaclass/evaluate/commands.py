@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..cli_common import GalleryOpt, JsonOpt, ModelOpt, SeedOpt, _emit, _labelled, _recognizer
+from ..cli_common import GalleryOpt, JsonOpt, ModelOpt, SeedOpt, _emit, _labelled, _recognizer, err_console
 from ..errors import ConfigError
 
 
@@ -61,7 +61,8 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
             scaling = gallery_size_curve(rec, q_vec, truth, nm_vec,
                                          glyph_distractors(distractors, distractor_samples,
                                                            size=rec.encoder.input_size),
-                                         sizes=sizes, target_fpir=target_fpir[0])
+                                         sizes=sizes, target_fpir=target_fpir[0],
+                                         log=err_console.print)
         m = ev.metrics
         # flat keys first (the shape of earlier versions), then every metric by family
         result = {"mated_searches": m["closed_set"]["queries"],
