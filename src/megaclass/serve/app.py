@@ -1,0 +1,78 @@
+"""The application factory: :func:`create_app`."""
+
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from ..gallery import Gallery
+from ..models import Encoder
+from ..recognizer import Recognizer
+from . import http_errors
+from .db import ServiceDB
+from .limits import BodySizeLimit, Limits
+from .metrics import MetricsMiddleware
+from .routers import admin, classes, health, recognition
+from .routers import gallery as gallery_router
+from .service import Service
+
+API_DESCRIPTION = """\
+Enroll classes from a few images (or embeddings) without retraining, identify images among
+them with rejection of unknowns, verify claimed identities.
+
+Send an API key as `Authorization: Bearer mck_...`. Roles: **reader** (identify, verify,
+stats, read classes), **enroller** (also enroll, add, erase), **admin** (also keys and audit).
+Errors are JSON `{"error": <type>, "message": <what was wrong>}`.
+"""
+
+
+def create_app(model: str | os.PathLike | Encoder | Recognizer, gallery: str | os.PathLike | None = None,
+               *, limits: Limits | None = None) -> FastAPI:
+    """Build the FastAPI application serving one model and one gallery.
+
+    Parameters
+    ----------
+    model : a model directory, an :class:`Encoder`, or a ready :class:`Recognizer`
+        (then ``gallery`` is ignored).
+    gallery : the gallery directory (created with the model's dimension if missing).
+    limits : request limits; :class:`Limits` defaults otherwise.
+
+    The gallery and the service tables are opened here; the application's shutdown
+    closes them (saving the index snapshot).
+
+    Examples
+    --------
+    >>> from fastapi.testclient import TestClient                    # doctest: +SKIP
+    >>> with TestClient(create_app("model/", "gallery/")) as client:  # doctest: +SKIP
+    ...     client.get("/healthz").json()
+    {'status': 'ok'}
+    """
+    if isinstance(model, Recognizer):
+        rec = model
+    else:
+        if gallery is None:
+            raise TypeError("create_app needs a gallery directory")
+        encoder = model if isinstance(model, Encoder) else Encoder.load(Path(model))
+        rec = Recognizer(encoder, Gallery.open(Path(gallery), dim=encoder.dim))
+    try:
+        service = Service(rec, ServiceDB(rec.gallery.path), limits or Limits())
+    except BaseException:
+        rec.close()
+        raise
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        service.close()
+
+    app = FastAPI(title="megaclass", version="1", description=API_DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+    http_errors.install(app)
+    for module in (health, classes, recognition, gallery_router, admin):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost: sees every request
+    return app

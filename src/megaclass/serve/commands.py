@@ -1,0 +1,141 @@
+"""CLI commands of the service: ``serve``, ``keys add|list|revoke``, ``audit``, ``loadtest``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..cli_common import GalleryOpt, JsonOpt, ModelOpt, _emit, console
+
+keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys of a served gallery.")
+
+
+def _service_db(gallery: Path, model: Path | None = None):
+    from .db import DB_NAME, ServiceDB
+
+    if model is not None and not (gallery / DB_NAME).exists():  # create the gallery for the model
+        from ..gallery import Gallery
+        from ..models import Encoder
+
+        Gallery.open(gallery, dim=Encoder.load(model).dim).close()
+    return ServiceDB(gallery)
+
+
+def serve(model: ModelOpt, gallery: GalleryOpt,
+          host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+          max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 16 * 1024 * 1024,
+          max_images: Annotated[int, typer.Option(help="Images per enroll / identify request.")] = 64,
+          max_vectors: Annotated[int, typer.Option(help="Vectors per JSON request.")] = 1024,
+          max_k: Annotated[int, typer.Option(help="Largest top-k.")] = 100,
+          log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info") -> None:
+    """Serve enroll / identify / verify / erase over HTTP (FastAPI + uvicorn), with API keys."""
+    import uvicorn
+
+    from .app import create_app
+    from .limits import Limits
+
+    limits = Limits(max_body_bytes=max_body_bytes, max_images=max_images, max_vectors=max_vectors,
+                    max_k=max_k)
+    app = create_app(model, gallery, limits=limits)
+    if not app.state.service.keys.list(include_revoked=False):
+        console.print("[yellow]no API keys yet:[/yellow] create one with "
+                      f"`megaclass keys add -g {gallery} --role admin --name me`")
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+@keys_app.command("add")
+def keys_add(gallery: GalleryOpt,
+             role: Annotated[str, typer.Option(help="reader | enroller | admin")] = "reader",
+             name: Annotated[str, typer.Option(help="Who or what uses the key.")] = "default",
+             model: Annotated[Path | None, typer.Option("--model", "-m", help="Create the gallery for this model if missing.")] = None,
+             as_json: JsonOpt = False) -> None:
+    """Create a key and print it (shown once; only its hash is stored)."""
+    from .keys import KeyStore
+
+    with _service_db(gallery, model) as db:
+        info, token = KeyStore(db).add(name, role)
+    if as_json:
+        _emit({"key": info.to_dict(), "token": token}, True)
+    else:
+        console.print(f"key {info.id} ({info.role}, {info.name}); keep it, it is not shown again:")
+        typer.echo(token)
+
+
+@keys_app.command("list")
+def keys_list(gallery: GalleryOpt, as_json: JsonOpt = False) -> None:
+    """List keys (never their secrets)."""
+    from .keys import KeyStore
+
+    with _service_db(gallery) as db:
+        keys = KeyStore(db).list()
+    table = Table(title=f"API keys of {gallery}")
+    for col in ("id", "role", "name", "created", "revoked"):
+        table.add_column(col)
+    for k in keys:
+        table.add_row(k.id, k.role, k.name, k.created_at, k.revoked_at or "")
+    _emit({"keys": [k.to_dict() for k in keys]}, as_json, table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(gallery: GalleryOpt, key_id: Annotated[str, typer.Argument(help="The key's id.")],
+                as_json: JsonOpt = False) -> None:
+    """Revoke a key (takes effect on its next request, also on a running server)."""
+    from .keys import KeyStore
+
+    with _service_db(gallery) as db:
+        info = KeyStore(db).revoke(key_id)
+    if as_json:
+        _emit(info.to_dict(), True)
+    else:
+        console.print(f"revoked {info.id} ({info.role}, {info.name})")
+
+
+def audit(gallery: GalleryOpt,
+          limit: Annotated[int, typer.Option(help="Rows to show (newest first).")] = 50,
+          operation: Annotated[str | None, typer.Option(help="enroll | add | erase | identify | verify | keys")] = None,
+          label: Annotated[str | None, typer.Option(help="Only rows involving this label.")] = None,
+          key_id: Annotated[str | None, typer.Option(help="Only rows of this key.")] = None,
+          since: Annotated[str | None, typer.Option(help="Only rows at or after this ISO time (UTC).")] = None,
+          as_json: JsonOpt = False) -> None:
+    """Show the audit log of a served gallery."""
+    from .audit import AuditLog
+
+    with _service_db(gallery) as db:
+        rows = AuditLog(db).query(limit=limit, operation=operation, label=label, key_id=key_id, since=since)
+    table = Table(title=f"audit log of {gallery}")
+    for col in ("time", "key", "operation", "labels", "decision", "status"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["time"], r["key_id"] or "", r["operation"], ", ".join(r["labels"][:5]),
+                      r["decision"], str(r["status"]))
+    _emit({"rows": rows}, as_json, table)
+
+
+def loadtest(model: ModelOpt,
+             gallery: Annotated[Path | None, typer.Option("--gallery", "-g", help="Gallery to serve (default: a fresh temporary one).")] = None,
+             duration: Annotated[float, typer.Option(help="Seconds to run.")] = 30.0,
+             clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 8,
+             identify_share: Annotated[float, typer.Option(help="Share of requests that identify (the rest enroll).")] = 0.8,
+             classes: Annotated[int, typer.Option(help="Classes enrolled before the run.")] = 200,
+             as_json: JsonOpt = False) -> None:
+    """Start `megaclass serve` on a free loopback port and drive it with concurrent clients."""
+    from .loadtest import run_against_server
+
+    report = run_against_server(model, gallery, duration=duration, clients=clients,
+                                identify_share=identify_share, classes=classes)
+    if as_json:
+        _emit(report, True)
+    else:
+        console.print(report["summary"])
+
+
+def register(app: typer.Typer) -> None:
+    """Add the service commands to the ``megaclass`` CLI."""
+    app.command()(serve)
+    app.add_typer(keys_app, name="keys")
+    app.command()(audit)
+    app.command()(loadtest)

@@ -1,0 +1,110 @@
+"""Request limits: body bytes, images per request, vectors per request, pixels per image.
+
+Exceeding a limit is a :class:`PayloadTooLargeError` (HTTP 413) whose message names the
+limit and its value. The body limit is enforced twice: from ``Content-Length`` before the
+body is read, and while it streams (for chunked uploads).
+
+Example
+-------
+>>> Limits(max_images=16).check_count("images", 20)   # doctest: +SKIP
+PayloadTooLargeError: 20 images in one request; the limit is 16 (max_images)
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from fastapi import HTTPException
+from PIL import Image
+
+from ..errors import ConfigError, CorruptImageError, InvalidInputError, MegaclassError
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """A request over one of the service's size limits (HTTP 413)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Configurable service limits (all positive).
+
+    Parameters
+    ----------
+    max_body_bytes : largest request body (default 16 MiB).
+    max_images : images in one enroll / add / identify request (default 64).
+    max_vectors : vectors in one JSON request (default 1024).
+    max_pixels : pixels of one decoded image (default 4096 x 4096; stops decompression bombs).
+    max_k : largest top-k of an identify request (default 100).
+    """
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_images: int = 64
+    max_vectors: int = 1024
+    max_pixels: int = 4096 * 4096
+    max_k: int = 100
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if type(value) is not int or value < 1:
+                raise ConfigError(f"limit {name} must be a positive int, got {value!r}")
+
+    def check_count(self, what: str, n: int) -> None:
+        """Raise PayloadTooLargeError if ``n`` images / vectors exceed their limit."""
+        limit, name = (self.max_images, "max_images") if what == "images" else (self.max_vectors,
+                                                                                "max_vectors")
+        if n > limit:
+            raise PayloadTooLargeError(f"{n} {what} in one request; the limit is {limit} ({name})")
+
+
+def decode_upload(data: bytes, name: str, limits: Limits) -> Image.Image:
+    """Decode one uploaded file to a PIL image, or raise a typed error naming the upload."""
+    if not data:
+        raise CorruptImageError(f"upload {name!r} is empty")
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.width * img.height > limits.max_pixels:
+            raise PayloadTooLargeError(f"upload {name!r} is {img.width}x{img.height} pixels; the limit "
+                                       f"is {limits.max_pixels} pixels (max_pixels)")
+        img.load()
+        return img
+    except MegaclassError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLargeError(f"upload {name!r} is too large to decode safely ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
+        raise CorruptImageError(f"cannot decode upload {name!r} as an image: {exc}") from exc
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over ``max_bytes`` (declared or streamed)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(413, f"request body over {self.max_bytes} bytes (max_body_bytes)")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            from starlette.responses import JSONResponse
+
+            response = JSONResponse({"error": "PayloadTooLargeError",
+                                     "message": self._too_large().detail}, status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise self._too_large()  # handled by the app's exception handlers
+            return message
+
+        return await self.app(scope, counted, send)

@@ -1,0 +1,120 @@
+"""Pydantic models of every request and response body (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+Label = Field(min_length=1, max_length=256, description="Class label.")
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="Error type, e.g. DimensionMismatchError.")
+    message: str
+    detail: list[dict[str, Any]] | None = None
+
+
+class MatchOut(BaseModel):
+    label: str
+    score: float
+
+
+class DecisionOut(BaseModel):
+    label: str | None = Field(description="Best class, or null when its score is below the threshold.")
+    known: bool
+    score: float | None = Field(description="Best class's cosine score; null for an empty gallery.")
+    candidates: list[MatchOut]
+
+
+class IdentifyOut(BaseModel):
+    threshold: float | None
+    results: list[DecisionOut]
+
+
+class VerifyOut(BaseModel):
+    label: str
+    accepted: bool
+    score: float
+    threshold: float | None
+
+
+class _Vectors(BaseModel):
+    vectors: list[list[float]] = Field(min_length=1, description="Embeddings, one row each.")
+
+    @model_validator(mode="after")
+    def _rectangular(self):
+        widths = {len(v) for v in self.vectors}
+        if len(widths) != 1 or 0 in widths:
+            raise ValueError(f"vectors must be non-empty rows of one length; got lengths {sorted(widths)}")
+        return self
+
+
+class EnrollVectorsIn(_Vectors):
+    label: str = Label
+    meta: dict[str, Any] | None = None
+    replace: bool = False
+
+
+class TemplatesIn(_Vectors):
+    pass
+
+
+class IdentifyVectorsIn(_Vectors):
+    k: int = Field(5, ge=1, description="Candidates per query.")
+
+
+class EnrollOut(BaseModel):
+    label: str
+    samples: int = Field(description="Images or vectors used.")
+    gallery_classes: int
+
+
+class EraseOut(BaseModel):
+    label: str
+    templates_removed: int
+    gallery_classes: int
+
+
+class ClassOut(BaseModel):
+    label: str
+    templates: int
+    meta: dict[str, Any]
+
+
+class ClassListOut(BaseModel):
+    total: int
+    labels: list[str]
+
+
+class KeyIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    role: Literal["reader", "enroller", "admin"]
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str
+    role: str
+    created_at: str
+    revoked_at: str | None
+    active: bool
+
+
+class KeyCreatedOut(BaseModel):
+    key: KeyOut
+    token: str = Field(description="The API key. Shown once: only its hash is stored.")
+
+
+class AuditRow(BaseModel):
+    id: int
+    time: str
+    key_id: str | None
+    operation: str
+    labels: list[str]
+    decision: str
+    status: int
+
+
+class AuditOut(BaseModel):
+    rows: list[AuditRow]
