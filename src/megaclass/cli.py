@@ -73,7 +73,8 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for report.json, scores.
     timing.add_row("identify throughput (queries/s)", f"{t['search_queries_per_second']:,.0f}")
     timing.add_row("whole demo", f"{t['total_seconds']:.1f}")
     console.print(timing)
-    console.print(f"report: {out / 'report.json'}   plot: {out / 'scores.png'}")
+    console.print(f"report: {out / 'report.json'}   plot: {out / 'scores.png'}   "
+                  f"HTML report: {report.get('html_report', out / 'report.html')}")
 
 
 @app.command()
