@@ -74,7 +74,7 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for report.json, scores.
     timing.add_row("whole demo", f"{t['total_seconds']:.1f}")
     console.print(timing)
     console.print(f"report: {out / 'report.json'}   plot: {out / 'scores.png'}   "
-                  f"HTML report: {report.get('html_report', out / 'report.html')}")
+                  f"HTML report: {out / report.get('html_report', 'report.html')}")
 
 
 @app.command()
