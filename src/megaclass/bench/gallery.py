@@ -98,8 +98,10 @@ def run_system(name: str, data_path: Path, work: Path, single: int) -> dict:
     data = np.load(data_path, allow_pickle=False)
     tpl, owner, mated, truth = data["templates"], data["owner"], data["mated"], data["truth"]
     runner = globals()[f"_run_{name}"]
+    base = _rss_mb()  # interpreter + imports + the loaded data: the same for every system
     out = runner(tpl, owner, mated, truth, work, single)
     out["peak_rss_mb"] = _rss_mb()
+    out["rss_over_data_mb"] = out["peak_rss_mb"] - base
     return out
 
 

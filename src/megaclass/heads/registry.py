@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import Head
 from .adaptive import AdaptiveHead
+from .base import Head
 from .hierarchical import HierarchicalHead
 from .partial_fc import PartialFCHead
 from .softmax import ArcFaceHead, CosFaceHead, MarginSoftmaxHead, SoftmaxHead

@@ -1,0 +1,126 @@
+"""CLI of the benchmark area: the ``megaclass bench`` sub-app (``bench heads``, ...).
+
+Other areas add their benchmarks to :data:`bench_app` (e.g. ``bench gallery``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..cli_common import JsonOpt, _emit, console
+from ..errors import ConfigError
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios side by side, JSON + PNG.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``bench`` sub-app to the ``megaclass`` app."""
+    app.add_typer(bench_app, name="bench")
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        vals = [int(float(x.strip().lower().replace("_", "").replace("k", "e3").replace("m", "e6")))
+                for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"bad --sizes {text!r}: use e.g. 1k,10k,100k,1m") from None
+    if not vals or min(vals) < 2:
+        raise ConfigError(f"--sizes needs class counts >= 2, got {text!r}")
+    return vals
+
+
+@bench_app.command("heads")
+def heads(out: Annotated[Path, typer.Option(help="Folder for heads.json and heads.png.")] = Path("bench-output/heads"),
+          sizes: Annotated[str, typer.Option(help="Class counts, e.g. 1k,10k,100k,1m.")] = "1k,10k,100k,1m",
+          head: Annotated[list[str], typer.Option("--head", help="Heads to compare (repeat); softmax is the baseline.")] = ["softmax", "cosface", "partial_fc", "adaptive", "hierarchical"],
+          dim: Annotated[int, typer.Option(help="Embedding dimension D.")] = 256,
+          batch: Annotated[int, typer.Option(help="Batch size B.")] = 256,
+          steps: Annotated[int, typer.Option(help="Timed steps per head (after warm-up).")] = 10,
+          warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 2,
+          sample_rate: Annotated[float, typer.Option(help="Partial FC sample rate.")] = 0.1,
+          acc_max: Annotated[int, typer.Option(help="Measure top-1 for C up to this (0 = no accuracy).")] = 10_000,
+          acc_steps: Annotated[int, typer.Option(help="Head-only training steps for the accuracy part.")] = 600,
+          feature_steps: Annotated[int, typer.Option(help="Steps of the frozen feature encoder (disjoint classes).")] = 150,
+          ten_million: Annotated[bool, typer.Option(help="Also train Partial FC at 10M classes x 128 (bfloat16).")] = True,
+          threads: Annotated[int, typer.Option(help="torch threads per measurement process (1 is stable on a shared box).")] = 1,
+          timeout: Annotated[float, typer.Option(help="Seconds allowed per measurement subprocess.")] = 1800,
+          as_json: JsonOpt = False) -> None:
+    """Step time, peak RSS, state size and top-1 of each head vs C; ratios to full softmax."""
+    from .heads import format_bytes, run_heads_bench
+
+    if not 0 < sample_rate <= 1:
+        raise ConfigError(f"--sample-rate must be in (0, 1], got {sample_rate}")
+    log = None if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    report = run_heads_bench(out, sizes=_counts(sizes), heads=head, dim=dim, batch=batch, steps=steps,
+                             warmup=warmup, acc_max=acc_max, acc_steps=acc_steps, feature_steps=feature_steps,
+                             ten_million=ten_million, sample_rate=sample_rate, timeout=timeout, threads=threads,
+                             log=log)
+    if as_json:
+        _emit(report, True)
+        return
+    table = Table(title=f"heads: head-only steps, B={batch}, {steps} steps (median); ratios vs softmax, same run")
+    for col in ("C", "D", "head", "step ms", "speed-up", "peak RSS", "RSS vs softmax", "state", "RSS/state", "top-1"):
+        table.add_column(col, justify="left" if col == "head" else "right")
+    for r in report["results"]:
+        if "median_step_s" not in r:
+            table.add_row(f"{r['classes']:,}", str(r["dim"]), r["head"], r.get("error", "-")[:60], *["-"] * 6)
+            continue
+        table.add_row(f"{r['classes']:,}", str(r["dim"]), r["head"] + (" (bf16)" if r.get("dtype") else ""),
+                      f"{r['median_step_s'] * 1000:,.1f}",
+                      f"{r['speedup_vs_softmax']:.1f}x" if "speedup_vs_softmax" in r else "-",
+                      format_bytes(r["peak_rss_bytes"]),
+                      f"{r['peak_rss_vs_softmax']:.2f}x" if "peak_rss_vs_softmax" in r else "-",
+                      format_bytes(r["state_bytes"]), f"{r['peak_rss_over_state']:.2f}",
+                      f"{r['top1']:.1%}" if "top1" in r else "-")
+    console.print(table)
+    for key, t in report["targets"].items():
+        if isinstance(t, dict):
+            console.print(f"target {key}: {t['target']}  measured: {t['measured']}")
+    console.print(f"wrote {out / 'heads.json'} and {out / 'heads.png'}")
+
+
+_SYSTEMS_HELP = "Systems to compare (repeat): megaclass, faiss, numpy, hnswlib, usearch, milvus."
+
+
+@bench_app.command("gallery")
+def gallery(out: Annotated[Path, typer.Option(help="Folder for gallery_bench.json and .png.")] = Path("bench-output/gallery"),
+            classes: Annotated[str, typer.Option(help="Enrolled classes, e.g. 100k or 1m.")] = "100k",
+            dim: Annotated[int, typer.Option(help="Vector dimension D.")] = 256,
+            templates: Annotated[int, typer.Option(help="Templates per class.")] = 2,
+            queries: Annotated[int, typer.Option(help="Mated queries for recall and batch throughput.")] = 1000,
+            single: Annotated[int, typer.Option(help="Single-query latency samples.")] = 300,
+            system: Annotated[list[str], typer.Option("--system", help=_SYSTEMS_HELP)] = ["megaclass", "faiss", "numpy", "hnswlib", "usearch", "milvus"],
+            as_json: JsonOpt = False) -> None:
+    """The gallery vs raw FAISS, numpy brute force, hnswlib, usearch and Milvus Lite, at equal recall."""
+    from .gallery import SYSTEMS, GalleryBenchConfig, run_bench
+
+    unknown = set(system) - set(SYSTEMS)
+    if unknown:
+        raise ConfigError(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    cfg = GalleryBenchConfig(classes=_counts(classes)[0], dim=dim, templates=templates,
+                             queries=queries, single=single)
+    log = (lambda *a: None) if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    report = run_bench(cfg, out, systems=tuple(system), log=log)
+    if as_json:
+        _emit(report, True)
+        return
+    res = report["results"]
+    base = res.get("faiss", {}).get("p50_ms")
+    table = Table(title=f"gallery bench: {cfg.classes:,} classes x {templates} templates, D={dim}")
+    for col in ("system", "index", "recall@1", "p50 ms", "p99 ms", "vs raw FAISS", "batch q/s",
+                "enroll tpl/s", "open s", "+RSS MiB", "disk MiB"):
+        table.add_column(col, justify="right")
+    for name, r in res.items():
+        if "skipped" in r:
+            table.add_row(name, "skipped", r["skipped"][:40], *[""] * 8)
+            continue
+        ratio = f"{r['p50_ms'] / base:.2f}x" if base else "-"
+        table.add_row(name, r["index"], f"{r['recall_at_1']:.3f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
+                      ratio, f"{r['batch_qps']:,.0f}", f"{r['enroll_templates_per_s']:,.0f}",
+                      f"{r['open_s']:.2f}", f"{r['rss_over_data_mb']:,.0f}", f"{r['disk_mb']:,.0f}")
+    console.print(table)
+    console.print(f"wrote {out / 'gallery_bench.json'} and {out / 'gallery_bench.png'}")

@@ -1,0 +1,178 @@
+"""Two-level (hierarchical) softmax: P(class) = P(group) * P(class | group).
+
+Goodman 2001 / Morin & Bengio 2005: a softmax over G groups plus, for each sample, a
+softmax over the classes of its own group only, so a training step scores
+``G + |group|`` rows instead of C (with ``G ~ sqrt(C)``: ~2 sqrt(C)). Both levels are
+cosine classifiers with scale ``s`` (and an optional CosFace margin at the class level),
+so the class rows are exportable class centres like CosFace's.
+
+Groups come from, in order of precedence: ``groups`` (a group index per class), a
+taxonomy file (``taxonomy`` + ``class_names``, see :mod:`.taxonomy`), k-means over given
+``centers`` (e.g. a trained CosFace head's), or contiguous blocks of class ids.
+Inference (:meth:`HierarchicalHead.predict`) is a beam search: the ``beam`` most likely
+groups, then the best classes inside them.
+
+Note: the class rows are an ``nn.Parameter``, so the optimizer still sees a dense
+``C x D`` gradient (only ``G + sum |group|`` rows are non-zero); at millions of classes
+prefer ``partial_fc``.
+
+Example
+-------
+>>> import torch
+>>> head = HierarchicalHead(100, 16, num_groups=10)
+>>> head(torch.randn(4, 16), torch.tensor([0, 1, 50, 99])).ndim
+0
+>>> head.predict(torch.randn(2, 16), k=3)[1].shape
+torch.Size([2, 3])
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .base import Head
+
+
+class HierarchicalHead(Head):
+    """Cosine softmax over groups times cosine softmax over the classes of a group.
+
+    Parameters
+    ----------
+    num_classes, dim : number of classes and embedding size.
+    groups : optional group index per class (0 .. G-1, every group non-empty).
+    taxonomy, class_names : a JSON/CSV taxonomy file and the classes' names in id order.
+    centers : optional (C, D) class centres to cluster into ``num_groups`` groups (k-means).
+    num_groups : number of groups for k-means / contiguous blocks (default ``round(sqrt(C))``).
+    scale, margin : cosine scale ``s`` and CosFace margin ``m`` at the class level.
+    beam : groups explored by :meth:`predict`.
+
+    Attributes
+    ----------
+    group_of : (C,) buffer, group index of each class. ``group_names`` : names (taxonomy) or None.
+    """
+
+    name = "hierarchical"
+    softmax_type = True
+
+    def __init__(self, num_classes: int, dim: int, *, groups=None, taxonomy=None, class_names=None,
+                 centers=None, num_groups: int | None = None, group_names: list[str] | None = None,
+                 scale: float = 30.0, margin: float = 0.0, beam: int = 4, seed: int = 0) -> None:
+        super().__init__(num_classes, dim)
+        self.scale, self.margin, self.beam = float(scale), float(margin), int(beam)
+        if self.beam < 1:
+            raise ConfigError(f"beam must be >= 1, got {beam}")
+        if groups is None and taxonomy is not None:
+            if class_names is None:
+                raise ConfigError("a taxonomy needs class_names (the classes' names in id order)")
+            if len(class_names) != num_classes:
+                raise ConfigError(f"class_names has {len(class_names)} names for {num_classes} classes")
+            from .taxonomy import load_taxonomy
+
+            groups, group_names = load_taxonomy(taxonomy, list(class_names))
+        g = num_groups or max(2, round(math.sqrt(num_classes)))
+        if groups is None and centers is not None:
+            from .kmeans import kmeans_assign
+
+            groups = kmeans_assign(torch.as_tensor(centers), min(g, num_classes), seed=seed)
+        if groups is None:
+            groups = np.arange(num_classes) * g // num_classes
+        groups = torch.as_tensor(np.asarray(groups), dtype=torch.int64).flatten()
+        if groups.numel() != num_classes or int(groups.min()) < 0:
+            raise ConfigError(f"groups needs {num_classes} non-negative group indices")
+        # renumber to 0..G-1 so no group is empty
+        uniq, groups = groups.unique(return_inverse=True)
+        if group_names is not None and len(group_names) != uniq.numel():
+            ok = len(group_names) > int(uniq.max())
+            group_names = [group_names[i] for i in uniq.tolist()] if ok else None
+        self.group_names = list(group_names) if group_names is not None else None
+        self.num_groups = int(uniq.numel())
+        self.register_buffer("group_of", groups)
+        self.weight = nn.Parameter(torch.empty(num_classes, dim).normal_(std=0.01))
+        self.group_weight = nn.Parameter(torch.empty(self.num_groups, dim).normal_(std=0.01))
+        self._rebuild()
+
+    def hparams(self) -> dict:
+        return {"num_groups": self.num_groups, "group_names": self.group_names, "scale": self.scale,
+                "margin": self.margin, "beam": self.beam}
+
+    @classmethod
+    def source_options(cls, source, options: dict) -> dict:
+        """Trainer hook: a taxonomy is matched against the source's class names."""
+        if options.get("taxonomy") is not None and options.get("class_names") is None:
+            options = {**options, "class_names": list(source.class_names)}
+        return options
+
+    def _rebuild(self) -> None:
+        """Derived tables: ``members`` (G, Smax) padded with -1, ``slot`` of each class in its group."""
+        g = self.group_of
+        order = torch.argsort(g, stable=True)
+        counts = torch.bincount(g, minlength=self.num_groups)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.empty_like(g)
+        slot[order] = torch.arange(g.numel()) - starts[g[order]]
+        members = torch.full((self.num_groups, int(counts.max())), -1, dtype=torch.int64)
+        members[g[order], slot[order]] = order
+        self._members, self._slot, self._counts = members, slot, counts
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._rebuild()
+        return out
+
+    def _group_logits(self, e: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.linear(e, F.normalize(self.group_weight, dim=1))
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.check_batch(embeddings, labels)
+        labels = labels.long()
+        e = F.normalize(embeddings, dim=1)
+        groups = self.group_of[labels]
+        loss = self.loss_from_logits(self._group_logits(e), groups, labels)
+        ug, inv = groups.unique(return_inverse=True)
+        rows = self._members[ug]                                  # (U, Smax), -1 = padding
+        w = F.normalize(self.weight.index_select(0, rows.clamp(min=0).flatten()), dim=1)
+        w = w.view(rows.shape[0], rows.shape[1], -1)
+        cos = torch.einsum("bd,bsd->bs", e, w[inv])               # (B, Smax): own group only
+        target = self._slot[labels][:, None]
+        cos = cos.scatter(1, target, cos.gather(1, target) - self.margin)
+        logits = (self.scale * cos).masked_fill(rows[inv] < 0, -math.inf)
+        return loss + self.loss_from_logits(logits, target.squeeze(1), labels)
+
+    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` log P(class) = log P(group) + log P(class | group)."""
+        e = F.normalize(embeddings, dim=1)
+        log_pg = F.log_softmax(self._group_logits(e), dim=1)
+        s = self.scale * F.linear(e, F.normalize(self.weight, dim=1))
+        top = s.max(dim=1, keepdim=True).values
+        sums = torch.zeros(s.shape[0], self.num_groups).index_add_(1, self.group_of, (s - top).exp())
+        lse = sums.log() + top
+        return s - lse[:, self.group_of] + log_pg[:, self.group_of]
+
+    def predict(self, embeddings: torch.Tensor, k: int = 1, beam: int | None = None):
+        """Beam search: top-``beam`` groups, then top-``k`` classes by log P(group) + log P(class|group)."""
+        beam = min(beam or self.beam, self.num_groups)
+        k = min(k, beam * self._members.shape[1])
+        e_all = F.normalize(embeddings.detach().float(), dim=1)
+        chunk = max(1, 2**24 // max(1, beam * self._members.shape[1] * self.dim))  # ~64 MB at a time
+        outs = []
+        with torch.no_grad():
+            w = F.normalize(self.weight, dim=1)
+            for lo in range(0, e_all.shape[0], chunk):
+                e = e_all[lo: lo + chunk]
+                log_pg, top_g = F.log_softmax(self._group_logits(e), dim=1).topk(beam, dim=1)
+                cand = self._members[top_g]                       # (b, beam, Smax)
+                s = self.scale * torch.einsum("bd,bgsd->bgs", e, w[cand.clamp(min=0)])
+                s = s.masked_fill(cand < 0, -math.inf)
+                score = (F.log_softmax(s, dim=2) + log_pg[:, :, None]).flatten(1)
+                best, pos = score.topk(k, dim=1)
+                outs.append((best, cand.flatten(1).gather(1, pos)))
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+    def class_centers(self) -> torch.Tensor:
+        return F.normalize(self.weight.detach().float(), dim=1)

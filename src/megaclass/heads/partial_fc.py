@@ -1,0 +1,271 @@
+"""Partial FC with row-sparse updates: margin softmax over a sample of class centres.
+
+An, Deng et al. 2022, "Killing Two Birds with One Stone: Efficient and Robust Training
+of Face Recognition CNNs by Partial FC" (InsightFace ``partial_fc_v2.py``): each step
+uses the class centres of every label in the batch plus a uniform random sample of the
+other centres, so its cost is ``O(B * D * k)`` with ``k ~ sample_rate * C``. With
+``sample_rate=1`` Partial FC *equals* the full margin softmax (same loss, same gradients,
+same update) -- ``tests/test_heads_partial_fc.py`` checks it.
+
+Unlike the reference (``self.weight[index]`` on an ``nn.Parameter``, whose backward
+writes a dense ``C x D`` gradient), the centres here are a plain buffer: the sampled rows
+are gathered into a small leaf tensor, the loss's backward yields a ``(k, D)`` gradient,
+and :meth:`PartialFCHead.sparse_step` applies a row-wise SGD-momentum or Adam update to
+those rows only (:mod:`.rowwise`). The margin softmax + cross-entropy is one fused
+autograd function holding two ``B x k`` buffers. Centres and optimizer state can be
+stored in bfloat16/float16 (math is float32). The trainer calls ``sparse_step`` for you::
+
+    head = PartialFCHead(1_000_000, 256, sample_rate=0.1)
+    for images, labels in loader:
+        loss = head(encoder(images), labels)
+        opt.zero_grad(); loss.backward(); opt.step()   # opt holds the encoder only
+        head.sparse_step(lr)
+
+Example
+-------
+>>> import torch, torch.nn.functional as F
+>>> head = PartialFCHead(1000, 16, sample_rate=0.1)
+>>> loss = head(F.normalize(torch.randn(8, 16), dim=1), torch.arange(8))
+>>> loss.backward(); head.sparse_step(lr=0.1)
+>>> head.last_sampled_
+100
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from .base import Head
+from .rowwise import DTYPES, OPTIMIZERS, check_memory, init_rows_, make_state, rowwise_step, state_names
+from .softmax import ArcFaceHead, CosFaceHead, MarginSoftmaxHead
+
+_MARGINS = {"cosface": CosFaceHead, "arcface": ArcFaceHead, "normface": MarginSoftmaxHead}
+
+
+class _MarginCrossEntropy(torch.autograd.Function):
+    """Fused ``CE(s * margin(cos(e, w_j)), y)`` with a hand-written backward.
+
+    Inputs: unit embeddings ``e`` (B, D), raw rows ``w`` (k, D), targets (B,) in [0, k),
+    per-sample weights ``a`` (B,) summing to 1, the scale and the target-logit function.
+    Keeps only ``cos`` and the softmax ``P`` (both B x k) for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, e, w, targets, a, scale, target_fn):
+        inv_norm = w.norm(dim=1).clamp_min(1e-12).reciprocal()
+        cos = (e @ w.t()).mul_(inv_norm)
+        t = cos.gather(1, targets[:, None]).squeeze(1)
+        with torch.enable_grad():
+            t_leaf = t.detach().requires_grad_()
+            phi = target_fn(t_leaf)
+        p = cos * scale
+        p.scatter_(1, targets[:, None], (scale * phi.detach())[:, None])
+        top = p.max(dim=1, keepdim=True).values
+        p.sub_(top).exp_()
+        z = p.sum(dim=1, keepdim=True)
+        p.div_(z)
+        lse = top.squeeze(1) + z.squeeze(1).log()
+        loss = ((lse - scale * phi.detach()) * a).sum()
+        ctx.cos, ctx.p, ctx.phi, ctx.t_leaf = cos, p, phi, t_leaf
+        ctx.scale = scale
+        ctx.save_for_backward(e, w, targets, a, inv_norm)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        e, w, targets, a, inv_norm = ctx.saved_tensors
+        d, cos, s = ctx.p, ctx.cos, ctx.scale
+        col = targets[:, None]
+        d.scatter_add_(1, col, torch.full_like(col, -1.0, dtype=d.dtype))
+        d.mul_((a * (s * grad_out))[:, None])                         # dL/dlogit * s = dL/dcos
+        g_t = d.gather(1, col).squeeze(1)
+        (dphi,) = torch.autograd.grad(ctx.phi, ctx.t_leaf, torch.ones_like(g_t))
+        d.scatter_(1, col, (g_t * dphi)[:, None])
+        r = cos.mul_(d).sum(dim=0)                                    # sum_i D_ij cos_ij
+        ctx.cos = ctx.p = ctx.phi = ctx.t_leaf = None                 # free B x k before the matmuls
+        del cos
+        d.mul_(inv_norm)                                              # H = D / |w_j|
+        grad_e = d @ w
+        grad_w = (d.t() @ e).addcmul_(w, (r * inv_norm * inv_norm).neg_()[:, None])
+        return grad_e, grad_w, None, None, None, None
+
+
+class PartialFCHead(Head):
+    """Margin softmax over the batch's positive centres plus sampled negatives, sparse updates.
+
+    Parameters
+    ----------
+    num_classes, dim : size of the class-centre matrix (num_classes x dim).
+    sample_rate : float in (0, 1], default 0.1
+        Share of centres used per step (positives are always included).
+    margin_type : ``"cosface"`` (default), ``"arcface"`` or ``"normface"`` (no margin).
+    scale, margin : the margin softmax's ``s`` and ``m`` (defaults of the margin type).
+    dtype : ``"float32"`` (default), ``"bfloat16"`` or ``"float16"`` storage of centres and state.
+    optimizer : ``"sgd"`` (momentum, Nesterov) or ``"adam"`` (AdamW-style, lazy): the row-wise
+        update :meth:`sparse_step` applies. The trainer picks the one matching its optimizer.
+    momentum, weight_decay : optimizer settings.
+    check_memory : refuse (``InsufficientMemoryError``) before allocating when centres + state
+        would not fit in 90 % of the available RAM.
+
+    Attributes
+    ----------
+    weight : (num_classes, dim) buffer, the raw centres (normalised on use).
+    last_sampled_ : number of centres used by the last step.
+
+    See Also
+    --------
+    CosFaceHead, ArcFaceHead : the dense heads this equals at ``sample_rate=1``.
+    """
+
+    name = "partial_fc"
+    sparse = True
+    softmax_type = True
+
+    def __init__(self, num_classes: int, dim: int, *, sample_rate: float = 0.1,
+                 margin_type: str = "cosface", scale: float | None = None, margin: float | None = None,
+                 dtype: str = "float32", optimizer: str = "sgd", momentum: float = 0.9,
+                 weight_decay: float = 5e-4, check_memory: bool = True) -> None:
+        super().__init__(num_classes, dim)
+        if isinstance(sample_rate, bool) or not 0.0 < float(sample_rate) <= 1.0:
+            raise ConfigError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+        if margin_type not in _MARGINS:
+            raise ConfigError(f"margin_type must be one of {sorted(_MARGINS)}, got {margin_type!r}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        margin_cls = _MARGINS[margin_type]
+        self.sample_rate = float(sample_rate)
+        self.margin_type = margin_type
+        self.scale = float(margin_cls.default_scale if scale is None else scale)
+        self.margin = float(margin_cls.default_margin if margin is None else margin)
+        self.dtype_name, self.optimizer = dtype, optimizer
+        self.momentum, self.weight_decay = float(momentum), float(weight_decay)
+        storage = DTYPES[dtype]
+        if check_memory:
+            check_memory_for(num_classes, dim, dtype, optimizer, momentum, self.sample_rate)
+        self.register_buffer("weight", init_rows_(torch.empty(num_classes, dim, dtype=storage)))
+        for key, buf in make_state(self.weight, optimizer, storage, self.momentum).items():
+            self.register_buffer(key, buf)
+        self.register_buffer("step_count", torch.zeros((), dtype=torch.int64))
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_sampled_ = 0
+
+    def hparams(self) -> dict:
+        return {"sample_rate": self.sample_rate, "margin_type": self.margin_type, "scale": self.scale,
+                "margin": self.margin, "dtype": self.dtype_name, "optimizer": self.optimizer,
+                "momentum": self.momentum, "weight_decay": self.weight_decay}
+
+    def target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
+        """The margin of ``margin_type`` (CosFace ``cos - m``, ArcFace ``cos(theta + m)``)."""
+        return _MARGINS[self.margin_type].target_logit(self, cos_target)
+
+    # -- sampling -----------------------------------------------------------------
+    def sample(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(index, targets)``: sorted unique rows to use and each label's position in them."""
+        positives = labels.unique()
+        c = self.num_classes
+        k = max(positives.numel(), min(c, math.ceil(self.sample_rate * c)))
+        need = k - positives.numel()
+        if need > 0:
+            if need > c // 4:
+                is_pos = torch.zeros(c, dtype=torch.bool)
+                is_pos[positives] = True
+                perm = torch.randperm(c)
+                negatives = perm[~is_pos[perm]][:need]
+            else:
+                negatives = _sample_without(c, need, positives)
+            index = torch.cat([positives, negatives]).sort().values
+        else:
+            index = positives
+        return index, torch.searchsorted(index, labels)
+
+    # -- training ------------------------------------------------------------------
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.check_batch(embeddings, labels)
+        labels = labels.long()
+        index, targets = self.sample(labels)
+        rows = self.weight.index_select(0, index).float().requires_grad_()
+        if self.training:
+            self._pending = (index, rows)
+        self.last_sampled_ = index.numel()
+        e = F.normalize(embeddings.float(), dim=1)
+        if self.focal_gamma:  # focal loss: plain autograd (keeps more B x k buffers)
+            cos = F.linear(e, F.normalize(rows, dim=1))
+            t = cos.gather(1, targets[:, None])
+            logits = self.scale * cos.scatter(1, targets[:, None], self.target_logit(t))
+            return self.loss_from_logits(logits, targets, labels)
+        if self.class_weight is not None:
+            a = self.class_weight[labels]
+            a = a / a.sum().clamp_min(1e-12)
+        else:
+            a = torch.full((labels.numel(),), 1.0 / labels.numel())
+        return _MarginCrossEntropy.apply(e, rows, targets, a, self.scale, self.target_logit)
+
+    def sparse_step(self, lr: float) -> None:
+        """Row-wise optimizer update of the rows used by the last forward (after backward)."""
+        if self._pending is None:
+            return
+        index, rows = self._pending
+        self._pending = None
+        if rows.grad is None:
+            return
+        self.step_count += 1
+        state = {k: getattr(self, k) for k in state_names(self.optimizer, self.momentum)}
+        rowwise_step(self.weight, state, index, rows.grad, lr=lr, kind=self.optimizer,
+                     momentum=self.momentum, weight_decay=self.weight_decay, step=int(self.step_count))
+
+    # -- inference -------------------------------------------------------------------
+    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.normalize(embeddings.float(), dim=1), self.class_centers())
+
+    def predict(self, embeddings: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-k cosine over all centres, in chunks of rows (no B x C matrix)."""
+        e = F.normalize(embeddings.detach().float(), dim=1)
+        k = min(k, self.num_classes)
+        best_s = torch.full((e.shape[0], k), -math.inf)
+        best_i = torch.zeros((e.shape[0], k), dtype=torch.int64)
+        step = 262144
+        with torch.no_grad():
+            for lo in range(0, self.num_classes, step):
+                w = F.normalize(self.weight[lo: lo + step].float(), dim=1)
+                s = e @ w.t()
+                kk = min(k, s.shape[1])
+                cs, ci = s.topk(kk, dim=1)
+                all_s = torch.cat([best_s, cs], 1)
+                all_i = torch.cat([best_i, ci + lo], 1)
+                best_s, pos = all_s.topk(k, dim=1)
+                best_i = all_i.gather(1, pos)
+        return best_s, best_i
+
+    def class_centers(self) -> torch.Tensor:
+        return F.normalize(self.weight.float(), dim=1)
+
+    def state_bytes(self) -> int:
+        """Bytes of centres + optimizer state."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+
+def check_memory_for(num_classes: int, dim: int, dtype: str = "float32", optimizer: str = "sgd",
+                     momentum: float = 0.9, sample_rate: float = 0.1, batch: int = 256) -> int:
+    """Estimate the bytes a :class:`PartialFCHead` needs and fail fast if RAM is short."""
+    n_state = len(state_names(optimizer, momentum))
+    item = torch.empty((), dtype=DTYPES[dtype]).element_size()
+    k = math.ceil(sample_rate * num_classes)
+    needed = num_classes * dim * item * (1 + n_state) + 4 * k * (3 * dim + 2 * batch)
+    check_memory(f"partial_fc with {num_classes:,} classes x {dim} dims ({dtype}, {optimizer})", needed)
+    return needed
+
+
+def _sample_without(c: int, need: int, exclude: torch.Tensor) -> torch.Tensor:
+    """``need`` distinct ids from ``range(c)`` minus ``exclude``, uniformly (need << c)."""
+    got = torch.empty(0, dtype=torch.int64)
+    while got.numel() < need:
+        draw = torch.randint(0, c, (int((need - got.numel()) * 1.1) + 16,))
+        got = torch.cat([got, draw]).unique()
+        got = got[~torch.isin(got, exclude)]
+    return got[torch.randperm(got.numel())[:need]]

@@ -1,0 +1,117 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megaclass.errors import ConfigError, InvalidInputError
+from megaclass.heads import ArcFaceHead, CosFaceHead, load_head, make_head
+from megaclass.heads.base import InsufficientMemoryError
+from megaclass.heads.partial_fc import PartialFCHead
+
+
+def _pair(margin_type, c=50, d=12):
+    torch.manual_seed(0)
+    dense = (CosFaceHead if margin_type == "cosface" else ArcFaceHead)(c, d)
+    pfc = PartialFCHead(c, d, sample_rate=1.0, margin_type=margin_type, weight_decay=0.0)
+    pfc.weight.copy_(dense.weight.detach())
+    return dense, pfc
+
+
+@pytest.mark.parametrize("margin_type", ["cosface", "arcface"])
+def test_rate_one_equals_full_margin_softmax(margin_type):
+    dense, pfc = _pair(margin_type)
+    emb = torch.randn(16, 12)
+    labels = torch.randint(0, 50, (16,))
+    e1 = emb.clone().requires_grad_()
+    e2 = emb.clone().requires_grad_()
+    l1 = dense(e1, labels)
+    l2 = pfc(e2, labels)
+    l1.backward()
+    l2.backward()
+    assert l2.item() == pytest.approx(l1.item(), rel=1e-5, abs=1e-6)
+    assert torch.allclose(e1.grad, e2.grad, atol=1e-6, rtol=1e-4)
+    index, rows = pfc._pending
+    assert index.numel() == 50
+    ref = dense.weight.grad[index]
+    assert torch.allclose(ref, rows.grad, atol=1e-6 * ref.abs().max().item(), rtol=1e-4)
+
+
+def test_rate_one_update_equals_dense_sgd():
+    dense, pfc = _pair("cosface")
+    opt = torch.optim.SGD(dense.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    for _ in range(3):
+        emb = torch.randn(16, 12)
+        labels = torch.randint(0, 50, (16,))
+        opt.zero_grad()
+        dense(emb, labels).backward()
+        opt.step()
+        pfc(emb, labels).backward()
+        pfc.sparse_step(0.01)
+    assert torch.allclose(dense.weight.detach(), pfc.weight, atol=1e-5, rtol=1e-4)
+
+
+def test_sampling_keeps_positives_and_rate():
+    head = PartialFCHead(1000, 8, sample_rate=0.1)
+    labels = torch.tensor([3, 3, 999, 500])
+    index, targets = head.sample(labels)
+    assert index.numel() == 100 and index.unique().numel() == 100
+    assert torch.equal(index[targets], labels)
+    many = torch.arange(300)
+    index, _ = head.sample(many)
+    assert index.numel() == 300  # more positives than the sample: all of them
+
+
+@pytest.mark.parametrize("optimizer,dtype", [("sgd", "float32"), ("adam", "bfloat16")])
+def test_only_sampled_rows_change(optimizer, dtype):
+    torch.manual_seed(1)
+    head = PartialFCHead(2000, 8, sample_rate=0.05, optimizer=optimizer, dtype=dtype)
+    before = head.weight.clone()
+    head(torch.randn(4, 8), torch.tensor([1, 2, 3, 4])).backward()
+    index = head._pending[0]
+    head.sparse_step(0.1)
+    changed = (head.weight != before).any(dim=1).nonzero().squeeze(1)
+    assert set(changed.tolist()) <= set(index.tolist()) and changed.numel() > 0
+    assert head.weight.dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+
+
+def test_pfc_learns_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    head = PartialFCHead(40, 8, sample_rate=0.3, dtype="bfloat16", optimizer="adam")
+    protos = F.normalize(torch.randn(40, 8), dim=1)
+    labels = torch.arange(40).repeat(2)
+    emb = protos[labels] + 0.05 * torch.randn(80, 8)
+    first = None
+    for _ in range(60):
+        loss = head(emb, labels)
+        first = first if first is not None else loss.item()
+        loss.backward()
+        head.sparse_step(0.05)
+    assert loss.item() < first
+    head.eval()
+    assert (head.predict(emb, k=1)[1].squeeze(1) == labels).float().mean() > 0.9
+    head.save(tmp_path)
+    again = load_head(tmp_path)
+    assert isinstance(again, PartialFCHead) and again.dtype_name == "bfloat16"
+    assert torch.equal(again.weight, head.weight) and torch.equal(again.exp_avg, head.exp_avg)
+    assert torch.equal(again.class_centers(), head.class_centers())
+
+
+def test_focal_and_class_weights_run():
+    head = PartialFCHead(30, 8, sample_rate=0.5).set_loss(focal_gamma=2.0)
+    head(torch.randn(6, 8), torch.arange(6)).backward()
+    head = PartialFCHead(30, 8, sample_rate=0.5).set_loss(class_weight=torch.rand(30) + 0.1)
+    head(torch.randn(6, 8), torch.arange(6)).backward()
+    assert head._pending[1].grad is not None
+
+
+def test_bad_input():
+    with pytest.raises(ConfigError, match="sample_rate"):
+        PartialFCHead(10, 4, sample_rate=0.0)
+    with pytest.raises(ConfigError, match="sample_rate"):
+        make_head("partial_fc", 10, 4, sample_rate=1.5)
+    with pytest.raises(InsufficientMemoryError, match="GiB"):
+        PartialFCHead(10**12, 256)
+    head = PartialFCHead(10, 4)
+    with pytest.raises(InvalidInputError, match="labels must lie"):
+        head(torch.randn(2, 4), torch.tensor([0, 10]))
+    with pytest.raises(InvalidInputError, match="empty batch"):
+        head(torch.randn(0, 4), torch.zeros(0, dtype=torch.int64))
