@@ -83,3 +83,13 @@ def test_errors_are_one_line_and_nonzero(tiny_model_dir, tmp_path, args, message
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 2
+
+
+def test_train_with_partial_fc_options(tmp_path):
+    out = json.loads(run("train", "glyphs:40", "-m", tmp_path / "m", "--head", "partial_fc",
+                         "--sample-rate", "0.5", "--centers-dtype", "bfloat16", "--steps", "2",
+                         "--batch-size", "32", "--workers", "0", "--json").stdout)
+    assert out["steps"] == 2 and out["classes"] == 40
+    bad = run("train", "glyphs:40", "-m", tmp_path / "m", "--head", "partial_fc",
+              "--sample-rate", "0", "--steps", "1", check=False)
+    assert bad.returncode == 2 and "sample_rate" in bad.stderr

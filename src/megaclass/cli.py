@@ -95,6 +95,11 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
           checkpoint_dir: Annotated[Path | None, typer.Option(help="Where to write checkpoints.")] = None,
           checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0 = at the end only).")] = 0,
           resume: Annotated[bool, typer.Option(help="Resume from the latest checkpoint in --checkpoint-dir.")] = False,
+          sample_rate: Annotated[float | None, typer.Option(help="partial_fc: share of negative class centres sampled per step.")] = None,
+          centers_dtype: Annotated[str | None, typer.Option(help="partial_fc: storage of class centres (float32 | bfloat16 | float16).")] = None,
+          taxonomy: Annotated[Path | None, typer.Option(help="hierarchical: JSON/CSV file mapping class -> group.")] = None,
+          focal_gamma: Annotated[float, typer.Option(help="Focal loss gamma (0 = plain cross-entropy).")] = 0.0,
+          class_balanced: Annotated[bool, typer.Option(help="Weight the loss by effective number of samples per class.")] = False,
           seed: int = 0,
           workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 1,
           as_json: JsonOpt = False) -> None:
@@ -107,7 +112,11 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
                       m_per_class=m_per_class, optimizer=optimizer, lr=lr, scale=scale,
                       margin=margin, dim=dim, seed=seed, num_workers=workers,
                       checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
-                      checkpoint_every=checkpoint_every, resume=resume, progress=not as_json)
+                      checkpoint_every=checkpoint_every, resume=resume, progress=not as_json,
+                      head_options={k: v for k, v in {"sample_rate": sample_rate, "dtype": centers_dtype,
+                                                      "taxonomy": str(taxonomy) if taxonomy else None}.items()
+                                    if v is not None},
+                      focal_gamma=focal_gamma, class_balanced=class_balanced)
     encoder = trainer.fit()
     encoder.save(model)
     result = {"model": str(model), "classes": source.num_classes, "steps": len(trainer.history_),
