@@ -42,7 +42,7 @@ class DemoConfig:
     """Sizes of the demo; ``quick()`` is a seconds-long version for tests."""
 
     train_classes: int = 2000
-    train_steps: int = 450
+    train_steps: int = 520
     batch_size: int = 256
     enrolled: int = 5000
     per_class: int = 5
