@@ -167,8 +167,7 @@ class Recognizer:
             batches.append(to_batch(samples, size=self.encoder.input_size))
         if not batches:
             return 0
-        with torch.inference_mode():  # one batched forward pass for all classes
-            vectors = self.encoder.embed(torch.cat(batches)).numpy()
+        vectors = self.embed(torch.cat(batches))  # one batched forward pass for all classes
         bounds = np.cumsum([0] + [len(b) for b in batches])
         prepared = [(label, *self._templates(vectors[a:b], None))
                     for label, a, b in zip(labels, bounds[:-1], bounds[1:], strict=True)]

@@ -85,6 +85,13 @@ def _time_single(search, queries: np.ndarray, n: int) -> dict:
     return _percentiles(lat)
 
 
+def _batch_qps(search_batch, queries: np.ndarray) -> float:
+    """Queries per second of one batched call."""
+    t = time.perf_counter()
+    search_batch(queries)
+    return len(queries) / (time.perf_counter() - t)
+
+
 def _rss_mb() -> float:
     """Peak resident set size of this process (MiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -161,9 +168,7 @@ def _run_megaclass(tpl, owner, mated, truth, work, single):
     else:
         knob_name, knob, recall = None, None, _recall(search_cls(mated), truth)
     lat = _time_single(lambda q: g.search(q, k=1), mated, single)
-    t = time.perf_counter()
-    g.search(mated, k=1)
-    batch_qps = len(mated) / (time.perf_counter() - t)
+    batch_qps = _batch_qps(lambda q: g.search(q, k=1), mated)
     g.close()
     t = time.perf_counter()
     g2 = Gallery.open(path)
@@ -193,7 +198,6 @@ def _run_faiss(tpl, owner, mated, truth, work, single):
     index = faiss.IndexIDMap2(inner)
     index.add_with_ids(tpl, np.arange(len(tpl), dtype=np.int64))
     build_s = time.perf_counter() - t
-    knob = {}
     if "nprobe" in info:  # the same search knob megaclass settled on: same work per query
         faiss.extract_index_ivf(index).nprobe = int(info["nprobe"])
     path = work / "faiss.index"
@@ -207,12 +211,10 @@ def _run_faiss(tpl, owner, mated, truth, work, single):
     faiss.omp_set_num_threads(1)  # single queries: one thread is FAISS's fastest setting
     lat = _time_single(lambda q: index.search(q, 1), mated, single)
     faiss.omp_set_num_threads(threads)
-    t = time.perf_counter()
-    index.search(mated, 1)
-    batch_qps = len(mated) / (time.perf_counter() - t)
+    batch_qps = _batch_qps(lambda q: index.search(q, 1), mated)
     t = time.perf_counter()
     faiss.read_index(str(path))
-    return {"index": spec, "knob": knob or {"nprobe": info.get("nprobe")}, "recall_at_1": recall,
+    return {"index": spec, "knob": {"nprobe": info.get("nprobe")}, "recall_at_1": recall,
             "enroll_templates_per_s": len(tpl) / build_s, **lat, "batch_qps": batch_qps,
             "open_s": time.perf_counter() - t, "disk_mb": path.stat().st_size / 2**20,
             "durable": False}
@@ -229,10 +231,8 @@ def _run_numpy(tpl, owner, mated, truth, work, single):
 
     recall = _recall(search_cls(mated[:200]), truth[:200])
     lat = _time_single(lambda q: (q @ tpl.T).argmax(axis=1), mated, min(single, 100))
-    t = time.perf_counter()
-    for i in range(0, 200, 50):
-        search_cls(mated[i:i + 50])
-    batch_qps = 200 / (time.perf_counter() - t)
+    batch_qps = _batch_qps(lambda q: [search_cls(q[i:i + 50]) for i in range(0, len(q), 50)],
+                           mated[:200])
     t = time.perf_counter()
     np.load(path)
     return {"index": "brute force", "knob": {}, "recall_at_1": recall,
@@ -255,9 +255,7 @@ def _run_hnswlib(tpl, owner, mated, truth, work, single):
 
     ef, recall = _tune(index.set_ef, search_cls, mated, truth, 16, 2048)
     lat = _time_single(lambda q: index.knn_query(q, k=1), mated, single)
-    t = time.perf_counter()
-    index.knn_query(mated, k=1)
-    batch_qps = len(mated) / (time.perf_counter() - t)
+    batch_qps = _batch_qps(lambda q: index.knn_query(q, k=1), mated)
     path = work / "hnswlib.bin"
     index.save_index(str(path))
     t = time.perf_counter()
@@ -285,9 +283,7 @@ def _run_usearch(tpl, owner, mated, truth, work, single):
 
     ef, recall = _tune(set_knob, search_cls, mated, truth, 16, 2048)
     lat = _time_single(lambda q: index.search(q, 1), mated, single)
-    t = time.perf_counter()
-    index.search(mated, 1)
-    batch_qps = len(mated) / (time.perf_counter() - t)
+    batch_qps = _batch_qps(lambda q: index.search(q, 1), mated)
     path = work / "usearch.bin"
     index.save(str(path))
     t = time.perf_counter()
@@ -317,9 +313,7 @@ def _run_milvus(tpl, owner, mated, truth, work, single):
     recall = _recall(search_cls(mated[:200]), truth[:200])
     lat = _time_single(lambda q: client.search("g", data=q.tolist(), limit=1), mated,
                        min(single, 100))
-    t = time.perf_counter()
-    search_cls(mated[:200])
-    batch_qps = 200 / (time.perf_counter() - t)
+    batch_qps = _batch_qps(search_cls, mated[:200])
     client.close()
     t = time.perf_counter()
     MilvusClient(str(path)).close()

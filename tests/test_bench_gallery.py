@@ -1,0 +1,15 @@
+import json
+
+from megaclass.bench.gallery import GalleryBenchConfig, run_bench
+
+
+def test_gallery_bench_tiny(tmp_path):
+    cfg = GalleryBenchConfig(classes=300, dim=16, queries=50, non_mated=10, single=10)
+    report = run_bench(cfg, tmp_path, systems=("megaclass", "faiss", "numpy"), log=lambda *a: None)
+    saved = json.loads((tmp_path / "gallery_bench.json").read_text())
+    assert saved["results"].keys() == report["results"].keys() == {"megaclass", "faiss", "numpy"}
+    for name, r in saved["results"].items():
+        assert "skipped" not in r, (name, r)
+        assert r["recall_at_1"] >= 0.99 and r["p50_ms"] > 0 and r["batch_qps"] > 0
+    assert saved["results"]["megaclass"]["durable"] is True
+    assert (tmp_path / "gallery_bench.png").read_bytes()[:4] == b"\x89PNG"
