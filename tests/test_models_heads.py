@@ -95,3 +95,10 @@ def test_head_bad_input():
         head(torch.randn(2, 3), torch.tensor([0, 1]))
     with pytest.raises(ConfigError, match="unknown head"):
         make_head("nope", 5, 4)
+
+
+def test_damaged_head_file_is_a_typed_error(tmp_path):
+    make_head("cosface", 5, 4).save(tmp_path)
+    (tmp_path / "head.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelFormatError, match="head.safetensors"):
+        load_head(tmp_path)

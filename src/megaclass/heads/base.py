@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import ConfigError, InvalidInputError, MegaclassError, ModelFormatError
+from ..tensorio import read_json, read_tensors
 from .losses import classification_loss
 
 
@@ -160,11 +161,8 @@ def load_head(path: str | os.PathLike) -> Head:
     from .registry import make_head
 
     root = Path(path)
-    try:
-        cfg = json.loads((root / "head.json").read_text())
-        state = load_file(str(root / "head.safetensors"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{root} does not hold a saved head: {exc}") from exc
+    cfg = read_json(root / "head.json")
+    state = read_tensors(root / "head.safetensors")
     if cfg.get("kind") != "megaclass.head":
         raise ModelFormatError(f"{root}/head.json does not describe a megaclass head")
     head = make_head(cfg["name"], cfg["num_classes"], cfg["dim"], **cfg.get("hparams", {}))

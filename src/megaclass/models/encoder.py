@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import ConfigError, InvalidInputError, ModelFormatError
+from ..tensorio import read_json, read_tensors
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -189,10 +190,7 @@ class Encoder(nn.Module):
             raise ModelFormatError(
                 f"{root} is not a megaclass model directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
             )
-        try:
-            data = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelFormatError(f"cannot read {cfg_path}: {exc}") from exc
+        data = read_json(cfg_path)
         if data.get("kind") != "megaclass.encoder":
             raise ModelFormatError(f"{cfg_path} does not describe a megaclass encoder")
         if data.get("format_version", 0) > FORMAT_VERSION:
@@ -200,10 +198,10 @@ class Encoder(nn.Module):
                 f"{root} was written by a newer megaclass (format {data['format_version']})"
             )
         model = cls(EncoderConfig.from_dict(data))
+        state = read_tensors(w_path, "weights")
         try:
-            state = load_file(str(w_path))
             model.load_state_dict(state, strict=True)
-        except Exception as exc:  # safetensors raises several types for damaged files
+        except RuntimeError as exc:  # names or shapes that do not fit the config
             raise ModelFormatError(f"cannot load weights from {w_path}: {exc}") from exc
         model.eval()
         return model

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..errors import ModelFormatError
 from ..heads import Head, load_head
 from ..models import Encoder
+from ..tensorio import read_json, read_tensors
 
 LATEST = "latest"
 
@@ -80,11 +80,8 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 def load_checkpoint(path: str | Path) -> tuple[Encoder, Head, dict, dict]:
     """Return ``(encoder, head, optimizer_state_dict, info)`` from a checkpoint directory."""
     path = Path(path)
-    try:
-        info = json.loads((path / "state.json").read_text())
-        tensors = load_file(str(path / "optimizer.safetensors"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{path} is not a readable checkpoint: {exc}") from exc
+    info = read_json(path / "state.json")
+    tensors = read_tensors(path / "optimizer.safetensors")
     rng = tensors.pop("__rng__", None)
     if rng is not None:
         info["rng_state"] = rng
