@@ -3,14 +3,22 @@
 DET curves use normal-deviate (probit) axes as in ISO/IEC 19795-1 and NIST FRVT/FRTE
 reports: a straight line there means Gaussian-like score distributions, and the low
 error rates that matter are spread out instead of squashed against an axis.
+
+ROC curves put the true accept rate (TAR = 1 - FNMR, or 1 - FNIR for 1:N) against the
+false accept rate on a log axis, as in the IJB-B/IJB-C protocols (Whitelam et al. 2017,
+Maze et al. 2018) and InsightFace's verification reports; the axis stops where the
+number of non-matching comparisons stops resolving rates (1 / their count).
 """
 
 from __future__ import annotations
 
 import io
+import math
 from statistics import NormalDist
 
 import numpy as np
+
+from ..errors import InvalidInputError
 
 _TICKS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99]
 
@@ -72,6 +80,113 @@ def det_plot(curves: dict[str, tuple], xlabel: str = "FPIR", ylabel: str = "FNIR
     ax.set_title(title)
     if curves:
         ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def roc_points(false_positive, false_negative) -> tuple[np.ndarray, np.ndarray]:
+    """ROC points ``(FAR, TAR)`` from error rates taken at the same thresholds.
+
+    ``false_positive`` (FMR or FPIR) and ``false_negative`` (FNMR or FNIR) are aligned
+    arrays, one entry per threshold, in any order. Returns the distinct points sorted by
+    FAR ascending with TAR = 1 - false negative rate; for rates from one score threshold
+    TAR is then non-decreasing too.
+
+    Examples
+    --------
+    >>> far, tar = roc_points([0.5, 0.0, 0.5, 1.0], [0.0, 1.0, 0.0, 0.0])
+    >>> far.tolist(), tar.tolist()
+    ([0.0, 0.5, 1.0], [0.0, 1.0, 1.0])
+    """
+    x = np.asarray(false_positive, dtype=np.float64).reshape(-1)
+    y = 1.0 - np.asarray(false_negative, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise InvalidInputError(f"{x.size} false positive rates but {y.size} false negative rates")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise InvalidInputError("ROC rates must be finite (got NaN or inf)")
+    if x.size and (x.min() < 0 or x.max() > 1 or y.min() < 0 or y.max() > 1):
+        raise InvalidInputError("ROC rates must lie in [0, 1]")
+    order = np.lexsort((y, x))
+    x, y = x[order], y[order]
+    keep = np.ones(x.size, dtype=bool)
+    keep[1:] = (np.diff(x) != 0) | (np.diff(y) != 0)
+    return x[keep], y[keep]
+
+
+def _thin_log(x: np.ndarray, y: np.ndarray, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    # x ascending: keep every low-FAR point (few, and the ones that matter) plus an even sample
+    if x.size <= n:
+        return x, y
+    keep = np.unique(np.concatenate([np.arange(n // 2), np.linspace(0, x.size - 1, n).astype(int)]))
+    return x[keep], y[keep]
+
+
+def roc_plot(curves: dict[str, tuple], marks: list[tuple] = (), eer: dict[str, float] | None = None,
+             title: str = "ROC (log FAR axis)", xlabel: str = "false accept rate (FMR / FPIR)",
+             ylabel: str = "true accept rate (1 - FNMR / 1 - FNIR)") -> bytes:
+    """ROC curves on a log-x axis from 1e-6 (or 1 / the negatives available) to 1.
+
+    Parameters
+    ----------
+    curves : ``{name: (false_positive_rates, false_negative_rates, n_negatives[, unit])}``:
+        aligned rate arrays (e.g. FMR and FNMR per threshold), the number of non-matching
+        comparisons behind them and what those are called (``"impostor pairs"``). The
+        smallest measurable false accept rate, ``1 / n_negatives``, is drawn as a dotted
+        vertical line; rates of 0 cannot be drawn on a log axis and are left out.
+    marks : ``(far, tar, text)`` operating points to annotate (e.g. TAR @ FAR 1e-3).
+    eer : ``{name: equal error rate}``: drawn at ``(EER, 1 - EER)`` on the curve, with the
+        line ``TAR = 1 - FAR`` where every curve meets its EER.
+
+    Returns
+    -------
+    PNG bytes.
+
+    Examples
+    --------
+    >>> png = roc_plot({"1:1": ([1e-3, 0.01, 0.5], [0.3, 0.1, 0.0], 1000, "impostor pairs")},
+    ...                marks=[(0.01, 0.9, "FAR 0.01")], eer={"1:1": 0.08})
+    >>> png[:4] == b"\\x89PNG"
+    True
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 6.0))
+    floors = [1.0 / c[2] for c in curves.values() if c[2]]
+    left = max(1e-6, 10.0 ** math.floor(math.log10(min(floors)))) if floors else 1e-6
+    low = 1.0
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (name, (fp, fn, n, *unit)), color in zip(curves.items(), colors, strict=False):
+        x, y = roc_points(fp, fn)
+        vis = x >= left
+        if vis.any():
+            low = min(low, float(y[vis].min()))
+        x, y = _thin_log(x[x > 0], y[x > 0])
+        ax.plot(x, y, color=color, label=name)
+        if n and 1.0 / n >= left:
+            ax.axvline(1.0 / n, color=color, linestyle=":", linewidth=1.2,
+                       label=f"smallest measurable: 1 / {n:,} {unit[0] if unit else 'negatives'}")
+        if eer and eer.get(name) is not None:
+            e = float(eer[name])
+            ax.plot([max(e, left)], [1 - e], "D", color="tab:red", markersize=6, zorder=3,
+                    label=f"EER {e:.2%}" + (f" ({name})" if len(eer) > 1 else ""))
+    ylo = max(0.0, math.floor((low - 0.02) * 10) / 10)
+    for x, y, text in marks:
+        x = max(float(x), left)
+        ax.plot([x], [y], "ko", markersize=4, zorder=3)
+        below = y - ylo > 0.1 * (1.005 - ylo)  # room under the point for its label
+        ax.annotate(text, (x, float(y)), textcoords="offset points", xytext=(5, -11 if below else 4),
+                    fontsize=7)
+    if eer:
+        g = np.logspace(math.log10(left), 0, 200)
+        ax.plot(g, 1 - g, color="0.6", linestyle="--", linewidth=0.8, label="TAR = 1 - FAR (EER line)")
+    ax.set_xscale("log")
+    ax.set_xlim(left, 1.0)
+    ax.set_ylim(ylo, 1.005)
+    ax.grid(alpha=0.35, which="major")
+    ax.grid(alpha=0.1, which="minor", axis="x")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if curves:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
     return _png(fig)
 
 

@@ -29,13 +29,26 @@ table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:
 text-align:right}th{background:#f3f3f3}td.l,th.l,td.i{text-align:left}.u{color:#a33}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.grid img{border:1px solid #eee}
 .thumb{image-rendering:pixelated;width:48px;height:48px;margin:1px;background:#000}
-.sub{color:#666}"""
+.sub{color:#666}figure{margin:0}figcaption{font-size:.85em;color:#555;max-width:550px}"""
+
+_CAPTIONS = {
+    "det": "DET: false negative against false positive rate on normal-deviate axes (lower left is better).",
+    "roc": "ROC: true against false accept rate (log axis, down to 1 / non-matching comparisons), "
+           "with TAR@FAR, FNIR@FPIR points and the EER.",
+}
 
 
 def _img(png: bytes, alt: str, cls: str = "") -> str:
     data = base64.b64encode(png).decode("ascii")
     c = f' class="{cls}"' if cls else ""
     return f'<img{c} alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _figure(name: str, png: bytes) -> str:
+    img = _img(png, f"{name} plot")
+    if name not in _CAPTIONS:
+        return img
+    return f"<figure>{img}<figcaption>{html.escape(_CAPTIONS[name])}</figcaption></figure>"
 
 
 def _fmt(v, pct: bool = False) -> str:
@@ -58,6 +71,26 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _why(r: dict) -> str:
     return html.escape(r.get("reason") or "")
+
+
+def _roc(ev: Evaluation, os_: dict, vf: dict) -> bytes:
+    """ROC plot: 1:N (1 - FNIR vs FPIR) and 1:1 (TAR vs FMR, from the verification stream), as in the DET."""
+    curves, marks, eer = {}, [], {}
+    if ev.det is not None:
+        curves["1:N identification (FPIR, 1 - FNIR)"] = (ev.det["fpir"], ev.det["fnir"],
+                                                         os_["non_mated_searches"], "non-mated searches")
+        marks += [(r["fpir"], 1 - r["fnir"], f'FPIR {r["target_fpir"]:g}') for r in os_["fnir_at_fpir"]
+                  if r["fnir"] is not None]
+    v = ev.verification
+    if v is not None and v.impostor.n and v.genuine.n:
+        name = "1:1 verification (FMR, TAR)"
+        curves[name] = (v.impostor.at_least() / v.impostor.n, 1 - v.genuine.at_least() / v.genuine.n,
+                        v.impostor.n, "impostor pairs")
+        marks += [(r["achieved_far"], r["tar"], f'TAR@FAR {r["far"]:g}') for r in vf["tar_at_far"]
+                  if r["tar"] is not None]
+        if vf.get("eer") is not None:
+            eer[name] = vf["eer"]
+    return plots.roc_plot(curves, marks, eer)
 
 
 def render_html(ev: Evaluation, *, title: str = "megaclass evaluation", images=None, labels=None,
@@ -117,6 +150,7 @@ def render_html(ev: Evaluation, *, title: str = "megaclass evaluation", images=N
                                                   1 - v.genuine.at_least() / v.genuine.n)
     pngs["det"] = plots.det_plot(curves, "false positive rate (FPIR / FMR)",
                                  "false negative rate (FNIR / FNMR)", marks=marks)
+    pngs["roc"] = _roc(ev, os_, vf)
     pngs["cmc"] = plots.cmc_plot(ev.cmc)
     thr = os_.get("gallery_threshold")
     label = "gallery threshold"
@@ -128,7 +162,7 @@ def render_html(ev: Evaluation, *, title: str = "megaclass evaluation", images=N
     pngs["f1"] = plots.f1_histogram(ev.f1)
     if scaling:
         pngs["gallery_size"] = plots.gallery_size_plot(scaling["points"], scaling.get("target_fpir"))
-    figs = [_img(png, f"{name} plot") for name, png in pngs.items()]
+    figs = [_figure(name, png) for name, png in pngs.items()]
     parts += ["<h2>Plots</h2>", '<div class="grid">' + "".join(figs) + "</div>"]
     if scaling:
         parts.append(_table(["enrolled classes", "rank-1 accuracy", f'FNIR @ FPIR {scaling["target_fpir"]:g}',
