@@ -1,5 +1,8 @@
 """Index choice by factory string or "auto", tombstones, snapshot replay."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -22,6 +25,7 @@ def _clustered(n_classes: int, per: int, seed: int = 0):
 def _fill(g, n_classes=400, per=3, seed=0):
     centres, vecs = _clustered(n_classes, per, seed)
     g.enroll_many((f"c{i}", vecs[i]) for i in range(n_classes))
+    assert g.wait_for_index(timeout=120)  # the upgrade / re-tune a write calls for runs in the background
     return centres
 
 
@@ -61,6 +65,9 @@ def test_tombstones_hide_erased_classes_and_trigger_rebuild(tmp_path):
         assert all(m.label != "c3" for m in g.search(centres[3], k=10)[0])
         for i in range(4, 30):  # > 10 % of the vectors: rebuilt without tombstones
             g.erase(f"c{i}")
+        erased = {f"c{i}" for i in range(3, 30)}
+        assert not erased & {m.label for row in g.search(centres[:30], k=3) for m in row}
+        assert g.wait_for_index(timeout=120)
         assert g.stats()["tombstones"] < 0.1 * g.stats()["templates"]
         assert g.check()["ok"]
     with Gallery.open(tmp_path / "g") as g:
@@ -74,7 +81,9 @@ def test_auto_upgrades_as_the_gallery_grows(tmp_path, monkeypatch):
         _fill(g, n_classes=100)  # 300 templates: exact
         assert g.stats()["index"] == "Flat"
         centres, vecs = _clustered(300, 3, seed=1)
-        g.enroll_many((f"d{i}", vecs[i]) for i in range(300))  # 1,200: IVF
+        g.enroll_many((f"d{i}", vecs[i]) for i in range(300))  # 1,200: IVF, built in the background
+        assert g.search(centres[7], k=1)[0][0].label == "d7"  # meanwhile: exact search goes on
+        assert g.wait_for_index(timeout=120)
         st = g.stats()
         assert st["index"].startswith("IVF") and st["recall_at_1"] >= 0.9
         assert g.search(centres[7], k=1)[0][0].label == "d7"
@@ -158,3 +167,71 @@ def test_read_only_processes_follow_one_writer(tmp_path):
     with pytest.raises(CE, match="read-only"):
         ro.enroll("x", vecs[0])
     ro.close()
+
+
+def test_writes_during_a_background_rebuild_are_replayed_into_the_new_index(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_mod, "AUTO_EXACT_MAX", 500)
+    monkeypatch.setattr(index_mod, "AUTO_NLIST_MIN", 16)
+    started, release = threading.Event(), threading.Event()
+    real_build = ClassIndex.build.__func__
+
+    def slow_build(cls, dim, read, n, **k):
+        if n:  # not the empty index made at creation
+            started.set()
+            assert release.wait(60)
+        return real_build(cls, dim, read, n, **k)
+
+    monkeypatch.setattr(ClassIndex, "build", classmethod(slow_build))
+    with Gallery.open(tmp_path / "g", dim=DIM) as g:
+        centres, vecs = _clustered(400, 3)
+        g.enroll_many((f"c{i}", vecs[i]) for i in range(250))  # 750 templates: upgrade starts
+        assert started.wait(60)
+        g.enroll_many((f"c{i}", vecs[i]) for i in range(250, 400))  # while the new index is built
+        g.erase("c5")
+        g.erase("c250")
+        assert g.stats()["index"] == "Flat"
+        release.set()
+        assert g.wait_for_index(timeout=120)
+        st = g.stats()
+        assert st["index"].startswith("IVF") and st["templates"] == 3 * 398
+        assert g.check()["ok"]
+        found = [m[0].label for m in g.search(centres, k=1)]
+        assert "c5" not in found and "c250" not in found
+        assert np.mean([f == f"c{i}" for i, f in enumerate(found)]) >= 0.97
+    with Gallery.open(tmp_path / "g") as g:  # the snapshot written at close is the new index
+        assert g.stats()["index"].startswith("IVF") and len(g) == 398
+
+
+def test_closing_during_a_background_rebuild_cancels_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_mod, "AUTO_EXACT_MAX", 500)
+    monkeypatch.setattr(index_mod, "AUTO_NLIST_MIN", 16)
+    started = threading.Event()
+    real_build = ClassIndex.build.__func__
+
+    def slow_build(cls, dim, read, n, **k):
+        def slow_read():
+            for chunk in read():
+                started.set()
+                time.sleep(0.5)
+                yield chunk
+        return real_build(cls, dim, slow_read, n, **k)
+
+    monkeypatch.setattr(ClassIndex, "build", classmethod(slow_build))
+    monkeypatch.setattr("megaclass.gallery.store.Store.iter_templates",
+                        lambda self, chunk=64: _chunks_of(self, chunk))
+    g = Gallery.open(tmp_path / "g", dim=DIM)
+    _, vecs = _clustered(400, 3)
+    g.enroll_many((f"c{i}", vecs[i]) for i in range(400))
+    assert started.wait(60)
+    t = time.perf_counter()
+    g.close()  # does not wait for the whole (slow) build
+    assert time.perf_counter() - t < 5
+    with Gallery.open(tmp_path / "g") as g:
+        assert len(g) == 400 and g.check()["ok"]
+
+
+def _chunks_of(store, chunk):
+    cur = store._conn.execute("SELECT id, vector FROM templates ORDER BY id")
+    while rows := cur.fetchmany(chunk):
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        yield ids, store._decode(ids.tolist(), [r[1] for r in rows])

@@ -103,6 +103,9 @@ def gallery_size_curve(rec, queries: np.ndarray, truth: Sequence[str], non_mated
                 n = min(chunk, size - len(labels) - added)
                 scratch.enroll_many(distractors(added, n))
                 added += n
+                if log and added % 100_000 < n:
+                    log(f"  enrolled {len(labels) + added:,} / {size:,} classes "
+                        f"({time.perf_counter() - t:.0f} s)")
             enroll_s = time.perf_counter() - t
             t = time.perf_counter()
             best = scratch.gallery.search(queries, k=1)
@@ -119,6 +122,7 @@ def gallery_size_curve(rec, queries: np.ndarray, truth: Sequence[str], non_mated
                 log(f"  gallery {len(scratch.gallery):>9,}: top-1 {ok.mean():.3f}  "
                     f"FNIR@FPIR {target_fpir:g} {r['fnir'] if r['fnir'] is None else round(r['fnir'], 3)}")
         return {"points": points, "target_fpir": target_fpir, "mated_classes": len(labels),
+                "index": gallery.stats()["index"],
                 "mated_queries": len(truth), "non_mated_queries": n_nm}
     finally:
         gallery.close()

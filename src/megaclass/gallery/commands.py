@@ -8,13 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..cli_common import GalleryOpt, JsonOpt, _emit, console
+from ..cli_common import GalleryOpt, JsonOpt, KeyOpt, _emit, _open_gallery, _read_key_file, console
 from ..errors import InvalidInputError
 
 gallery_app = typer.Typer(help="Gallery maintenance: integrity check, compaction, export/import, keys.",
                           no_args_is_help=True)
-KeyOpt = Annotated[Path | None, typer.Option(
-    "--key-file", help="Encryption key file (default: $MEGACLASS_GALLERY_KEY or $MEGACLASS_GALLERY_KEY_FILE).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -22,19 +20,10 @@ def register(app: typer.Typer) -> None:
     app.add_typer(gallery_app, name="gallery")
 
 
-def _open(gallery: Path, key_file: Path | None):
-    from .gallery import Gallery
-    from .store import DB_NAME
-
-    if not (gallery / DB_NAME).exists():
-        raise InvalidInputError(f"{gallery} is not a gallery")
-    return Gallery.open(gallery, create=False, key=key_file)
-
-
 @gallery_app.command()
 def check(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False) -> None:
     """Verify the store, every template and the index; exit 1 if anything is wrong."""
-    with _open(gallery, key_file) as g:
+    with _open_gallery(gallery, key_file) as g:
         report = g.check()
     table = Table(title=f"gallery check: {'[green]ok[/green]' if report['ok'] else '[red]PROBLEMS[/red]'}")
     table.add_column("field")
@@ -48,7 +37,7 @@ def check(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False
 @gallery_app.command()
 def compact(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False) -> None:
     """Make erasures final on disk: VACUUM, truncate the WAL, rewrite the index snapshot."""
-    with _open(gallery, key_file) as g:
+    with _open_gallery(gallery, key_file) as g:
         before = g.stats()["disk_bytes"]
         g.compact()
         after = g.stats()["disk_bytes"]
@@ -63,7 +52,7 @@ def compact(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = Fal
 def export_cmd(gallery: GalleryOpt, out: Annotated[Path, typer.Argument(help="New, empty export folder.")],
                key_file: KeyOpt = None, as_json: JsonOpt = False) -> None:
     """Export to manifest.json + .npy files (no pickle). Templates are written IN CLEAR."""
-    with _open(gallery, key_file) as g:
+    with _open_gallery(gallery, key_file) as g:
         n = len(g)
         g.export(out)
     if as_json:
@@ -78,7 +67,7 @@ def import_cmd(source: Annotated[Path, typer.Argument(help="A folder written by 
     """Create a new gallery from an export (encrypted if a key is configured)."""
     from .gallery import Gallery
 
-    with Gallery.import_from(source, gallery, key=key_file) as g:
+    with Gallery.import_from(source, gallery, key=_read_key_file(key_file)) as g:
         n, enc = len(g), g.stats()["encrypted"]
     if as_json:
         _emit({"gallery": str(gallery), "classes": n, "encrypted": enc}, True)

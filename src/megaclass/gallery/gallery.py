@@ -25,8 +25,12 @@ from ..errors import (
 )
 from .crypto import resolve_key
 from .index import ClassIndex, resolve_spec
-from .store import DB_NAME, RESERVED_KEYS, ClassChange, Store
+from .store import DB_NAME, RESERVED_KEYS, Change, Store
 from .vectors import as_rows, as_unit_vectors, unit_rows_of_items
+
+
+class _Cancelled(Exception):
+    """A background index rebuild was stopped (the gallery is closing)."""
 
 
 class ReadWriteLock:
@@ -129,11 +133,16 @@ class Gallery:
         self.dim = store.dim
         self._lock = threading.RLock()  # serialises writers (and state reloads)
         self._rw = ReadWriteLock()  # searches share it; index/map mutations take it alone
+        self._worker: threading.Thread | None = None  # background index rebuild
+        self._cancel = threading.Event()
+        self.maintenance_log: list[dict] = []  # what background rebuilds did (or why they failed)
         try:
             self._load_state()
         except BaseException:
             store.close()
             raise
+        with self._lock:
+            self._schedule_maintenance()
 
     # ------------------------------------------------------------------ open / close
     @classmethod
@@ -226,31 +235,105 @@ class Gallery:
                 index = self._rebuild(store, requested, len(tids))
         self._seq = seq  # the last op seq the in-memory state reflects
         index.set_map(tids, cids)
-        if index.needs_rebuild():
-            with store.reading():
-                index = self._rebuild(store, requested, len(tids))
-            index.set_map(tids, cids)
-            self._snapshot_seq = None
         self._index = index
         self._labels: dict[int, str] = labels
         self._ids: dict[str, int] = {lab: cid for cid, lab in self._labels.items()}
 
-    def _rebuild(self, store: Store, requested: str, n: int) -> ClassIndex:
-        """Build the index from the store, with a progress bar for large galleries."""
-        if n < PROGRESS_MIN or not self.show_progress:
-            return ClassIndex.build(self.dim, store.iter_templates(), spec=requested)
+    def _rebuild(self, store: Store, requested: str, n: int, cancel: threading.Event | None = None
+                 ) -> ClassIndex:
+        """Build the index from the store, with a progress bar for large galleries
+        (none in the background: ``cancel`` given, checked between chunks)."""
+
+        def read():
+            for chunk in store.iter_templates():
+                if cancel is not None and cancel.is_set():
+                    raise _Cancelled
+                yield chunk
+
+        if n < PROGRESS_MIN or not self.show_progress or cancel is not None:
+            return ClassIndex.build(self.dim, read, n, spec=requested)
         from rich.progress import Progress
 
         with Progress(transient=True) as bar:
-            task = bar.add_task(f"rebuilding index of {self.path.name}", total=n)
-            return ClassIndex.build(self.dim, store.iter_templates(), spec=requested,
+            task = bar.add_task(f"building index of {self.path.name}", total=n)
+            return ClassIndex.build(self.dim, read, n, spec=requested,
                                     progress=lambda done, total: bar.update(task, completed=done))
 
-    def _retune(self) -> None:
-        with self._store.reading():
-            parts = list(self._store.iter_templates())
-        tids = np.concatenate([p[0] for p in parts])
-        self._index.tune(np.concatenate([p[1] for p in parts]), tids)
+    # ------------------------------------------------------------------ index maintenance
+    #: rebuild the index (auto upgrade, growth, tombstones) in a background thread; with
+    #: False the write that calls for it waits for the rebuild
+    background_maintenance = True
+
+    def _schedule_maintenance(self) -> None:
+        """Start a rebuild if the index calls for one and none is running (caller holds
+        ``self._lock``). Searches and writes go on against the current index meanwhile."""
+        if self._store is None or not self._index.needs_rebuild():
+            return
+        if self._worker is not None and self._worker.is_alive():
+            return
+        if not self.background_maintenance:
+            self._maintain(threading.Event())
+            return
+        self._cancel = threading.Event()
+        self._worker = threading.Thread(target=self._maintain, args=(self._cancel,),
+                                        name=f"megaclass-index-{self.path.name}", daemon=True)
+        self._worker.start()
+
+    def _maintain(self, cancel: threading.Event) -> None:
+        """Rebuild the index from a read-only connection, then swap it in, replaying the
+        templates added or removed since the build read the store."""
+        try:
+            reader = self._store.reader()
+            try:
+                with reader.reading():
+                    tids, _ = reader.template_classes()
+                    new = self._rebuild(reader, self._index.requested, len(tids), cancel)
+            finally:
+                reader.close()
+            with self._lock:
+                if self._store is None or cancel.is_set():
+                    return
+                with self._rw.write():
+                    old = self._index
+                    live = old.live_template_ids()
+                    built = new.template_ids()
+                    added = np.setdiff1d(live, built)
+                    gone = np.setdiff1d(built, live)
+                    if len(added):
+                        new.index.add_with_ids(self._store.templates_by_ids(added), added)
+                    if len(gone) and new.exact:
+                        new.index.remove_ids(gone)
+                    new.set_map(live, old._tid2cid[live])
+                    self._index = new
+                    self._snapshot_seq = None
+                    self.maintenance_log.append(dict(new.describe(), templates=new.ntotal))
+        except _Cancelled:
+            return
+        except Exception as exc:  # keep serving from the current index; say why
+            self.maintenance_log.append({"error": f"{type(exc).__name__}: {exc}"})
+
+    def rebuild_index(self) -> None:
+        """Rebuild the index from the store now (waits for a background rebuild first);
+        drops tombstones, re-trains and re-tunes an approximate index."""
+        self.wait_for_index()
+        with self._lock:
+            self._maintain(threading.Event())
+            if self.maintenance_log and "error" in self.maintenance_log[-1]:
+                raise MegaclassError(f"index rebuild failed: {self.maintenance_log[-1]['error']}")
+
+    def wait_for_index(self, timeout: float | None = None) -> bool:
+        """Block until background index maintenance has finished; False on timeout.
+
+        Examples
+        --------
+        >>> g.enroll_many(many_items); g.wait_for_index(); g.stats()["index"]  # doctest: +SKIP
+        'IVF2048,Flat'
+        """
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+            return not worker.is_alive()
+        return True
 
     @contextmanager
     def _open(self) -> Iterator[Store]:
@@ -260,6 +343,7 @@ class Gallery:
                 raise MegaclassError(f"gallery {self.path} is closed")
             if self._store.last_seq() != self._seq:
                 self._load_state()
+                self._schedule_maintenance()
             yield self._store
 
     def _check_writable(self) -> None:
@@ -275,6 +359,8 @@ class Gallery:
 
     def close(self) -> None:
         """Save the snapshot if it is out of date and close the database. Idempotent."""
+        self._cancel.set()  # an unfinished background rebuild is dropped (redone on next open)
+        self.wait_for_index()
         with self._lock:
             if self._store is None:
                 return
@@ -292,36 +378,29 @@ class Gallery:
         self.close()
 
     # ------------------------------------------------------------------ writes
-    def _apply(self, changes: list[ClassChange], vectors: np.ndarray) -> None:
+    def _apply(self, change: Change, vectors: np.ndarray) -> None:
         """Mirror a committed store write into the index and label maps (atomically for
         searches: they see all of it or none of it)."""
         with self._rw.write():
-            self._apply_locked(changes, vectors)
-        if self._index.needs_rebuild():  # tombstones piled up, or "auto" outgrew its index
-            self._load_state()
-        elif self._index.needs_tuning():  # grown 2x: re-measure recall, re-tune the knob
-            with self._rw.write():
-                self._retune()
+            self._apply_locked(change, vectors)
+        self._schedule_maintenance()
 
-    def _apply_locked(self, changes: list[ClassChange], vectors: np.ndarray) -> None:
+    def _apply_locked(self, change: Change, vectors: np.ndarray) -> None:
         store = self._store
         if store.seq_before != self._seq:  # another process wrote meanwhile: reload all
             self._load_state_locked()
             return
         try:
-            removed = [c.removed for c in changes if len(c.removed)]
-            if removed:
-                self._index.remove(np.concatenate(removed))
-            tids = np.concatenate([c.added for c in changes])
-            cids = np.concatenate([np.full(len(c.added), c.class_id) for c in changes])
-            self._index.add(tids, cids, vectors)
-            for c in changes:
-                if len(c.added):
-                    self._labels[c.class_id] = c.label
-                    self._ids[c.label] = c.class_id
-                else:  # erased
-                    self._labels.pop(c.class_id, None)
-                    self._ids.pop(c.label, None)
+            self._index.remove(change.removed)
+            self._index.add(change.added, change.added_class, vectors)
+            if change.erased:
+                for label, cid in zip(change.labels, change.class_ids.tolist(), strict=True):
+                    self._labels.pop(cid, None)
+                    self._ids.pop(label, None)
+            else:
+                cids = change.class_ids.tolist()
+                self._labels.update(zip(cids, change.labels, strict=True))
+                self._ids.update(zip(change.labels, cids, strict=True))
             self._seq = store.seq_after
         except BaseException:
             self._load_state_locked()  # the store committed: rebuild the derived state from it
@@ -370,12 +449,11 @@ class Gallery:
             labels.append(label)
             seen.add(label)
         vectors = unit_rows_of_items(labels, rows)
-        parts = np.split(vectors, np.cumsum([len(r) for r in rows])[:-1]) if rows else []
+        counts = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
         with self._open() as store:
             if not labels:
                 return 0
-            changes = store.enroll(list(zip(labels, parts, metas, strict=True)), replace)
-            self._apply(changes, vectors)
+            self._apply(store.enroll(labels, counts, vectors, metas, replace), vectors)
             return len(vectors)
 
     def add_templates(self, label: str, vectors) -> int:
@@ -389,7 +467,7 @@ class Gallery:
         label = _check_label(label)
         vecs = as_unit_vectors(vectors, self.dim)
         with self._open() as store:
-            self._apply([store.add(label, vecs)], vecs)
+            self._apply(store.add(label, vecs), vecs)
             return len(vecs)
 
     def erase(self, label: str) -> int:
@@ -404,7 +482,7 @@ class Gallery:
         label = _check_label(label)
         with self._open() as store:
             change = store.erase(label)
-            self._apply([change], np.empty((0, self.dim), np.float32))
+            self._apply(change, np.empty((0, self.dim), np.float32))
             self._erasures += 1
             if self.auto_compact_after and self._erasures >= self.auto_compact_after:
                 self.compact()

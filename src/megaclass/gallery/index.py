@@ -27,7 +27,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,6 +43,7 @@ INDEX_TYPE = "Flat"  # the default spec
 AUTO_EXACT_MAX = 200_000  # "auto" uses exact search up to this many templates
 TARGET_RECALL = 0.99  # "auto"/IVF/HNSW: recall@1 vs exact that nprobe/efSearch must reach
 TOMBSTONE_REBUILD = 0.10
+TRAIN_SAMPLE = 200_000  # templates drawn to train IVF / PQ (and to make tuning queries)
 AUTO_NLIST_MIN = 256
 _SNAPSHOT_VERSION = 2
 _READ_CHUNK = 1 << 20
@@ -120,6 +121,33 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _uniform_sample(chunks: Iterable[tuple[np.ndarray, np.ndarray]], n: int, m: int,
+                    rng: np.random.Generator, dim: int) -> np.ndarray:
+    """``min(n, m)`` rows drawn uniformly without replacement from a stream of ``n`` rows."""
+    pick = np.sort(rng.choice(n, min(n, m), replace=False)) if n else np.empty(0, np.int64)
+    out = np.empty((len(pick), dim), np.float32)
+    at = got = 0
+    for _, vecs in chunks:
+        lo, hi = np.searchsorted(pick, [at, at + len(vecs)])
+        out[got: got + hi - lo] = vecs[pick[lo:hi] - at]
+        got += hi - lo
+        at += len(vecs)
+    return out[:got]
+
+
+def exact_top1(queries: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Template id of each query's exact best inner product, over a stream of chunks."""
+    best = np.full(len(queries), -np.inf, dtype=np.float32)
+    ids = np.full(len(queries), -1, dtype=np.int64)
+    for tids, vecs in chunks:
+        scores = queries @ np.ascontiguousarray(vecs, dtype=np.float32).T
+        j = scores.argmax(axis=1)
+        s = scores[np.arange(len(queries)), j]
+        better = s > best
+        best[better], ids[better] = s[better], np.asarray(tids)[j[better]]
+    return ids
 
 
 class ClassIndex:
@@ -215,15 +243,21 @@ class ClassIndex:
         self._max_stale = True
 
     def needs_rebuild(self) -> bool:
-        """Too many tombstones, or an exact index that should now be the requested one
-        ("auto" outgrew exact search, or a trainable spec now has enough templates)."""
+        """Whether the index should be rebuilt from the store (in the background):
+
+        - erased templates left as tombstones exceed :data:`TOMBSTONE_REBUILD`;
+        - an exact index that should now be the requested one ("auto" outgrew exact
+          search, or a trainable spec now has enough templates to train);
+        - an approximate index that has doubled since it was trained and tuned (its
+          partitions and search knob are re-fitted; "auto" also widens ``nlist``).
+        """
         total = int(self.index.ntotal)
         if self.tombstones and self.tombstones > TOMBSTONE_REBUILD * max(total, 1):
             return True
-        if not self.exact:
-            return False
-        concrete = resolve_spec(self.requested, self.ntotal)
-        return concrete != "Flat" and self.ntotal >= _min_train(concrete)
+        if self.exact:
+            concrete = resolve_spec(self.requested, self.ntotal)
+            return concrete != "Flat" and self.ntotal >= _min_train(concrete)
+        return self.ntotal > 0 and self.ntotal >= 2 * int(self.info.get("tuned_at", 0))
 
     # ------------------------------------------------------------------ search
     def search(self, queries: np.ndarray, k: int,
@@ -292,50 +326,54 @@ class ClassIndex:
 
     # ------------------------------------------------------------------ build / tune
     @classmethod
-    def build(cls, dim: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]], *,
+    def build(cls, dim: int, read: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], n: int, *,
               spec: str = "Flat", progress=None) -> ClassIndex:
-        """Build from ``(template ids, vectors)`` chunks read from the store.
+        """Build from the store: ``read()`` yields ``(template ids, vectors)`` chunks of all
+        ``n`` templates (called once per pass; every pass must see the same templates).
 
-        Trainable specs are trained on (a sample of) all templates; with too few templates
-        to train, exact ``Flat`` is used and ``info["fallback"]`` says why.
+        Memory stays at the index plus one chunk plus a training sample: ``Flat`` is
+        filled in one pass; a trainable spec takes one pass to draw a uniform sample of
+        :data:`TRAIN_SAMPLE` templates, one to add, one to measure exact recall while
+        tuning. With too few templates to train, exact ``Flat`` is used and
+        ``info["fallback"]`` says why. ``progress(done, total)`` follows the add pass.
         """
-        parts = list(chunks)
-        tids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
-        vecs = (np.concatenate([p[1] for p in parts]) if parts
-                else np.empty((0, dim), np.float32))
-        concrete = resolve_spec(spec, len(tids))
+        concrete = resolve_spec(spec, n)
         info: dict = {}
-        if len(tids) < _min_train(concrete):
+        if n < _min_train(concrete):
             info["fallback"] = (f"{concrete} needs >= {_min_train(concrete)} templates to train, "
-                                f"the gallery has {len(tids)}: using exact Flat")
+                                f"the gallery has {n}: using exact Flat")
             concrete = "Flat"
         self = cls(dim, spec=concrete, requested=spec, info=info)
-        if not self.index.is_trained:
-            rng = np.random.default_rng(0)
-            sample = vecs[rng.choice(len(vecs), min(len(vecs), 200_000), replace=False)]
-            self.index.train(np.ascontiguousarray(sample))
-        step = 1 << 16
-        for i in range(0, len(tids), step):
-            self.index.add_with_ids(np.ascontiguousarray(vecs[i:i + step]), tids[i:i + step])
+        sample = None
+        if not self.index.is_trained or not self.exact:
+            sample = _uniform_sample(read(), n, TRAIN_SAMPLE, np.random.default_rng(0), dim)
+            if not self.index.is_trained:
+                self.index.train(sample)
+        done = 0
+        for tids, vecs in read():
+            self.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), tids)
+            done += len(tids)
             if progress is not None:
-                progress(min(i + step, len(tids)), len(tids))
-        if not self.exact and len(tids):
-            self.tune(vecs, tids)
+                progress(done, n)
+        if int(self.index.ntotal) != n:
+            raise MegaclassError(f"the store changed while the index was built ({done} of {n} templates)")
+        if sample is not None and n:
+            self.tune(sample, read)
         return self
 
-    def tune(self, vecs: np.ndarray, tids: np.ndarray, *, queries: int = 500, seed: int = 0) -> None:
+    def tune(self, sample: np.ndarray, read: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], *,
+             queries: int = 500, seed: int = 0) -> None:
         """Raise nprobe / efSearch until recall@1 vs exact search reaches TARGET_RECALL.
 
-        Queries are noisy copies of sampled templates (cosine ~0.8 to their source), the
-        situation of a fresh sample of an enrolled class.
+        Queries are noisy copies of ``sample`` templates (cosine ~0.8 to their source), the
+        situation of a fresh sample of an enrolled class; exact answers come from one
+        streamed pass over ``read()`` (no second copy of the vectors in memory).
         """
         rng = np.random.default_rng(seed)
-        pick = rng.choice(len(vecs), min(queries, len(vecs)), replace=False)
-        q = vecs[pick] + rng.normal(scale=0.75 / math.sqrt(self.dim), size=(len(pick), self.dim))
-        q = np.ascontiguousarray(unit_rows(q))
-        exact = faiss.IndexFlatIP(self.dim)
-        exact.add(np.ascontiguousarray(vecs, dtype=np.float32))
-        truth = tids[exact.search(q, 1)[1][:, 0]]
+        pick = rng.choice(len(sample), min(queries, len(sample)), replace=False)
+        q = sample[pick] + rng.normal(scale=0.75 / math.sqrt(self.dim), size=(len(pick), self.dim))
+        q = np.ascontiguousarray(unit_rows(q.astype(np.float32)))
+        truth = exact_top1(q, read())
         inner = faiss.downcast_index(self.index.index)
         knob = "nprobe" if hasattr(inner, "nprobe") else "efSearch"
         value, recall = (8 if knob == "nprobe" else 32), 0.0
@@ -349,13 +387,7 @@ class ClassIndex:
             value = min(limit, value * 2)
         self.info["recall_at_1"] = round(recall, 4)
         self.info["recall_queries"] = len(pick)
-        self.info["tuned_at"] = len(vecs)
-
-    def needs_tuning(self) -> bool:
-        """An approximate index that has doubled in size since its search knob was tuned."""
-        if self.exact or self.ntotal == 0:
-            return False
-        return self.ntotal >= 2 * int(self.info.get("tuned_at", 0))
+        self.info["tuned_at"] = int(self.index.ntotal)
 
     def _apply_search_params(self) -> None:
         inner = faiss.downcast_index(self.index.index)

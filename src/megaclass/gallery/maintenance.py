@@ -42,6 +42,8 @@ def compact(gallery: Gallery) -> None:
         store.compact()
         for stale in gallery.path.glob("*.tmp"):
             stale.unlink(missing_ok=True)
+    if gallery._index.tombstones:  # erased vectors still inside FAISS: they must leave the snapshot
+        gallery.rebuild_index()
     gallery.save()
 
 

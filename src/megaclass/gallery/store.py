@@ -71,13 +71,20 @@ def _now() -> str:
 
 
 @dataclass(frozen=True)
-class ClassChange:
-    """What one write did to one class: the index applies it after the commit."""
+class Change:
+    """What one write transaction did: the index and label maps apply it after the commit.
 
-    class_id: int
-    label: str
-    added: np.ndarray  # template ids inserted (int64)
-    removed: np.ndarray  # template ids deleted (int64)
+    ``labels`` / ``class_ids`` are the classes written (enrolled, replaced, added to, or
+    with ``erased`` removed); ``added`` are the template ids inserted with their class in
+    ``added_class``; ``removed`` the template ids deleted (int64 arrays).
+    """
+
+    labels: list[str]
+    class_ids: np.ndarray
+    added: np.ndarray
+    added_class: np.ndarray
+    removed: np.ndarray
+    erased: bool = False
 
 
 _NO_IDS = np.empty(0, dtype=np.int64)
@@ -165,6 +172,13 @@ class Store:
         except BaseException:
             conn.close()
             raise
+
+    def reader(self) -> Store:
+        """A second, read-only connection to the same database (same key), e.g. for a
+        background thread that reads while this one writes."""
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                               isolation_level=None, check_same_thread=False)
+        return type(self)(conn, self.path, self.cipher)
 
     def close(self) -> None:
         self._conn.close()
@@ -306,12 +320,14 @@ class Store:
             blobs = (c.encrypt(b, c.row_aad(u, i)) for i, b in zip(ids.tolist(), blobs, strict=True))
         return zip(ids.tolist(), cids.tolist(), blobs, strict=True)
 
-    def enroll(self, items: list[tuple[str, np.ndarray, dict]], replace: bool) -> list[ClassChange]:
+    def enroll(self, labels: list[str], counts: np.ndarray, vectors: np.ndarray, metas: list[dict],
+               replace: bool) -> Change:
         """Insert (or with ``replace`` swap) classes; DuplicateLabelError rolls back all.
 
-        ``items`` hold distinct labels with validated unit vectors and JSON-able meta.
+        Class ``labels[i]`` gets the next ``counts[i]`` rows of ``vectors`` (validated unit
+        float32 rows) and ``metas[i]`` (JSON-able). Labels are distinct.
         """
-        labels = [label for label, _, _ in items]
+        counts = np.asarray(counts, dtype=np.int64)
         with self.transaction() as c:
             now = _now()
             existing = dict(self._in_chunks(
@@ -320,14 +336,15 @@ class Store:
                 dup = next(label for label in labels if label in existing)
                 raise DuplicateLabelError(
                     f"label {dup!r} is already enrolled (use replace=True)")
-            old: dict[int, list[int]] = {}
-            for cid, tid in self._in_chunks(
-                    c, "SELECT class_id, id FROM templates WHERE class_id IN ({}) ORDER BY id",
-                    list(existing.values())):
-                old.setdefault(cid, []).append(tid)
+            removed = _NO_IDS
+            if existing:
+                removed = np.asarray([r[0] for r in self._in_chunks(
+                    c, "SELECT id FROM templates WHERE class_id IN ({})", list(existing.values()))],
+                    dtype=np.int64)
             next_cid, next_tid = self._next_id(c, "classes"), self._next_id(c, "templates")
-            new_rows, updates, changes = [], [], []
-            for label, vecs, meta in items:
+            cids = np.empty(len(labels), dtype=np.int64)
+            new_rows, updates = [], []
+            for i, (label, meta) in enumerate(zip(labels, metas, strict=True)):
                 text = json.dumps(meta) if meta else "{}"
                 cid = existing.get(label)
                 if cid is None:
@@ -335,38 +352,35 @@ class Store:
                     new_rows.append((cid, label, text, now, now))
                 else:
                     updates.append((text, now, cid))
-                added = np.arange(next_tid, next_tid + len(vecs), dtype=np.int64)
-                next_tid += len(vecs)
-                removed = np.asarray(old.get(cid, []), dtype=np.int64)
-                changes.append(ClassChange(cid, label, added, removed))
+                cids[i] = cid
             c.executemany("DELETE FROM templates WHERE class_id = ?", [(u[2],) for u in updates])
             c.executemany("UPDATE classes SET meta = ?, updated_at = ? WHERE id = ?", updates)
             c.executemany("INSERT INTO classes (id, label, meta, created_at, updated_at) "
                           "VALUES (?, ?, ?, ?, ?)", new_rows)
-            tids = np.concatenate([ch.added for ch in changes])
-            cids = np.repeat([ch.class_id for ch in changes], [len(ch.added) for ch in changes])
-            vecs = np.concatenate([v for _, v, _ in items])
+            tids = np.arange(next_tid, next_tid + len(vectors), dtype=np.int64)
+            owner = np.repeat(cids, counts)
             c.executemany("INSERT INTO templates (id, class_id, vector) VALUES (?, ?, ?)",
-                          self._template_rows(tids, cids, vecs))
+                          self._template_rows(tids, owner, vectors))
             c.executemany("INSERT INTO ops (op, label, ts) VALUES ('enroll', ?, ?)",
                           [(label, now) for label in labels])
-        return changes
+        return Change(labels, cids, tids, owner, removed)
 
-    def add(self, label: str, vecs: np.ndarray) -> ClassChange:
+    def add(self, label: str, vecs: np.ndarray) -> Change:
         with self.transaction() as c:
             cid = self.class_id(label)
             if cid is None:
                 raise UnknownLabelError(f"unknown label {label!r}")
             start = self._next_id(c, "templates")
             added = np.arange(start, start + len(vecs), dtype=np.int64)
+            owner = np.full(len(vecs), cid, dtype=np.int64)
             c.executemany("INSERT INTO templates (id, class_id, vector) VALUES (?, ?, ?)",
-                          self._template_rows(added, np.full(len(vecs), cid), vecs))
+                          self._template_rows(added, owner, vecs))
             now = _now()
             c.execute("UPDATE classes SET updated_at = ? WHERE id = ?", (now, cid))
             c.execute("INSERT INTO ops (op, label, ts) VALUES ('add', ?, ?)", (label, now))
-        return ClassChange(cid, label, added, _NO_IDS)
+        return Change([label], np.array([cid], dtype=np.int64), added, owner, _NO_IDS)
 
-    def erase(self, label: str) -> ClassChange:
+    def erase(self, label: str) -> Change:
         with self.transaction() as c:
             cid = self.class_id(label)
             if cid is None:
@@ -378,7 +392,7 @@ class Store:
             tag = self.erased_tag(label)
             c.execute("UPDATE ops SET label = ? WHERE label = ?", (tag, label))
             c.execute("INSERT INTO ops (op, label, ts) VALUES ('erase', ?, ?)", (tag, _now()))
-        return ClassChange(cid, label, _NO_IDS, removed)
+        return Change([label], np.array([cid], dtype=np.int64), _NO_IDS, _NO_IDS, removed, erased=True)
 
     def erased_tag(self, label: str) -> str:
         """What the op log keeps of an erased label: a salted hash, not the label."""
