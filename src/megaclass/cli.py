@@ -18,12 +18,14 @@ from rich.table import Table
 from .cli_common import (
     GalleryOpt,
     JsonOpt,
+    KeyOpt,
     ModelOpt,
     SamplesArg,
     SeedOpt,
     _emit,
     _labelled,
     _load_samples,
+    _open_gallery,
     _recognizer,
     console,
     err_console,
@@ -137,11 +139,11 @@ def enroll(model: ModelOpt, gallery: GalleryOpt,
            from_data: Annotated[str | None, typer.Option("--from", help="Enroll every class of a folder or glyphs:START-END spec.")] = None,
            per_class: Annotated[int, typer.Option(help="With --from glyphs: samples per class.")] = 5,
            replace: Annotated[bool, typer.Option(help="Replace a class that is already enrolled.")] = False,
-           seed: SeedOpt = 1, as_json: JsonOpt = False) -> None:
+           key_file: KeyOpt = None, seed: SeedOpt = 1, as_json: JsonOpt = False) -> None:
     """Enroll LABEL from SAMPLES, or every class of --from, into the gallery (no retraining)."""
     from .data.spec import parse_glyph_range
 
-    rec = _recognizer(model, gallery, create=True)
+    rec = _recognizer(model, gallery, create=True, key=key_file)
     size = rec.encoder.input_size
     with rec:
         if from_data:
@@ -173,9 +175,9 @@ def enroll(model: ModelOpt, gallery: GalleryOpt,
 def identify(model: ModelOpt, gallery: GalleryOpt, samples: SamplesArg,
              k: Annotated[int, typer.Option("-k", help="Candidates to list per sample.")] = 5,
              threshold: Annotated[float | None, typer.Option(help="Override the calibrated threshold.")] = None,
-             seed: SeedOpt = 2, as_json: JsonOpt = False) -> None:
+             key_file: KeyOpt = None, seed: SeedOpt = 2, as_json: JsonOpt = False) -> None:
     """Identify each sample among the enrolled classes (1:N); unknown below the threshold."""
-    rec = _recognizer(model, gallery, threshold=threshold)
+    rec = _recognizer(model, gallery, threshold=threshold, key=key_file)
     with rec:
         decisions = rec.identify(_load_samples(samples, rec.encoder.input_size, seed), k=k)
         thr = rec.threshold
@@ -209,9 +211,9 @@ def verify(model: ModelOpt, gallery: GalleryOpt,
            label: Annotated[str, typer.Argument(help="The claimed class.")],
            sample: Annotated[str, typer.Argument(help="One image file or glyph:ID.")],
            threshold: Annotated[float | None, typer.Option(help="Override the calibrated threshold.")] = None,
-           seed: SeedOpt = 2, as_json: JsonOpt = False) -> None:
+           key_file: KeyOpt = None, seed: SeedOpt = 2, as_json: JsonOpt = False) -> None:
     """Verify that SAMPLE belongs to LABEL (1:1). Exit 0 if accepted, 1 if rejected."""
-    rec = _recognizer(model, gallery, threshold=threshold)
+    rec = _recognizer(model, gallery, threshold=threshold, key=key_file)
     with rec:
         v = rec.verify(_load_samples([sample], rec.encoder.input_size, seed), label)
     result = {"label": v.label, "accepted": v.accepted, "score": v.score, "threshold": v.threshold}
@@ -225,13 +227,9 @@ def verify(model: ModelOpt, gallery: GalleryOpt,
 
 @app.command()
 def erase(gallery: GalleryOpt, label: Annotated[str, typer.Argument(help="Class to remove.")],
-          as_json: JsonOpt = False) -> None:
+          key_file: KeyOpt = None, as_json: JsonOpt = False) -> None:
     """Erase a class and all its templates from the gallery."""
-    from .gallery import Gallery
-
-    if not (gallery / "gallery.db").exists():
-        raise InvalidInputError(f"{gallery} is not a gallery")
-    with Gallery.open(gallery, create=False) as g:
+    with _open_gallery(gallery, key_file) as g:
         n = g.erase(label)
         left = len(g)
     if as_json:
@@ -245,9 +243,9 @@ def calibrate(model: ModelOpt, gallery: GalleryOpt,
               non_mated: Annotated[str, typer.Option(help="Classes NOT enrolled: glyphs:START-END or a folder.")],
               target_fpir: Annotated[float, typer.Option(help="Target false-positive identification rate.")] = 0.01,
               per_class: Annotated[int, typer.Option(help="With glyphs: searches per class.")] = 2,
-              seed: SeedOpt = 3, as_json: JsonOpt = False) -> None:
+              key_file: KeyOpt = None, seed: SeedOpt = 3, as_json: JsonOpt = False) -> None:
     """Set the gallery's threshold for a target FPIR from non-mated searches."""
-    rec = _recognizer(model, gallery)
+    rec = _recognizer(model, gallery, key=key_file)
     with rec:
         images, _ = _labelled(non_mated, rec.encoder.input_size, per_class, seed)
         cal = rec.calibrate(images, target_fpir)
@@ -260,13 +258,9 @@ def calibrate(model: ModelOpt, gallery: GalleryOpt,
 
 
 @app.command()
-def stats(gallery: GalleryOpt, as_json: JsonOpt = False) -> None:
+def stats(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False) -> None:
     """Classes, templates, dimension, index and disk size of a gallery."""
-    from .gallery import Gallery
-
-    if not (gallery / "gallery.db").exists():
-        raise InvalidInputError(f"{gallery} is not a gallery")
-    with Gallery.open(gallery, create=False) as g:
+    with _open_gallery(gallery, key_file) as g:
         info = g.stats()
         info["threshold"] = g.get_setting("threshold")
     table = Table(title=str(gallery))

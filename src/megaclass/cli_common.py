@@ -24,6 +24,10 @@ ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model directory (
 GalleryOpt = Annotated[Path, typer.Option("--gallery", "-g", help="Gallery directory (created on first enroll).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 SeedOpt = Annotated[int, typer.Option(help="Drawing stream for glyph:ID samples (0 = training stream).")]
+KeyOpt = Annotated[Path | None, typer.Option(
+    "--key-file", help="Encryption key file of the gallery (32 raw bytes, 64 hex characters or base64; "
+                       "default: $MEGACLASS_GALLERY_KEY_FILE, else $MEGACLASS_GALLERY_KEY, else no "
+                       "encryption). Create one with `megaclass gallery keygen`.")]
 SamplesArg = Annotated[list[str], typer.Argument(
     help="Image files, folders of images, or glyph:ID (a built-in glyph drawing of class ID).")]
 
@@ -65,15 +69,41 @@ def _load_samples(items: list[str], size: int, seed: int, index: int = 0):
     return torch.cat(parts)
 
 
-def _recognizer(model: Path, gallery: Path, create: bool = False, threshold: float | None = None):
+def _read_key_file(key_file: Path | None) -> bytes | None:
+    """The 32-byte key in ``key_file`` (None: leave it to the environment), or EncryptionKeyError."""
+    if key_file is None:
+        return None
+    from .gallery.crypto import resolve_key
+
+    return resolve_key(Path(key_file))
+
+
+def _recognizer(model: Path, gallery: Path, create: bool = False, threshold: float | None = None,
+                key: Path | None = None):
+    """A Recognizer on ``gallery``; ``key`` (a key file) decrypts an encrypted one.
+
+    Without ``key`` the environment decides (``$MEGACLASS_GALLERY_KEY_FILE`` /
+    ``$MEGACLASS_GALLERY_KEY``); a new gallery created with a key is encrypted.
+    """
     from .gallery import Gallery
     from .models import Encoder
     from .recognizer import Recognizer
 
+    key_bytes = _read_key_file(key)
     encoder = Encoder.load(model)
     if not create and not (gallery / "gallery.db").exists():
         raise InvalidInputError(f"{gallery} is not a gallery (enroll something first)")
-    return Recognizer(encoder, Gallery.open(gallery, dim=encoder.dim), threshold=threshold)
+    return Recognizer(encoder, Gallery.open(gallery, dim=encoder.dim, key=key_bytes), threshold=threshold)
+
+
+def _open_gallery(gallery: Path, key: Path | None = None):
+    """Open an existing gallery (never create one); ``key`` as in :func:`_recognizer`."""
+    from .gallery import Gallery
+
+    key_bytes = _read_key_file(key)
+    if not (gallery / "gallery.db").exists():
+        raise InvalidInputError(f"{gallery} is not a gallery")
+    return Gallery.open(gallery, create=False, key=key_bytes)
 
 
 def _labelled(spec: str, size: int, per_class: int, seed: int):

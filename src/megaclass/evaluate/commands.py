@@ -40,12 +40,18 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
              distractors: Annotated[int, typer.Option(help="First glyph class id of the distractor classes.")] = 10_000_000,
              distractor_samples: Annotated[int, typer.Option(help="Samples enrolled per distractor class.")] = 3,
              per_class: Annotated[int, typer.Option(help="With glyphs: queries per class.")] = 1,
+             scaling_index: Annotated[str, typer.Option(help="FAISS index of the gallery-size curve's scratch gallery: Flat (exact, measures the model alone) or a spec / auto (measures model + index).")] = "Flat",
+             key_file: Annotated[Path | None, typer.Option("--key-file", help=(
+                 "Encryption key file of the gallery (default: $MEGACLASS_GALLERY_KEY_FILE, else "
+                 "$MEGACLASS_GALLERY_KEY). With --gallery-sizes the templates are copied into a scratch "
+                 "gallery in a temporary folder, removed at the end, that is NOT encrypted unless the "
+                 "key comes from the environment."))] = None,
              seed: SeedOpt = 4, as_json: JsonOpt = False) -> None:
     """Closed-set, open-set 1:N, verification 1:1 metrics; optional HTML report and gallery-size curve."""
     from .pipeline import evaluate_recognizer
 
     sizes = _sizes(gallery_sizes)
-    rec = _recognizer(model, gallery)
+    rec = _recognizer(model, gallery, key=key_file)
     with rec:
         images, truth = _labelled(queries, rec.encoder.input_size, per_class, seed)
         nm_images = None
@@ -62,7 +68,7 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
                                          glyph_distractors(distractors, distractor_samples,
                                                            size=rec.encoder.input_size),
                                          sizes=sizes, target_fpir=target_fpir[0],
-                                         log=err_console.print)
+                                         index=scaling_index, log=err_console.print)
         m = ev.metrics
         # flat keys first (the shape of earlier versions), then every metric by family
         result = {"mated_searches": m["closed_set"]["queries"],

@@ -66,9 +66,10 @@ def resolve_key(key: bytes | str | os.PathLike | None) -> bytes | None:
     if key is not None:
         path = Path(key)
         try:
-            return _parse_key(path.read_bytes(), str(path))
+            raw = path.read_bytes()
         except OSError as exc:
-            raise EncryptionKeyError(f"cannot read key file {path}: {exc.strerror}") from None
+            raise EncryptionKeyError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+        return _parse_key(raw, f"key file {path}")
     if os.environ.get(KEY_FILE_ENV):
         return resolve_key(Path(os.environ[KEY_FILE_ENV]))
     if os.environ.get(KEY_ENV):

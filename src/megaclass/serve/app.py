@@ -30,7 +30,7 @@ Errors are JSON `{"error": <type>, "message": <what was wrong>}`.
 
 
 def create_app(model: str | os.PathLike | Encoder | Recognizer, gallery: str | os.PathLike | None = None,
-               *, limits: Limits | None = None) -> FastAPI:
+               *, limits: Limits | None = None, key: str | os.PathLike | bytes | None = None) -> FastAPI:
     """Build the FastAPI application serving one model and one gallery.
 
     Parameters
@@ -39,6 +39,9 @@ def create_app(model: str | os.PathLike | Encoder | Recognizer, gallery: str | o
         (then ``gallery`` is ignored).
     gallery : the gallery directory (created with the model's dimension if missing).
     limits : request limits; :class:`Limits` defaults otherwise.
+    key : the gallery's encryption key (32 bytes or a key-file path; default:
+        ``$MEGACLASS_GALLERY_KEY_FILE`` / ``$MEGACLASS_GALLERY_KEY``). A new gallery
+        created with a key is encrypted; ignored when ``model`` is a Recognizer.
 
     The gallery and the service tables are opened here; the application's shutdown
     closes them (saving the index snapshot).
@@ -56,7 +59,7 @@ def create_app(model: str | os.PathLike | Encoder | Recognizer, gallery: str | o
         if gallery is None:
             raise TypeError("create_app needs a gallery directory")
         encoder = model if isinstance(model, Encoder) else Encoder.load(Path(model))
-        rec = Recognizer(encoder, Gallery.open(Path(gallery), dim=encoder.dim))
+        rec = Recognizer(encoder, Gallery.open(Path(gallery), dim=encoder.dim, key=key))
     try:
         service = Service(rec, ServiceDB(rec.gallery.path), limits or Limits())
     except BaseException:

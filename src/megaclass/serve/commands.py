@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from ..cli_common import GalleryOpt, JsonOpt, ModelOpt, _emit, console
+from ..cli_common import GalleryOpt, JsonOpt, KeyOpt, ModelOpt, _emit, _read_key_file, console
 
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys of a served gallery.")
 
 
-def _service_db(gallery: Path, model: Path | None = None):
+def _service_db(gallery: Path, model: Path | None = None, key: Path | None = None):
     from .db import DB_NAME, ServiceDB
 
     if model is not None and not (gallery / DB_NAME).exists():  # create the gallery for the model
         from ..gallery import Gallery
         from ..models import Encoder
 
-        Gallery.open(gallery, dim=Encoder.load(model).dim).close()
+        Gallery.open(gallery, dim=Encoder.load(model).dim, key=_read_key_file(key)).close()
     return ServiceDB(gallery)
 
 
@@ -31,7 +33,8 @@ def serve(model: ModelOpt, gallery: GalleryOpt,
           max_images: Annotated[int, typer.Option(help="Images per enroll / identify request.")] = 64,
           max_vectors: Annotated[int, typer.Option(help="Vectors per JSON request.")] = 1024,
           max_k: Annotated[int, typer.Option(help="Largest top-k.")] = 100,
-          log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info") -> None:
+          log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+          key_file: KeyOpt = None) -> None:
     """Serve enroll / identify / verify / erase over HTTP (FastAPI + uvicorn), with API keys."""
     import uvicorn
 
@@ -40,7 +43,7 @@ def serve(model: ModelOpt, gallery: GalleryOpt,
 
     limits = Limits(max_body_bytes=max_body_bytes, max_images=max_images, max_vectors=max_vectors,
                     max_k=max_k)
-    app = create_app(model, gallery, limits=limits)
+    app = create_app(model, gallery, limits=limits, key=_read_key_file(key_file))
     if not app.state.service.keys.list(include_revoked=False):
         console.print("[yellow]no API keys yet:[/yellow] create one with "
                       f"`megaclass keys add -g {gallery} --role admin --name me`")
@@ -52,11 +55,15 @@ def keys_add(gallery: GalleryOpt,
              role: Annotated[str, typer.Option(help="reader | enroller | admin")] = "reader",
              name: Annotated[str, typer.Option(help="Who or what uses the key.")] = "default",
              model: Annotated[Path | None, typer.Option("--model", "-m", help="Create the gallery for this model if missing.")] = None,
+             key_file: Annotated[Path | None, typer.Option("--key-file", help=(
+                 "With --model, when the gallery is created: encrypt it with this key file (default: "
+                 "$MEGACLASS_GALLERY_KEY_FILE, else $MEGACLASS_GALLERY_KEY). API keys themselves are "
+                 "stored as hashes, never encrypted."))] = None,
              as_json: JsonOpt = False) -> None:
     """Create a key and print it (shown once; only its hash is stored)."""
     from .keys import KeyStore
 
-    with _service_db(gallery, model) as db:
+    with _service_db(gallery, model, key_file) as db:
         info, token = KeyStore(db).add(name, role)
     if as_json:
         _emit({"key": info.to_dict(), "token": token}, True)
@@ -121,16 +128,37 @@ def loadtest(model: ModelOpt,
              clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 8,
              identify_share: Annotated[float, typer.Option(help="Share of requests that identify (the rest enroll).")] = 0.8,
              classes: Annotated[int, typer.Option(help="Classes enrolled before the run.")] = 200,
-             as_json: JsonOpt = False) -> None:
+             key_file: KeyOpt = None, as_json: JsonOpt = False) -> None:
     """Start `megaclass serve` on a free loopback port and drive it with concurrent clients."""
     from .loadtest import run_against_server
 
-    report = run_against_server(model, gallery, duration=duration, clients=clients,
-                                identify_share=identify_share, classes=classes)
+    with _key_in_environment(key_file):  # the enrolling here and the server process both need it
+        report = run_against_server(model, gallery, duration=duration, clients=clients,
+                                    identify_share=identify_share, classes=classes)
     if as_json:
         _emit(report, True)
     else:
         console.print(report["summary"])
+
+
+@contextmanager
+def _key_in_environment(key_file: Path | None):
+    """Set ``$MEGACLASS_GALLERY_KEY_FILE`` to ``key_file`` (validated first) for a block."""
+    if key_file is None:
+        yield
+        return
+    from ..gallery.crypto import KEY_FILE_ENV
+
+    _read_key_file(key_file)  # a missing or malformed key file fails here, with its message
+    saved = os.environ.get(KEY_FILE_ENV)
+    os.environ[KEY_FILE_ENV] = str(Path(key_file).resolve())
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(KEY_FILE_ENV, None)
+        else:
+            os.environ[KEY_FILE_ENV] = saved
 
 
 def register(app: typer.Typer) -> None:
