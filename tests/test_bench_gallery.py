@@ -13,3 +13,9 @@ def test_gallery_bench_tiny(tmp_path):
         assert r["recall_at_1"] >= 0.99 and r["p50_ms"] > 0 and r["batch_qps"] > 0
     assert saved["results"]["megaclass"]["durable"] is True
     assert (tmp_path / "gallery_bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_system_over_its_time_budget_is_reported_not_waited_for(tmp_path):
+    cfg = GalleryBenchConfig(classes=300, dim=16, queries=50, non_mated=10, single=10, timeout=0.05)
+    report = run_bench(cfg, tmp_path, systems=("megaclass",), log=lambda *a: None)
+    assert report["results"]["megaclass"]["skipped"].startswith("timed out after")

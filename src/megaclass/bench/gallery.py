@@ -43,6 +43,8 @@ class GalleryBenchConfig:
     non_mated: int = 500
     single: int = 300  # single-query latency samples
     seed: int = 0
+    index: str = "auto"  # megaclass's index spec; raw FAISS mirrors what it settles on
+    timeout: float = 3600.0  # seconds per system; a system that takes longer is reported as such
 
 
 def make_data(cfg: GalleryBenchConfig, path: Path) -> None:
@@ -123,13 +125,30 @@ def _recall(pred_cls: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _tune(set_knob, search_cls, mated, truth, start: int, limit: int) -> tuple[int, float]:
-    knob = start
-    while True:
-        set_knob(knob)
-        r = _recall(search_cls(mated), truth)
-        if r >= TARGET or knob >= limit:
-            return knob, r
-        knob = min(limit, knob * 2)
+    """Smallest knob (to within 1/16) with recall@1 >= TARGET: doubling, then bisection."""
+
+    def recall_at(v: int) -> float:
+        set_knob(v)
+        return _recall(search_cls(mated), truth)
+
+    low, knob = 0, start
+    while (r := recall_at(knob)) < TARGET and knob < limit:
+        low, knob = knob, min(limit, knob * 2)
+    if r >= TARGET and low:
+        while knob - low > max(1, knob // 16):
+            mid = (low + knob) // 2
+            if (rm := recall_at(mid)) >= TARGET:
+                knob, r = mid, rm
+            else:
+                low = mid
+        r = recall_at(knob)
+    return knob, r
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    """A progress line on stderr: what a timed-out run reports as how far it got."""
+    print(json.dumps({"built": done, "of": total, "seconds": time.perf_counter() - started}),
+          file=sys.stderr, flush=True)
 
 
 def _run_megaclass(tpl, owner, mated, truth, work, single):
@@ -140,17 +159,23 @@ def _run_megaclass(tpl, owner, mated, truth, work, single):
     per = len(tpl) // n_cls
     by_class = tpl.reshape(per, n_cls, -1)
     t = time.perf_counter()
-    g = Gallery.open(path, dim=tpl.shape[1])
+    g = Gallery.open(path, dim=tpl.shape[1], index=os.environ.get("MEGACLASS_BENCH_INDEX", "auto"))
+    g.show_progress = False
     step = 10_000
     for a in range(0, n_cls, step):  # one durable transaction per 10k classes
         g.enroll_many((f"c{i}", by_class[:, i]) for i in range(a, min(a + step, n_cls)))
+        _progress(a + step, n_cls, t)
     enroll_s = time.perf_counter() - t
+    g.wait_for_index()  # background upgrade / re-fit of the index the enrolls called for
+    ready_s = time.perf_counter() - t
+    rebuilds = len(g.maintenance_log)
     single_t = time.perf_counter()
     for i in range(200):  # every call acknowledged only after its own durable commit
         g.enroll(f"extra{i}", tpl[i])
     single_s = time.perf_counter() - single_t
     for i in range(200):
         g.erase(f"extra{i}")
+    g.wait_for_index()
     info = g.stats()
     ix = g._index
 
@@ -174,15 +199,19 @@ def _run_megaclass(tpl, owner, mated, truth, work, single):
     g2 = Gallery.open(path)
     open_s = time.perf_counter() - t
     g2.close()
+    knobs = {knob_name: knob} if knob_name else {}
+    (work / "megaclass.json").write_text(json.dumps({"index": info["index"], "knob": knobs}))
     return {"index": info["index"], "knob": {knob_name: knob} if knob_name else {},
             "recall_at_1": recall, "enroll_templates_per_s": len(tpl) / enroll_s,
+            "index_ready_s": ready_s, "index_rebuilds": rebuilds,
             "single_enroll_per_s": 200 / single_s, **lat, "batch_qps": batch_qps,
             "open_s": open_s, "disk_mb": _dir_bytes(path) / 2**20, "durable": True}
 
 
 def _faiss_spec(work: Path) -> tuple[str, dict]:
-    meta = json.loads((work / "megaclass" / "index.json").read_text())
-    return meta["spec"], meta.get("info", {})
+    """The index spec and search knob megaclass settled on (raw FAISS does the same work)."""
+    meta = json.loads((work / "megaclass.json").read_text())
+    return meta["index"], meta["knob"]
 
 
 def _run_faiss(tpl, owner, mated, truth, work, single):
@@ -200,6 +229,8 @@ def _run_faiss(tpl, owner, mated, truth, work, single):
     build_s = time.perf_counter() - t
     if "nprobe" in info:  # the same search knob megaclass settled on: same work per query
         faiss.extract_index_ivf(index).nprobe = int(info["nprobe"])
+    if "efSearch" in info:
+        faiss.downcast_index(inner).hnsw.efSearch = int(info["efSearch"])
     path = work / "faiss.index"
     faiss.write_index(index, str(path))
 
@@ -214,7 +245,7 @@ def _run_faiss(tpl, owner, mated, truth, work, single):
     batch_qps = _batch_qps(lambda q: index.search(q, 1), mated)
     t = time.perf_counter()
     faiss.read_index(str(path))
-    return {"index": spec, "knob": {"nprobe": info.get("nprobe")}, "recall_at_1": recall,
+    return {"index": spec, "knob": info, "recall_at_1": recall,
             "enroll_templates_per_s": len(tpl) / build_s, **lat, "batch_qps": batch_qps,
             "open_s": time.perf_counter() - t, "disk_mb": path.stat().st_size / 2**20,
             "durable": False}
@@ -247,7 +278,9 @@ def _run_hnswlib(tpl, owner, mated, truth, work, single):
     t = time.perf_counter()
     index = hnswlib.Index(space="ip", dim=tpl.shape[1])
     index.init_index(max_elements=len(tpl), M=32, ef_construction=100)
-    index.add_items(tpl, np.arange(len(tpl)))
+    for a in range(0, len(tpl), 50_000):
+        index.add_items(tpl[a:a + 50_000], np.arange(a, min(a + 50_000, len(tpl))))
+        _progress(min(a + 50_000, len(tpl)), len(tpl), t)
     build_s = time.perf_counter() - t
 
     def search_cls(q):
@@ -272,7 +305,9 @@ def _run_usearch(tpl, owner, mated, truth, work, single):
 
     t = time.perf_counter()
     index = Index(ndim=tpl.shape[1], metric="ip", connectivity=32, expansion_add=100)
-    index.add(np.arange(len(tpl)), tpl)
+    for a in range(0, len(tpl), 50_000):
+        index.add(np.arange(a, min(a + 50_000, len(tpl))), tpl[a:a + 50_000])
+        _progress(min(a + 50_000, len(tpl)), len(tpl), t)
     build_s = time.perf_counter() - t
 
     def set_knob(v):
@@ -304,16 +339,18 @@ def _run_milvus(tpl, owner, mated, truth, work, single):
     for a in range(0, len(tpl), 5000):
         client.insert("g", [{"id": int(i), "vector": tpl[i].tolist()}
                             for i in range(a, min(a + 5000, len(tpl)))])
+        _progress(min(a + 5000, len(tpl)), len(tpl), t)
     build_s = time.perf_counter() - t
 
     def search_cls(q):
         res = client.search("g", data=q.tolist(), limit=1)
         return owner[np.array([r[0]["id"] for r in res], dtype=np.int64)]
 
-    recall = _recall(search_cls(mated[:200]), truth[:200])
+    n_q = max(10, min(200, 20_000_000 // len(tpl)))  # each search scans everything: cap the time
+    recall = _recall(search_cls(mated[:n_q]), truth[:n_q])
     lat = _time_single(lambda q: client.search("g", data=q.tolist(), limit=1), mated,
-                       min(single, 100))
-    batch_qps = _batch_qps(search_cls, mated[:200])
+                       min(single, n_q // 2))
+    batch_qps = _batch_qps(search_cls, mated[:n_q])
     client.close()
     t = time.perf_counter()
     MilvusClient(str(path)).close()
@@ -321,6 +358,30 @@ def _run_milvus(tpl, owner, mated, truth, work, single):
             "enroll_templates_per_s": len(tpl) / build_s, **lat, "batch_qps": batch_qps,
             "open_s": time.perf_counter() - t, "disk_mb": _dir_bytes(path) / 2**20
             if path.is_dir() else path.stat().st_size / 2**20, "durable": True}
+
+
+def _run_subprocess(name: str, work: Path, cfg: GalleryBenchConfig) -> dict:
+    """One system in its own process, killed after ``cfg.timeout`` seconds."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "MEGACLASS_BENCH_INDEX": cfg.index}
+    proc = subprocess.Popen([sys.executable, "-m", "megaclass.bench.gallery", name, str(work / "data.npz"),
+                             str(work), str(cfg.single)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        out, err = proc.communicate(timeout=cfg.timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        got = [json.loads(line) for line in err.splitlines() if line.startswith('{"built"')]
+        note = ""
+        if got:
+            last = got[-1]
+            note = (f"; had built {last['built']:,} of {last['of']:,} in {last['seconds']:.0f} s "
+                    f"({last['built'] / last['seconds']:,.0f} templates/s)")
+        return {"skipped": f"timed out after {cfg.timeout:.0f} s{note}"}
+    if proc.returncode == 0:
+        return json.loads(out.strip().splitlines()[-1])
+    lines = [line for line in err.strip().splitlines() if not line.startswith('{"built"')]
+    return {"skipped": (lines or ["failed"])[-1][:300]}
 
 
 def run_bench(cfg: GalleryBenchConfig, out: Path, systems=SYSTEMS, log=print) -> dict:
@@ -338,15 +399,7 @@ def run_bench(cfg: GalleryBenchConfig, out: Path, systems=SYSTEMS, log=print) ->
             if name not in systems and name != "megaclass":
                 continue
             log(f"running {name} ...")
-            proc = subprocess.run(
-                [sys.executable, "-m", "megaclass.bench.gallery", name, str(work / "data.npz"),
-                 str(work), str(cfg.single)], capture_output=True, text=True,
-                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-            if proc.returncode == 0:
-                results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-            else:
-                reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-                results[name] = {"skipped": reason[:300]}
+            results[name] = _run_subprocess(name, work, cfg)
             log(f"  {name}: {results[name]}")
         report = {"config": asdict(cfg), "target_recall": TARGET, "results": results}
         (out / "gallery_bench.json").write_text(json.dumps(report, indent=2))

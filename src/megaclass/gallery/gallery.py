@@ -74,6 +74,7 @@ class ReadWriteLock:
 
 INDEX_SETTING = "index"  # the requested index spec, kept in the gallery's meta
 PROGRESS_MIN = 200_000  # show a progress bar when rebuilding an index of this many templates
+REPLAY_MAX = 0.25  # a background rebuild is redone if the gallery grew by more than this meanwhile
 
 
 @dataclass(frozen=True)
@@ -281,32 +282,42 @@ class Gallery:
 
     def _maintain(self, cancel: threading.Event) -> None:
         """Rebuild the index from a read-only connection, then swap it in, replaying the
-        templates added or removed since the build read the store."""
+        templates added or removed since the build read the store.
+
+        If the gallery grew by more than :data:`REPLAY_MAX` of the built index meanwhile
+        (a bulk enroll), the build is redone from the larger store instead of replaying
+        (at most 3 times). Replayed vectors go into the new index while searches still use
+        the old one; only the final pointer swap excludes searches.
+        """
         try:
-            reader = self._store.reader()
-            try:
-                with reader.reading():
-                    tids, _ = reader.template_classes()
-                    new = self._rebuild(reader, self._index.requested, len(tids), cancel)
-            finally:
-                reader.close()
-            with self._lock:
-                if self._store is None or cancel.is_set():
-                    return
-                with self._rw.write():
-                    old = self._index
-                    live = old.live_template_ids()
+            for attempt in range(4):
+                reader = self._store.reader()
+                try:
+                    with reader.reading():
+                        tids, _ = reader.template_classes()
+                        new = self._rebuild(reader, self._index.requested, len(tids), cancel)
+                finally:
+                    reader.close()
+                with self._lock:  # no writes meanwhile; searches go on
+                    if self._store is None or cancel.is_set():
+                        return
+                    live = self._index.live_template_ids()
                     built = new.template_ids()
                     added = np.setdiff1d(live, built)
+                    if len(added) > max(REPLAY_MAX * len(built), 10_000) and attempt < 3:
+                        continue
                     gone = np.setdiff1d(built, live)
                     if len(added):
-                        new.index.add_with_ids(self._store.templates_by_ids(added), added)
+                        new.add_vectors(added, self._store.templates_by_ids(added))
                     if len(gone) and new.exact:
                         new.index.remove_ids(gone)
-                    new.set_map(live, old._tid2cid[live])
-                    self._index = new
-                    self._snapshot_seq = None
-                    self.maintenance_log.append(dict(new.describe(), templates=new.ntotal))
+                    with self._rw.write():
+                        new.set_map(live, self._index._tid2cid[live])
+                        self._index = new
+                        self._snapshot_seq = None
+                    self.maintenance_log.append(dict(new.describe(), templates=new.ntotal,
+                                                     rebuilds=attempt + 1))
+                    return
         except _Cancelled:
             return
         except Exception as exc:  # keep serving from the current index; say why

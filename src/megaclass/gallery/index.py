@@ -222,6 +222,12 @@ class ClassIndex:
             self._counts[c] = total
             self._max_per_class = max(self._max_per_class, total)  # an upper bound if stale
 
+    def add_vectors(self, tids: np.ndarray, vecs: np.ndarray) -> None:
+        """Add templates to the FAISS index only (the map is set afterwards by the caller)."""
+        for i in range(0, len(tids), 1 << 16):
+            self.index.add_with_ids(np.ascontiguousarray(vecs[i:i + (1 << 16)], dtype=np.float32),
+                                    np.ascontiguousarray(tids[i:i + (1 << 16)], dtype=np.int64))
+
     def remove(self, tids: np.ndarray) -> None:
         """Remove templates by id (Flat: from FAISS; others: tombstones)."""
         if not len(tids):
@@ -376,15 +382,24 @@ class ClassIndex:
         truth = exact_top1(q, read())
         inner = faiss.downcast_index(self.index.index)
         knob = "nprobe" if hasattr(inner, "nprobe") else "efSearch"
-        value, recall = (8 if knob == "nprobe" else 32), 0.0
         limit = getattr(inner, "nlist", 1 << 12) if knob == "nprobe" else 4096
-        while True:
+
+        def recall_at(value: int) -> float:
             self.info[knob] = value
             self._apply_search_params()
-            recall = float(np.mean(self.index.search(q, 1)[1][:, 0] == truth))
-            if recall >= TARGET_RECALL or value >= limit:
-                break
-            value = min(limit, value * 2)
+            return float(np.mean(self.index.search(q, 1)[1][:, 0] == truth))
+
+        low, value = 0, (8 if knob == "nprobe" else 32)
+        while (recall := recall_at(value)) < TARGET_RECALL and value < limit:
+            low, value = value, min(limit, value * 2)
+        if recall >= TARGET_RECALL:  # the doubling overshoots: bisect between the last miss and the hit
+            while value - low > max(1, value // 16):
+                mid = (low + value) // 2
+                if (r := recall_at(mid)) >= TARGET_RECALL:
+                    value, recall = mid, r
+                else:
+                    low = mid
+            recall = recall_at(value)
         self.info["recall_at_1"] = round(recall, 4)
         self.info["recall_queries"] = len(pick)
         self.info["tuned_at"] = int(self.index.ntotal)
