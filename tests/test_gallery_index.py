@@ -235,3 +235,14 @@ def _chunks_of(store, chunk):
     while rows := cur.fetchmany(chunk):
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         yield ids, store._decode(ids.tolist(), [r[1] for r in rows])
+
+
+@pytest.mark.parametrize("spec", ["Flat", "IVF16,SQ8", "HNSW16"])
+def test_stats_report_index_memory(tmp_path, spec):
+    with Gallery.open(tmp_path / "g", dim=DIM, index=spec) as g:
+        _fill(g, n_classes=300)
+        st = g.stats()
+        vectors = 900 * DIM * 4
+        low = vectors // 4 if "SQ8" in spec else vectors
+        assert low <= st["index_memory_bytes"] <= 4 * vectors + 100_000
+        assert st["rebuilding"] is False

@@ -619,13 +619,15 @@ class Gallery:
             store.set_meta(key, value)
 
     def stats(self) -> dict:
-        """Counts and sizes: classes, templates, dim, index type, disk bytes, ..."""
+        """Counts and sizes: classes, templates, dim, index type and tuning, disk bytes,
+        approximate index memory, whether a background rebuild is running, ..."""
         with self._open() as store:
             return {"path": str(self.path), "classes": len(self._ids),
                     "templates": self._index.ntotal, "dim": self.dim,
                     "max_templates_per_class": self._index.max_per_class(),
                     **self._index.describe(), "encrypted": store.cipher is not None,
-                    "disk_bytes": store.disk_bytes(),
+                    "disk_bytes": store.disk_bytes(), "index_memory_bytes": self._index.memory_bytes(),
+                    "rebuilding": self._worker is not None and self._worker.is_alive(),
                     "last_seq": store.last_seq()}
 
     def __repr__(self) -> str:

@@ -411,6 +411,17 @@ class ClassIndex:
         if "efSearch" in self.info and hasattr(inner, "hnsw"):
             inner.hnsw.efSearch = int(self.info["efSearch"])
 
+    def memory_bytes(self) -> int:
+        """Approximate RAM of the index: vector codes, ids, graph links, the id->class map."""
+        inner = faiss.downcast_index(self.index.index)
+        n = int(self.index.ntotal)
+        per = getattr(inner, "code_size", None) or 4 * self.dim
+        if hasattr(inner, "hnsw"):  # level-0 links dominate: 2*M neighbours of 4 bytes
+            per = 4 * self.dim + 8 * int(inner.hnsw.nb_neighbors(0) // 2)
+        if hasattr(inner, "nlist"):
+            per += 8  # ids stored in the inverted lists
+        return n * (per + 16) + int(self._tid2cid.nbytes)  # + IDMap2's id array and reverse map
+
     def describe(self) -> dict:
         return {"index": self.spec, "index_requested": self.requested,
                 "tombstones": self.tombstones, **self.info}

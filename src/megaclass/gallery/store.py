@@ -93,13 +93,19 @@ _NO_IDS = np.empty(0, dtype=np.int64)
 class Store:
     """One open ``gallery.db``. Not thread-safe by itself: the Gallery holds a lock."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, cipher: TemplateCipher | None = None):
+    def __init__(self, conn: sqlite3.Connection, path: Path, cipher: TemplateCipher | None = None, *,
+                 writer: bool = False):
         self._conn = conn
         self.path = path
         self.cipher = cipher
         self.dim: int = int(self.get_meta("dim"))
         self.uuid: str = str(self.get_meta("uuid"))
         self.seq_before = self.seq_after = 0  # op seqs around the last write transaction
+        self._checkpointer = None
+        if writer:  # the connection that commits also gets the background WAL checkpoints
+            from .checkpoint import Checkpointer
+
+            self._checkpointer = Checkpointer(path)
 
     # ------------------------------------------------------------------ open / create
     @classmethod
@@ -159,10 +165,12 @@ class Store:
             cipher = _cipher_for(meta, key, db_path)
             if not read_only:
                 conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in a thread
+                conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: bulk inserts touch many pages
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed, not left behind
-            return cls(conn, db_path, cipher)
+            return cls(conn, db_path, cipher, writer=not read_only)
         except MegaclassError:
             conn.close()
             raise
@@ -181,6 +189,9 @@ class Store:
         return type(self)(conn, self.path, self.cipher)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         self._conn.close()
 
     # ------------------------------------------------------------------ transactions
@@ -200,6 +211,8 @@ class Store:
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
+        if self._checkpointer is not None:
+            self._checkpointer.poke()
 
     @contextmanager
     def reading(self) -> Iterator[None]:
