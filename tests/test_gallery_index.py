@@ -31,7 +31,8 @@ def _fill(g, n_classes=400, per=3, seed=0):
 
 def test_resolve_spec_grammar():
     assert resolve_spec("auto", 1000) == "Flat"
-    assert resolve_spec("auto", 1_000_000) == "IVF4096,Flat"
+    assert resolve_spec("auto", 1_000_000, 256) == "IVF4096,PQ64x4fs,RFlat"
+    assert resolve_spec("auto", 1_000_000, 100) == "IVF4096,Flat"  # no 4-bit PQ split of D=100
     assert resolve_spec("IVF1024,SQ8", 5) == "IVF1024,SQ8"
     with pytest.raises(ConfigError, match="unsupported index spec"):
         resolve_spec("IVF,Bogus", 10)
@@ -39,7 +40,7 @@ def test_resolve_spec_grammar():
         Gallery.open("/tmp/never-created-gallery", dim=4, index="nonsense")
 
 
-@pytest.mark.parametrize("spec", ["IVF16,Flat", "HNSW16", "IVF16,SQ8"])
+@pytest.mark.parametrize("spec", ["IVF16,Flat", "HNSW16", "IVF16,SQ8", "IVF16,PQ4x4fs,RFlat"])
 def test_approximate_indexes_find_the_right_class(tmp_path, spec):
     with Gallery.open(tmp_path / "g", dim=DIM, index=spec) as g:
         centres = _fill(g)
@@ -112,7 +113,7 @@ def test_stale_snapshot_is_replayed_not_rebuilt(tmp_path, monkeypatch):
         assert g.check()["ok"]
 
 
-@pytest.mark.parametrize("spec", ["Flat", "IVF16,Flat", "HNSW16"])
+@pytest.mark.parametrize("spec", ["Flat", "IVF16,Flat", "HNSW16", "IVF16,PQ4x4fs,RFlat"])
 def test_search_filtered_by_class_metadata(tmp_path, spec):
     centres, vecs = _clustered(400, 3)
     with Gallery.open(tmp_path / "g", dim=DIM, index=spec) as g:

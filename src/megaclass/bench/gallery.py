@@ -200,8 +200,10 @@ def _run_megaclass(tpl, owner, mated, truth, work, single):
     open_s = time.perf_counter() - t
     g2.close()
     knobs = {knob_name: knob} if knob_name else {}
+    if "k_factor" in ix.info:
+        knobs["k_factor"] = ix.info["k_factor"]
     (work / "megaclass.json").write_text(json.dumps({"index": info["index"], "knob": knobs}))
-    return {"index": info["index"], "knob": {knob_name: knob} if knob_name else {},
+    return {"index": info["index"], "knob": knobs,
             "recall_at_1": recall, "enroll_templates_per_s": len(tpl) / enroll_s,
             "index_ready_s": ready_s, "index_rebuilds": rebuilds,
             "single_enroll_per_s": 200 / single_s, **lat, "batch_qps": batch_qps,
@@ -231,6 +233,8 @@ def _run_faiss(tpl, owner, mated, truth, work, single):
         faiss.extract_index_ivf(index).nprobe = int(info["nprobe"])
     if "efSearch" in info:
         faiss.downcast_index(inner).hnsw.efSearch = int(info["efSearch"])
+    if "k_factor" in info:  # "...,RFlat": as many candidates re-ranked exactly
+        faiss.downcast_index(inner).k_factor = float(info["k_factor"])
     path = work / "faiss.index"
     faiss.write_index(index, str(path))
 

@@ -24,6 +24,7 @@ class Checkpointer:
         self._path = db_path
         self._wake = threading.Event()
         self._stopping = False
+        self.lock = threading.Lock()  # held while checkpointing; hold it to keep the thread out
         self._thread = threading.Thread(target=self._run, name=f"megaclass-wal-{db_path.parent.name}",
                                         daemon=True)
         self._thread.start()
@@ -41,10 +42,11 @@ class Checkpointer:
                 self._wake.clear()
                 if self._stopping:
                     return
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:  # busy or closing: the next commit pokes again
-                    pass
+                with self.lock:
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    except sqlite3.Error:  # busy or closing: the next commit pokes again
+                        pass
         finally:
             conn.close()
 

@@ -496,7 +496,10 @@ class Gallery:
             self._apply(change, np.empty((0, self.dim), np.float32))
             self._erasures += 1
             if self.auto_compact_after and self._erasures >= self.auto_compact_after:
-                self.compact()
+                try:
+                    self.compact()
+                except MegaclassError:  # another process is reading: the next erase retries
+                    pass
             return len(change.removed)
 
     # ------------------------------------------------------------------ maintenance
@@ -557,9 +560,7 @@ class Gallery:
         with self._rw.read():  # searches run in parallel; writers wait for them
             found = self._index.search(q, k, allowed)
             labels = self._labels
-            return [[Match(labels[c], s) for c, s in zip(cids.tolist(),
-                                                        np.clip(sc, -1.0, 1.0).tolist(),
-                                                        strict=True)]
+            return [[Match(labels[c], min(1.0, max(-1.0, s))) for c, s in zip(cids, sc, strict=True)]
                     for cids, sc in found]
 
     def templates(self, label: str) -> np.ndarray:

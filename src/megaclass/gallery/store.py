@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -416,9 +417,26 @@ class Store:
     # ------------------------------------------------------------------ maintenance
     def compact(self) -> None:
         """Checkpoint the WAL, ``VACUUM`` and truncate the WAL: freed pages leave the files."""
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if self._checkpointer is None:
+            self._compact()
+            return
+        with self._checkpointer.lock:  # its PASSIVE checkpoint would make TRUNCATE give up
+            self._compact()
+
+    def _compact(self) -> None:
+        self._truncate_wal()
         self._conn.execute("VACUUM")
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._truncate_wal()
+
+    def _truncate_wal(self, attempts: int = 20) -> None:
+        for _ in range(attempts):
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            time.sleep(0.05)
+        if busy:  # a reader (another process) holds an old snapshot: the WAL keeps old pages
+            raise MegaclassError(f"{self.path}: cannot truncate the WAL while another process "
+                                 "reads the gallery; retry compact when it is idle")
 
     def integrity_problems(self) -> list[str]:
         """SQLite's own integrity check plus referential checks of the gallery tables."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import DimensionMismatchError, EmptyClassError, InvalidInputError
@@ -52,6 +54,10 @@ def unit_rows(arr: np.ndarray) -> np.ndarray:
     a finite, non-zero float32 norm proves every entry finite. Other dtypes, and float32
     rows whose squared norm overflows or is zero, go through float64 and its checks.
     """
+    if arr.dtype == np.float32 and arr.shape[0] == 1:  # one query: skip the ufunc machinery
+        norm = math.sqrt(float(np.dot(arr[0], arr[0])))
+        if math.isfinite(norm) and norm > 0:
+            return arr * np.float32(1.0 / norm)
     if arr.dtype == np.float32:  # fast path: a finite, non-zero norm means every entry is finite
         norms = np.sqrt(np.einsum("ij,ij->i", arr, arr))[:, None]
         if np.isfinite(norms).all() and (norms > 0).all():
