@@ -134,24 +134,16 @@ def _recall(pred_cls: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _tune(set_knob, search_cls, mated, truth, start: int, limit: int) -> tuple[int, float]:
-    """Smallest knob (to within 1/16) with recall@1 >= TARGET: doubling, then bisection."""
+    """Smallest knob with recall@1 >= TARGET (the gallery's own doubling + bisection)."""
+    from megaclass.gallery.index import smallest_knob
 
     def recall_at(v: int) -> float:
         set_knob(v)
         return _recall(search_cls(mated), truth)
 
-    low, knob = 0, start
-    while (r := recall_at(knob)) < TARGET and knob < limit:
-        low, knob = knob, min(limit, knob * 2)
-    if r >= TARGET and low:
-        while knob - low > max(1, knob // 16):
-            mid = (low + knob) // 2
-            if (rm := recall_at(mid)) >= TARGET:
-                knob, r = mid, rm
-            else:
-                low = mid
-        r = recall_at(knob)
-    return knob, r
+    knob, recall = smallest_knob(recall_at, start, limit, TARGET)
+    set_knob(knob)
+    return knob, recall
 
 
 def _progress(done: int, total: int, started: float) -> None:

@@ -146,6 +146,25 @@ def _uniform_sample(chunks: Iterable[tuple[np.ndarray, np.ndarray]], n: int, m: 
     return out[:got]
 
 
+def smallest_knob(recall_at: Callable[[int], float], start: int, limit: int,
+                  target: float = TARGET_RECALL) -> tuple[int, float]:
+    """Smallest search knob (nprobe, efSearch, ...; to within 1/16) whose recall reaches
+    ``target``: doubling from ``start`` up to ``limit``, then bisection between the last
+    miss and the first hit. Returns ``(knob, recall)``; the recall is below ``target`` only
+    if even ``limit`` misses it."""
+    low, knob = 0, start
+    while (recall := recall_at(knob)) < target and knob < limit:
+        low, knob = knob, min(limit, knob * 2)
+    if recall >= target and low:
+        while knob - low > max(1, knob // 16):
+            mid = (low + knob) // 2
+            if (r := recall_at(mid)) >= target:
+                knob, recall = mid, r
+            else:
+                low = mid
+    return knob, recall
+
+
 def exact_top1(queries: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Template id of each query's exact best inner product, over a stream of chunks."""
     best = np.full(len(queries), -np.inf, dtype=np.float32)
@@ -430,19 +449,10 @@ class ClassIndex:
         for k_factor in (REFINE_K_FACTOR, 32, 128, 512) if refine else (None,):
             if k_factor is not None:  # re-ranked candidates: more when the codes are too coarse
                 self.info["k_factor"] = k_factor
-            low, value = 0, (8 if knob == "nprobe" else 32)
-            while (recall := recall_at(value)) < TARGET_RECALL and value < limit:
-                low, value = value, min(limit, value * 2)
+            value, recall = smallest_knob(recall_at, 8 if knob == "nprobe" else 32, limit)
             if recall >= TARGET_RECALL:
                 break
-        if recall >= TARGET_RECALL and low:  # the doubling overshoots: bisect between miss and hit
-            while value - low > max(1, value // 16):
-                mid = (low + value) // 2
-                if (r := recall_at(mid)) >= TARGET_RECALL:
-                    value, recall = mid, r
-                else:
-                    low = mid
-            recall = recall_at(value)
+        recall_at(value)  # leave the chosen value applied
         self.info["recall_at_1"] = round(recall, 4)
         self.info["recall_queries"] = len(pick)
         self.info["tuned_at"] = int(self.index.ntotal)
