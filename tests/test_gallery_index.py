@@ -247,3 +247,21 @@ def test_stats_report_index_memory(tmp_path, spec):
         low = vectors // 4 if "SQ8" in spec else vectors
         assert low <= st["index_memory_bytes"] <= 4 * vectors + 100_000
         assert st["rebuilding"] is False
+
+
+def test_a_due_rebuild_waits_for_a_burst_of_writes_to_end(tmp_path, monkeypatch):
+    from megaclass.gallery import gallery as gallery_mod
+
+    monkeypatch.setattr(index_mod, "AUTO_EXACT_MAX", 500)
+    monkeypatch.setattr(index_mod, "AUTO_NLIST_MIN", 16)
+    monkeypatch.setattr(gallery_mod, "QUIET_SECONDS", 0.5)
+    with Gallery.open(tmp_path / "g", dim=DIM) as g:
+        centres, vecs = _clustered(400, 3)
+        g.enroll_many((f"c{i}", vecs[i]) for i in range(250))  # 750 templates: a rebuild is due
+        for i in range(250, 280):  # a burst: a write every 50 ms for 1.5 s
+            g.enroll(f"c{i}", vecs[i])
+            assert g.stats()["index"] == "Flat" and not g.maintenance_log
+            time.sleep(0.05)
+        assert g.wait_for_index(timeout=120)
+        assert g.stats()["index"].startswith("IVF") and len(g.maintenance_log) == 1
+        assert g.search(centres[270], k=1)[0][0].label == "c270"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ class ReadWriteLock:
 INDEX_SETTING = "index"  # the requested index spec, kept in the gallery's meta
 PROGRESS_MIN = 200_000  # show a progress bar when rebuilding an index of this many templates
 REPLAY_MAX = 0.25  # a background rebuild is redone if the gallery grew by more than this meanwhile
+QUIET_SECONDS = 1.0  # a due rebuild waits for this long without writes (a bulk enroll finishes first)
+MAX_DEFER_SECONDS = 60.0  # ... but not longer than this under a steady stream of writes
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class Gallery:
         self._worker: threading.Thread | None = None  # background index rebuild
         self._cancel = threading.Event()
         self.maintenance_log: list[dict] = []  # what background rebuilds did (or why they failed)
+        self._last_write = time.monotonic()
         try:
             self._load_state()
         except BaseException:
@@ -282,7 +286,9 @@ class Gallery:
 
     def _maintain(self, cancel: threading.Event) -> None:
         """Rebuild the index from a read-only connection, then swap it in, replaying the
-        templates added or removed since the build read the store.
+        templates added or removed since the build read the store. In the background it
+        first waits for :data:`QUIET_SECONDS` without writes (at most
+        :data:`MAX_DEFER_SECONDS`), so that a bulk enroll runs at full speed.
 
         If the gallery grew by more than :data:`REPLAY_MAX` of the built index meanwhile
         (a bulk enroll), the build is redone from the larger store instead of replaying
@@ -290,6 +296,7 @@ class Gallery:
         the old one; only the final pointer swap excludes searches.
         """
         try:
+            self._wait_for_quiet(cancel)
             for attempt in range(4):
                 reader = self._store.reader()
                 try:
@@ -322,6 +329,20 @@ class Gallery:
             return
         except Exception as exc:  # keep serving from the current index; say why
             self.maintenance_log.append({"error": f"{type(exc).__name__}: {exc}"})
+
+    def _wait_for_quiet(self, cancel: threading.Event) -> None:
+        """In the background, let a burst of writes (a bulk enroll) end before rebuilding:
+        the rebuild would compete with it for the CPU and be outgrown by it anyway."""
+        if not self.background_maintenance or threading.current_thread() is not self._worker:
+            return
+        due = time.monotonic()
+        while not cancel.is_set():
+            now = time.monotonic()
+            idle = now - self._last_write
+            if idle >= QUIET_SECONDS or now - due >= MAX_DEFER_SECONDS:
+                return
+            cancel.wait(min(QUIET_SECONDS - idle, 0.25))
+        raise _Cancelled
 
     def rebuild_index(self) -> None:
         """Rebuild the index from the store now (waits for a background rebuild first);
@@ -394,6 +415,7 @@ class Gallery:
         searches: they see all of it or none of it)."""
         with self._rw.write():
             self._apply_locked(change, vectors)
+        self._last_write = time.monotonic()
         self._schedule_maintenance()
 
     def _apply_locked(self, change: Change, vectors: np.ndarray) -> None:
