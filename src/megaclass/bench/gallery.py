@@ -373,6 +373,16 @@ def _run_milvus(tpl, owner, mated, truth, work, single):
             if path.is_dir() else path.stat().st_size / 2**20, "durable": True}
 
 
+def _how_far(err: str) -> str:
+    """``"; had built N of M in T s (R templates/s)"`` from a run's last progress line."""
+    got = [json.loads(line) for line in err.splitlines() if line.startswith('{"built"')]
+    if not got:
+        return ""
+    last = got[-1]
+    return (f"; had built {last['built']:,} of {last['of']:,} in {last['seconds']:.0f} s "
+            f"({last['built'] / max(last['seconds'], 1e-9):,.0f} templates/s)")
+
+
 def _run_subprocess(name: str, work: Path, cfg: GalleryBenchConfig) -> dict:
     """One system in its own process, killed after ``cfg.timeout`` seconds."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "MEGACLASS_BENCH_INDEX": cfg.index}
@@ -386,17 +396,16 @@ def _run_subprocess(name: str, work: Path, cfg: GalleryBenchConfig) -> dict:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        got = [json.loads(line) for line in err.splitlines() if line.startswith('{"built"')]
-        note = ""
-        if got:
-            last = got[-1]
-            note = (f"; had built {last['built']:,} of {last['of']:,} in {last['seconds']:.0f} s "
-                    f"({last['built'] / last['seconds']:,.0f} templates/s)")
-        return {"skipped": f"timed out after {limit:.0f} s{note}"}
+        return {"skipped": f"timed out after {limit:.0f} s{_how_far(err)}"}
     if proc.returncode == 0:
         return json.loads(out.strip().splitlines()[-1])
-    lines = [line for line in err.strip().splitlines() if not line.startswith('{"built"')]
-    return {"skipped": (lines or ["failed"])[-1][:300]}
+    reached = _how_far(err)
+    if proc.returncode < 0:  # killed: -9 without a timeout here is the kernel's OOM killer
+        why = "SIGKILL (out of memory?)" if proc.returncode == -9 else f"signal {-proc.returncode}"
+        return {"skipped": f"killed by {why}{reached}"}
+    lines = [line for line in err.strip().splitlines()
+             if not line.startswith('{"built"') and "WARNING" not in line]
+    return {"skipped": (lines or ["failed"])[-1][:300] + reached}
 
 
 def run_bench(cfg: GalleryBenchConfig, out: Path, systems=SYSTEMS, log=print) -> dict:
