@@ -284,7 +284,7 @@ class Gallery:
                                         name=f"megaclass-index-{self.path.name}", daemon=True)
         self._worker.start()
 
-    def _maintain(self, cancel: threading.Event) -> None:
+    def _maintain(self, cancel: threading.Event) -> dict | None:
         """Rebuild the index from a read-only connection, then swap it in, replaying the
         templates added or removed since the build read the store. In the background it
         first waits for :data:`QUIET_SECONDS` without writes (at most
@@ -293,7 +293,8 @@ class Gallery:
         If the gallery grew by more than :data:`REPLAY_MAX` of the built index meanwhile
         (a bulk enroll), the build is redone from the larger store instead of replaying
         (at most 3 times). Replayed vectors go into the new index while searches still use
-        the old one; only the final pointer swap excludes searches.
+        the old one; only the final pointer swap excludes searches. Returns the entry it
+        added to :attr:`maintenance_log` (None if cancelled or the gallery closed).
         """
         try:
             self._wait_for_quiet(cancel)
@@ -301,13 +302,13 @@ class Gallery:
                 reader = self._store.reader()
                 try:
                     with reader.reading():
-                        tids, _ = reader.template_classes()
-                        new = self._rebuild(reader, self._index.requested, len(tids), cancel)
+                        new = self._rebuild(reader, self._index.requested, reader.template_count(),
+                                            cancel)
                 finally:
                     reader.close()
                 with self._lock:  # no writes meanwhile; searches go on
                     if self._store is None or cancel.is_set():
-                        return
+                        return None
                     live = self._index.live_template_ids()
                     built = new.template_ids()
                     added = np.setdiff1d(live, built)
@@ -322,13 +323,14 @@ class Gallery:
                         new.set_map(live, self._index._tid2cid[live])
                         self._index = new
                         self._snapshot_seq = None
-                    self.maintenance_log.append(dict(new.describe(), templates=new.ntotal,
-                                                     rebuilds=attempt + 1))
-                    return
+                    entry = dict(new.describe(), templates=new.ntotal, rebuilds=attempt + 1)
+                    break
         except _Cancelled:
-            return
+            return None
         except Exception as exc:  # keep serving from the current index; say why
-            self.maintenance_log.append({"error": f"{type(exc).__name__}: {exc}"})
+            entry = {"error": f"{type(exc).__name__}: {exc}"}
+        self.maintenance_log.append(entry)
+        return entry
 
     def _wait_for_quiet(self, cancel: threading.Event) -> None:
         """In the background, let a burst of writes (a bulk enroll) end before rebuilding:
@@ -349,9 +351,9 @@ class Gallery:
         drops tombstones, re-trains and re-tunes an approximate index."""
         self.wait_for_index()
         with self._lock:
-            self._maintain(threading.Event())
-            if self.maintenance_log and "error" in self.maintenance_log[-1]:
-                raise MegaclassError(f"index rebuild failed: {self.maintenance_log[-1]['error']}")
+            entry = self._maintain(threading.Event())
+        if entry is not None and "error" in entry:
+            raise MegaclassError(f"index rebuild failed: {entry['error']}")
 
     def wait_for_index(self, timeout: float | None = None) -> bool:
         """Block until background index maintenance has finished; False on timeout.

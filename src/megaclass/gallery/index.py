@@ -27,8 +27,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import faiss
@@ -91,20 +90,24 @@ def _min_train(spec: str) -> int:
 SMALL_BATCH = 16  # adds/searches of this many rows or fewer run on one OpenMP thread
 
 
-@contextmanager
-def _threads_for(rows: int) -> Iterator[None]:
+class _threads_for:
     """One OpenMP thread for tiny calls: waking a thread team costs more than the work
     (measured: a 1-vector IVF add took 7 ms with 2 threads on a busy box, 0.07 ms with 1).
-    ``omp_set_num_threads`` only affects the calling thread, so concurrent callers are safe."""
-    if rows > SMALL_BATCH:
-        yield
-        return
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(previous)
+    ``omp_set_num_threads`` only affects the calling thread, so concurrent callers are safe.
+    A plain class, not a generator context manager: it sits on the per-query path."""
+
+    __slots__ = ("previous",)
+
+    def __init__(self, rows: int):
+        self.previous = faiss.omp_get_max_threads() if rows <= SMALL_BATCH else None
+
+    def __enter__(self) -> None:
+        if self.previous is not None:
+            faiss.omp_set_num_threads(1)
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            faiss.omp_set_num_threads(self.previous)
 
 
 def _new_faiss(dim: int, spec: str) -> faiss.Index:
@@ -338,14 +341,7 @@ class ClassIndex:
         rows = list(range(nq))
         while rows:
             batch = queries if len(rows) == nq else queries[rows]
-            if len(rows) <= SMALL_BATCH:  # waking an OpenMP team costs more than the work
-                previous = faiss.omp_get_max_threads()
-                faiss.omp_set_num_threads(1)
-                try:
-                    scores, ids = self.index.search(batch, kk, params=params)
-                finally:
-                    faiss.omp_set_num_threads(previous)
-            else:
+            with _threads_for(len(rows)):
                 scores, ids = self.index.search(batch, kk, params=params)
             cids = self._tid2cid[np.maximum(ids, 0)]
             cids[ids < 0] = -1  # FAISS pads short results with -1; tombstones map to -1 too

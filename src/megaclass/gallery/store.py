@@ -269,6 +269,9 @@ class Store:
             "SELECT id, vector FROM templates WHERE class_id = ? ORDER BY id", (cid,)).fetchall()
         return self._decode([r[0] for r in rows], [r[1] for r in rows])
 
+    def template_count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM templates").fetchone()[0])
+
     def template_classes(self, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
         """All (template ids, class ids) as int64 arrays, read in chunks."""
         cur = self._conn.execute("SELECT id, class_id FROM templates ORDER BY id")
