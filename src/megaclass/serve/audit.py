@@ -43,19 +43,10 @@ class AuditLog:
         """Newest rows first, filtered by operation, label involved, key id and time (ISO)."""
         if type(limit) is not int or not 1 <= limit <= 10_000:
             raise ConfigError(f"limit must be an int in 1..10000, got {limit!r}")
-        where, params = [], []
-        if operation is not None:
-            where.append("operation = ?")
-            params.append(operation)
-        if key_id is not None:
-            where.append("key_id = ?")
-            params.append(key_id)
-        if since is not None:
-            where.append("ts >= ?")
-            params.append(since)
-        if label is not None:
-            where.append("EXISTS (SELECT 1 FROM json_each(audit.labels) WHERE value = ?)")
-            params.append(label)
+        filters = (("operation = ?", operation), ("key_id = ?", key_id), ("ts >= ?", since),
+                   ("EXISTS (SELECT 1 FROM json_each(audit.labels) WHERE value = ?)", label))
+        where = [clause for clause, value in filters if value is not None]
+        params = [value for _, value in filters if value is not None]
         sql = ("SELECT id, ts, key_id, operation, labels, decision, status FROM audit"
                + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?")
         rows = self.db.query(sql, (*params, limit))
