@@ -265,3 +265,33 @@ def test_a_due_rebuild_waits_for_a_burst_of_writes_to_end(tmp_path, monkeypatch)
         assert g.wait_for_index(timeout=120)
         assert g.stats()["index"].startswith("IVF") and len(g.maintenance_log) == 1
         assert g.search(centres[270], k=1)[0][0].label == "c270"
+
+
+@pytest.mark.parametrize("spec", ["Flat", "IVF16,Flat", "IVF16,PQ4x4fs,RFlat", "HNSW16"])
+def test_a_large_write_indexed_while_committing_is_undone_if_the_commit_fails(tmp_path, monkeypatch, spec):
+    """Big enrolls are indexed (hidden) while SQLite commits; a failed commit leaves no trace."""
+    from megaclass.gallery import gallery as gallery_mod
+    from megaclass.gallery.store import Store
+
+    monkeypatch.setattr(gallery_mod, "EARLY_INDEX_MIN", 100)
+    with Gallery.open(tmp_path / "g", dim=DIM, index=spec) as g:
+        centres = _fill(g, n_classes=300)
+        before = (len(g), g.num_templates, g.search(centres[:50], k=3))
+        _, vecs = _clustered(100, 3, seed=1)
+        real_rows = Store._template_rows
+
+        def failing_rows(self, ids, cids, v):  # the store fails after handing out the ids
+            raise OSError("disk full")
+
+        monkeypatch.setattr(Store, "_template_rows", failing_rows)
+        with pytest.raises(OSError, match="disk full"):
+            g.enroll_many((f"new{i}", vecs[i]) for i in range(100))
+        assert (len(g), g.num_templates, g.search(centres[:50], k=3)) == before
+        assert not g.search(vecs[:, 0].mean(axis=0), k=5) or all(
+            not m.label.startswith("new") for m in g.search(vecs[:, 0].mean(axis=0), k=5)[0])
+        monkeypatch.setattr(Store, "_template_rows", real_rows)
+        assert g.enroll_many((f"new{i}", vecs[i]) for i in range(100)) == 300  # committed this time
+        hits = g.search(vecs[:, 0], k=1)
+        assert np.mean([h[0].label == f"new{i}" for i, h in enumerate(hits)]) >= 0.97
+        report = g.check()
+        assert report["ok"], report

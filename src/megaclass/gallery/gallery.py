@@ -26,6 +26,7 @@ from ..errors import (
 )
 from .crypto import resolve_key
 from .index import ClassIndex, resolve_spec
+from .labels import LabelTable
 from .store import DB_NAME, RESERVED_KEYS, Change, Store
 from .vectors import as_rows, as_unit_vectors, unit_rows_of_items
 
@@ -77,7 +78,43 @@ INDEX_SETTING = "index"  # the requested index spec, kept in the gallery's meta
 PROGRESS_MIN = 200_000  # show a progress bar when rebuilding an index of this many templates
 REPLAY_MAX = 0.25  # a background rebuild is redone if the gallery grew by more than this meanwhile
 QUIET_SECONDS = 1.0  # a due rebuild waits for this long without writes (a bulk enroll finishes first)
-MAX_DEFER_SECONDS = 60.0  # ... but not longer than this under a steady stream of writes
+MAX_DEFER_SECONDS = 300.0  # ... but not longer than this under a steady stream of writes
+EARLY_INDEX_MIN = 2048  # writes of this many templates are indexed while SQLite commits them
+
+
+class _IndexWhileCommitting:
+    """Adds a write's templates to the index in a thread while the store writes and
+    commits them (FAISS and SQLite both release the GIL, so the two overlap on two
+    cores). The templates stay hidden from search (mapped to no class) until the commit
+    succeeded and the gallery publishes them; if it failed, they are discarded."""
+
+    def __init__(self, gallery: Gallery, vectors: np.ndarray):
+        self._gallery, self._vectors = gallery, vectors
+        self.tids: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, tids: np.ndarray) -> None:
+        """Called by the store inside the transaction, once the template ids are known."""
+        self.tids = tids
+        self._thread = threading.Thread(target=self._add, name="megaclass-index-add", daemon=True)
+        self._thread.start()
+
+    def _add(self) -> None:
+        g = self._gallery
+        try:
+            with g._rw.write():  # the gallery's writer lock is held by the enrolling thread
+                g._index.add_hidden(self.tids, self._vectors)
+        except BaseException as exc:  # noqa: BLE001 - reported to the enrolling thread
+            self.error = exc
+
+    def done(self) -> bool | None:
+        """Wait for the add: True if the templates are in the index (hidden), False if the
+        add failed (the index state is unknown), None if it never started."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        return self.error is None
 
 
 @dataclass(frozen=True)
@@ -222,7 +259,7 @@ class Gallery:
         with store.reading():  # one consistent view even if another process is writing
             tids, cids = store.template_classes()
             seq = store.last_seq()
-            labels = dict(store.class_rows())
+            labels = LabelTable.from_chunks(store.class_rows())
             index = ClassIndex.load(self.path, gallery_uuid=store.uuid, dim=self.dim,
                                     requested=requested, cipher=store.cipher)
             self._snapshot_seq = None
@@ -241,8 +278,7 @@ class Gallery:
         self._seq = seq  # the last op seq the in-memory state reflects
         index.set_map(tids, cids)
         self._index = index
-        self._labels: dict[int, str] = labels
-        self._ids: dict[str, int] = {lab: cid for cid, lab in self._labels.items()}
+        self._labels = labels
 
     def _rebuild(self, store: Store, requested: str, n: int, cancel: threading.Event | None = None
                  ) -> ClassIndex:
@@ -412,30 +448,32 @@ class Gallery:
         self.close()
 
     # ------------------------------------------------------------------ writes
-    def _apply(self, change: Change, vectors: np.ndarray) -> None:
+    def _apply(self, change: Change, vectors: np.ndarray,
+               early: _IndexWhileCommitting | None = None) -> None:
         """Mirror a committed store write into the index and label maps (atomically for
-        searches: they see all of it or none of it)."""
+        searches: they see all of it or none of it). ``early``: the templates were added
+        to the index (hidden) while the store committed them."""
+        indexed = early.done() if early is not None else None
         with self._rw.write():
-            self._apply_locked(change, vectors)
+            self._apply_locked(change, vectors, indexed)
         self._last_write = time.monotonic()
         self._schedule_maintenance()
 
-    def _apply_locked(self, change: Change, vectors: np.ndarray) -> None:
+    def _apply_locked(self, change: Change, vectors: np.ndarray, indexed: bool | None = None) -> None:
         store = self._store
-        if store.seq_before != self._seq:  # another process wrote meanwhile: reload all
-            self._load_state_locked()
+        if store.seq_before != self._seq or indexed is False:
+            self._load_state_locked()  # another process wrote meanwhile, or the early add failed
             return
         try:
             self._index.remove(change.removed)
-            self._index.add(change.added, change.added_class, vectors)
-            if change.erased:
-                for label, cid in zip(change.labels, change.class_ids.tolist(), strict=True):
-                    self._labels.pop(cid, None)
-                    self._ids.pop(label, None)
+            if indexed:
+                self._index.publish(change.added, change.added_class)
             else:
-                cids = change.class_ids.tolist()
-                self._labels.update(zip(cids, change.labels, strict=True))
-                self._ids.update(zip(change.labels, cids, strict=True))
+                self._index.add(change.added, change.added_class, vectors)
+            if change.erased:
+                self._labels.remove(change.class_ids.tolist())
+            else:
+                self._labels.update(change.class_ids.tolist(), change.labels)
             self._seq = store.seq_after
         except BaseException:
             self._load_state_locked()  # the store committed: rebuild the derived state from it
@@ -488,7 +526,21 @@ class Gallery:
         with self._open() as store:
             if not labels:
                 return 0
-            self._apply(store.enroll(labels, counts, vectors, metas, replace), vectors)
+            early = _IndexWhileCommitting(self, vectors) if len(vectors) >= EARLY_INDEX_MIN else None
+            try:
+                change = store.enroll(labels, counts, vectors, metas, replace,
+                                      on_ids=early.start if early is not None else None)
+            except BaseException:
+                added = early.done() if early is not None else None
+                if added is not None:
+                    clean = False
+                    if added:
+                        with self._rw.write():
+                            clean = self._index.discard(early.tids)
+                    if not clean:  # the index cannot drop them, or a failed add left part of them
+                        self._load_state()
+                raise
+            self._apply(change, vectors, early)
             return len(vectors)
 
     def add_templates(self, label: str, vectors) -> int:
@@ -583,8 +635,8 @@ class Gallery:
                 allowed = store.classes_where(_check_meta(where))
         with self._rw.read():  # searches run in parallel; writers wait for them
             found = self._index.search(q, k, allowed)
-            labels = self._labels
-            return [[Match(labels[c], min(1.0, max(-1.0, s))) for c, s in zip(cids, sc, strict=True)]
+            label = self._labels.get
+            return [[Match(label(c), min(1.0, max(-1.0, s))) for c, s in zip(cids, sc, strict=True)]
                     for cids, sc in found]
 
     def templates(self, label: str) -> np.ndarray:
@@ -596,7 +648,7 @@ class Gallery:
     def labels(self) -> list[str]:
         """Enrolled labels, in enrollment order."""
         with self._open():
-            return list(self._labels.values())
+            return self._labels.labels()
 
     def class_meta(self, label: str) -> dict:
         """The meta dict stored with the class (a copy)."""
@@ -606,11 +658,11 @@ class Gallery:
 
     def __len__(self) -> int:
         with self._open():
-            return len(self._ids)
+            return len(self._labels)
 
     def __contains__(self, label) -> bool:
-        with self._open():
-            return isinstance(label, str) and label in self._ids
+        with self._open() as store:
+            return isinstance(label, str) and store.class_id(label) is not None
 
     @property
     def num_templates(self) -> int:
@@ -647,7 +699,7 @@ class Gallery:
         """Counts and sizes: classes, templates, dim, index type and tuning, disk bytes,
         approximate index memory, whether a background rebuild is running, ..."""
         with self._open() as store:
-            return {"path": str(self.path), "classes": len(self._ids),
+            return {"path": str(self.path), "classes": len(self._labels),
                     "templates": self._index.ntotal, "dim": self.dim,
                     "max_templates_per_class": self._index.max_per_class(),
                     **self._index.describe(), "encrypted": store.cipher is not None,
@@ -656,5 +708,5 @@ class Gallery:
                     "last_seq": store.last_seq()}
 
     def __repr__(self) -> str:
-        state = "closed" if self._store is None else f"{len(self._ids)} classes"
+        state = "closed" if self._store is None else f"{len(self._labels)} classes"
         return f"Gallery({str(self.path)!r}, dim={self.dim}, {state})"

@@ -220,7 +220,8 @@ class ClassIndex:
         self.index = index if index is not None else _new_faiss(dim, spec)
         self.tombstones = 0
         self._tid2cid = np.full(1024, -1, dtype=np.int64)
-        self._counts: dict[int, int] = {}
+        self._per_class = np.zeros(1024, dtype=np.int32)  # live templates by class id
+        self._nclasses = 0
         self._max_per_class = 0
         self._max_stale = False
         self._apply_search_params()
@@ -240,20 +241,44 @@ class ClassIndex:
         size = max(1024, int(tids.max()) + 1 if len(tids) else 0)
         self._tid2cid = np.full(size, -1, dtype=np.int64)
         self._tid2cid[tids] = cids
-        uniq, counts = np.unique(cids, return_counts=True)
-        self._counts = dict(zip(uniq.tolist(), counts.tolist(), strict=True))
-        self._max_per_class = int(counts.max()) if len(counts) else 0
+        self._per_class = np.zeros(1024, dtype=np.int32)
+        self._nclasses = self._max_per_class = 0
         self._max_stale = False
+        self._count(cids, +1)
         self.tombstones = int(self.index.ntotal) - len(tids)
+
+    def _count(self, cids: np.ndarray, sign: int) -> None:
+        """Add (``+1``) or remove (``-1``) one template of each entry of ``cids``."""
+        if not len(cids):
+            return
+        uniq, n = np.unique(cids, return_counts=True)
+        if uniq[-1] >= len(self._per_class):
+            grown = np.zeros(max(int(uniq[-1]) + 1, 2 * len(self._per_class)), dtype=np.int32)
+            grown[: len(self._per_class)] = self._per_class
+            self._per_class = grown
+        before = self._per_class[uniq]
+        after = np.maximum(before + sign * n.astype(np.int32), 0)
+        self._per_class[uniq] = after
+        self._nclasses += int(np.count_nonzero(after)) - int(np.count_nonzero(before))
+        if sign > 0:
+            self._max_per_class = max(self._max_per_class, int(after.max()))
+        else:
+            self._max_stale = True
 
     def max_per_class(self) -> int:
         if self._max_stale:
-            self._max_per_class = max(self._counts.values(), default=0)
+            self._max_per_class = int(self._per_class.max())
             self._max_stale = False
         return self._max_per_class
 
     def add(self, tids: np.ndarray, cids: np.ndarray, vecs: np.ndarray) -> None:
         """Add templates (ids from the store, their class ids, unit float32 rows)."""
+        self.add_hidden(tids, vecs)
+        self.publish(tids, cids)
+
+    def add_hidden(self, tids: np.ndarray, vecs: np.ndarray) -> None:
+        """Put templates into FAISS but not yet into the map: search skips them (they map
+        to no class) until :meth:`publish`, or :meth:`discard` if their enroll fails."""
         if not len(tids):
             return
         top = int(tids.max())
@@ -263,12 +288,25 @@ class ClassIndex:
             self._tid2cid = grown
         with _threads_for(len(tids)):
             self.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), tids)
+
+    def discard(self, tids: np.ndarray) -> bool:
+        """Undo :meth:`add_hidden`; False if this index type cannot remove vectors (HNSW,
+        ``RFlat``): the caller must then reload the index, because a failed transaction's
+        template ids are handed out again by the next one (tombstones would come back)."""
+        if not len(tids):
+            return True
+        try:
+            self.index.remove_ids(np.ascontiguousarray(tids, dtype=np.int64))
+        except RuntimeError:
+            return False
+        return True
+
+    def publish(self, tids: np.ndarray, cids: np.ndarray) -> None:
+        """Make templates added by :meth:`add_hidden` searchable as members of ``cids``."""
+        if not len(tids):
+            return
         self._tid2cid[tids] = cids
-        uniq, counts = np.unique(cids, return_counts=True)
-        for c, n in zip(uniq.tolist(), counts.tolist(), strict=True):
-            total = self._counts.get(c, 0) + n
-            self._counts[c] = total
-            self._max_per_class = max(self._max_per_class, total)  # an upper bound if stale
+        self._count(cids, +1)
 
     def add_vectors(self, tids: np.ndarray, vecs: np.ndarray) -> None:
         """Add templates to the FAISS index only (the map is set afterwards by the caller)."""
@@ -287,14 +325,7 @@ class ClassIndex:
         else:
             self.tombstones += int(np.sum(cids >= 0))
         self._tid2cid[tids] = -1
-        uniq, counts = np.unique(cids[cids >= 0], return_counts=True)
-        for c, n in zip(uniq.tolist(), counts.tolist(), strict=True):
-            left = self._counts.get(c, 0) - n
-            if left > 0:
-                self._counts[c] = left
-            else:
-                self._counts.pop(c, None)
-        self._max_stale = True
+        self._count(cids[cids >= 0], -1)
 
     def needs_rebuild(self) -> bool:
         """Whether the index should be rebuilt from the store (in the background):
@@ -325,7 +356,7 @@ class ClassIndex:
         """
         nq = len(queries)
         out: list[tuple[list[int], list[float]]] = [([], [])] * nq
-        params, total, nclasses = None, int(self.index.ntotal), len(self._counts)
+        params, total, nclasses = None, int(self.index.ntotal), self._nclasses
         if allowed is not None:
             tids = np.flatnonzero(np.isin(self._tid2cid, allowed)).astype(np.int64)
             if not len(tids):

@@ -76,7 +76,7 @@ def check(gallery: Gallery) -> dict:
                 snapshot = "current" if seq == store.last_seq() else "stale (rebuilt on open)"
             except (OSError, ValueError):
                 snapshot = "damaged (rebuilt on open)"
-        classes = len(store.class_rows())
+        classes = store.class_count()
         encrypted = store.cipher is not None
     return {"ok": not problems, "problems": problems, "classes": classes,
             "templates": n_templates, "encrypted": encrypted, "snapshot": snapshot}

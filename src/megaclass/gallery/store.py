@@ -41,6 +41,10 @@ FORMAT_VERSION = 1
 DB_NAME = "gallery.db"
 RESERVED_KEYS = frozenset({"format_version", "dim", "uuid", "created_at", "encryption"})
 _VEC_DTYPE = np.dtype("<f4")
+#: page size of new galleries: a 256-d template is a 1 KiB row, and bulk enrolls write far
+#: fewer pages at 32 KiB than at SQLite's 4 KiB default (measured, raw SQLite, 2M templates
+#: x 256 in 20k-row transactions: 47.8k rows/s at 4 KiB, 60.6k at 16 KiB, 65.3k at 32 KiB)
+PAGE_SIZE = 32768
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -120,6 +124,7 @@ class Store:
         tmp.unlink(missing_ok=True)
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before the first table exists
             conn.executescript("BEGIN;" + _SCHEMA)
             now = _now()
             rows = {"format_version": FORMAT_VERSION, "dim": int(dim),
@@ -238,8 +243,11 @@ class Store:
     def last_seq(self) -> int:
         return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ops").fetchone()[0])
 
-    def class_rows(self) -> list[tuple[int, str]]:
-        return self._conn.execute("SELECT id, label FROM classes ORDER BY id").fetchall()
+    def class_rows(self, chunk: int = 1 << 16) -> Iterator[list[tuple[int, str]]]:
+        """All ``(class id, label)`` rows in id order, in chunks."""
+        cur = self._conn.execute("SELECT id, label FROM classes ORDER BY id")
+        while rows := cur.fetchmany(chunk):
+            yield rows
 
     def classes_where(self, where: dict) -> np.ndarray:
         """Ids of classes whose meta JSON has every key/value pair of ``where``."""
@@ -268,6 +276,9 @@ class Store:
         rows = self._conn.execute(
             "SELECT id, vector FROM templates WHERE class_id = ? ORDER BY id", (cid,)).fetchall()
         return self._decode([r[0] for r in rows], [r[1] for r in rows])
+
+    def class_count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM classes").fetchone()[0])
 
     def template_count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM templates").fetchone()[0])
@@ -338,11 +349,13 @@ class Store:
         return zip(ids.tolist(), cids.tolist(), blobs, strict=True)
 
     def enroll(self, labels: list[str], counts: np.ndarray, vectors: np.ndarray, metas: list[dict],
-               replace: bool) -> Change:
+               replace: bool, on_ids=None) -> Change:
         """Insert (or with ``replace`` swap) classes; DuplicateLabelError rolls back all.
 
         Class ``labels[i]`` gets the next ``counts[i]`` rows of ``vectors`` (validated unit
-        float32 rows) and ``metas[i]`` (JSON-able). Labels are distinct.
+        float32 rows) and ``metas[i]`` (JSON-able). Labels are distinct. ``on_ids(template
+        ids)`` is called inside the transaction once the new ids are known, before the rows
+        are written (the gallery starts indexing them meanwhile; the commit may still fail).
         """
         counts = np.asarray(counts, dtype=np.int64)
         with self.transaction() as c:
@@ -376,6 +389,8 @@ class Store:
                           "VALUES (?, ?, ?, ?, ?)", new_rows)
             tids = np.arange(next_tid, next_tid + len(vectors), dtype=np.int64)
             owner = np.repeat(cids, counts)
+            if on_ids is not None:
+                on_ids(tids)
             c.executemany("INSERT INTO templates (id, class_id, vector) VALUES (?, ?, ?)",
                           self._template_rows(tids, owner, vectors))
             c.executemany("INSERT INTO ops (op, label, ts) VALUES ('enroll', ?, ?)",
