@@ -31,8 +31,9 @@ def _fill(g, n_classes=400, per=3, seed=0):
 
 def test_resolve_spec_grammar():
     assert resolve_spec("auto", 1000) == "Flat"
-    assert resolve_spec("auto", 1_000_000, 256) == "IVF4096,PQ64x4fs,RFlat"
-    assert resolve_spec("auto", 1_000_000, 100) == "IVF4096,Flat"  # no 4-bit PQ split of D=100
+    assert resolve_spec("auto", 1_000_000, 256) == "IVF1024,PQ64x4fs,RFlat"
+    assert resolve_spec("auto", 10_000_000, 128) == "IVF4096,PQ32x4fs,RFlat"
+    assert resolve_spec("auto", 1_000_000, 100) == "IVF1024,Flat"  # no 4-bit PQ split of D=100
     assert resolve_spec("IVF1024,SQ8", 5) == "IVF1024,SQ8"
     with pytest.raises(ConfigError, match="unsupported index spec"):
         resolve_spec("IVF,Bogus", 10)

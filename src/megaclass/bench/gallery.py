@@ -51,8 +51,9 @@ class GalleryBenchConfig:
 def make_data(cfg: GalleryBenchConfig, path: Path, chunk: int = 1 << 18) -> None:
     """Clustered unit vectors: templates cos ~0.8 to their centre, queries likewise.
 
-    Generated in chunks of classes (memory: the templates plus one chunk, so 10M x 128
-    fits), with the exact answer of every mated query found in one streamed pass.
+    Written to ``path/<name>.npy``; the templates go straight into a memory-mapped file,
+    generated in chunks of classes (no copy in RAM: 10M x 128 is 5 GB), and the exact
+    answer of every mated query is found in one streamed pass.
     """
     from megaclass.gallery.index import exact_top1
 
@@ -67,7 +68,9 @@ def make_data(cfg: GalleryBenchConfig, path: Path, chunk: int = 1 << 18) -> None
 
     mated_cls = rng.integers(0, n, cfg.queries)
     mated = np.empty((cfg.queries, d), np.float32)
-    templates = np.empty((per * n, d), np.float32)  # template t of class c at row t * n + c
+    path.mkdir(parents=True, exist_ok=True)
+    templates = np.lib.format.open_memmap(path / "templates.npy", mode="w+", dtype=np.float32,
+                                          shape=(per * n, d))  # template t of class c: row t * n + c
     for a in range(0, n, chunk):
         centres = unit(rng.normal(size=(min(chunk, n - a), d)).astype(np.float32))
         for t in range(per):
@@ -79,8 +82,11 @@ def make_data(cfg: GalleryBenchConfig, path: Path, chunk: int = 1 << 18) -> None
     rows = ((np.arange(a, min(a + chunk, len(templates))), templates[a:a + chunk])
             for a in range(0, len(templates), chunk))
     truth = owner[exact_top1(mated, rows)]  # best class of each query by its best template
-    np.savez(path, templates=templates, owner=owner, mated=mated, mated_cls=mated_cls,
-             non_mated=non_mated, truth=truth)
+    templates.flush()
+    del templates
+    for name, arr in (("owner", owner), ("mated", mated), ("mated_cls", mated_cls),
+                      ("non_mated", non_mated), ("truth", truth)):
+        np.save(path / f"{name}.npy", arr)
 
 
 def _percentiles(samples: list[float]) -> dict:
@@ -110,8 +116,12 @@ def _rss_mb() -> float:
 
 
 def _current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    """Anonymous resident memory (MiB): the process's own heap, not the mapped data file."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    raise OSError("no RssAnon in /proc/self/status")
 
 
 def _dir_bytes(p: Path) -> int:
@@ -119,11 +129,12 @@ def _dir_bytes(p: Path) -> int:
 
 
 def run_system(name: str, data_path: Path, work: Path, single: int) -> dict:
-    """Run one system in this process; returns its measurements."""
-    data = np.load(data_path, allow_pickle=False)
-    tpl, owner, mated, truth = data["templates"], data["owner"], data["mated"], data["truth"]
+    """Run one system in this process; returns its measurements. The templates are
+    memory-mapped (page cache, not this process's heap): RSS is the system's own."""
+    tpl = np.load(data_path / "templates.npy", mmap_mode="r")
+    owner, mated, truth = (np.load(data_path / f"{k}.npy") for k in ("owner", "mated", "truth"))
     runner = globals()[f"_run_{name}"]
-    base = _current_rss_mb()  # interpreter + imports + the loaded data: same for every system
+    base = _current_rss_mb()  # interpreter + imports + the small arrays: same for every system
     out = runner(tpl, owner, mated, truth, work, single)
     out["peak_rss_mb"] = _rss_mb()
     out["rss_over_data_mb"] = out.pop("rss_after_mb", _current_rss_mb()) - base
@@ -165,8 +176,9 @@ def _run_megaclass(tpl, owner, mated, truth, work, single):
     g.show_progress = False
     step = 10_000
     for a in range(0, n_cls, step):  # one durable transaction per 10k classes
-        g.enroll_many((f"c{i}", by_class[:, i]) for i in range(a, min(a + step, n_cls)))
-        _progress(a + step, n_cls, t)
+        block = np.ascontiguousarray(by_class[:, a:a + step].transpose(1, 0, 2))  # (classes, per, d)
+        g.enroll_many((f"c{a + j}", block[j]) for j in range(len(block)))
+        _progress(min(a + step, n_cls), n_cls, t)
     enroll_s = time.perf_counter() - t
     g.wait_for_index()  # background upgrade / re-fit of the index the enrolls called for
     ready_s = time.perf_counter() - t
@@ -386,7 +398,7 @@ def _how_far(err: str) -> str:
 def _run_subprocess(name: str, work: Path, cfg: GalleryBenchConfig) -> dict:
     """One system in its own process, killed after ``cfg.timeout`` seconds."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "MEGACLASS_BENCH_INDEX": cfg.index}
-    proc = subprocess.Popen([sys.executable, "-m", "megaclass.bench.gallery", name, str(work / "data.npz"),
+    proc = subprocess.Popen([sys.executable, "-m", "megaclass.bench.gallery", name, str(work / "data"),
                              str(work), str(cfg.single)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     limit = cfg.timeout if name in ("megaclass", "faiss", "numpy") or cfg.peer_timeout is None \
@@ -414,7 +426,7 @@ def run_bench(cfg: GalleryBenchConfig, out: Path, systems=SYSTEMS, log=print) ->
     work = Path(tempfile.mkdtemp(prefix="mc-gbench-"))
     try:
         t = time.perf_counter()
-        make_data(cfg, work / "data.npz")
+        make_data(cfg, work / "data")
         log(f"data: {cfg.classes:,} classes x {cfg.templates} templates, D={cfg.dim} "
             f"({time.perf_counter() - t:.1f}s)")
         results: dict = {}

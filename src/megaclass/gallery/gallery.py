@@ -178,6 +178,7 @@ class Gallery:
         self._cancel = threading.Event()
         self.maintenance_log: list[dict] = []  # what background rebuilds did (or why they failed)
         self._last_write = time.monotonic()
+        self._busy = False  # a write is in progress (a due rebuild waits for quiet)
         try:
             self._load_state()
         except BaseException:
@@ -332,8 +333,10 @@ class Gallery:
         the old one; only the final pointer swap excludes searches. Returns the entry it
         added to :attr:`maintenance_log` (None if cancelled or the gallery closed).
         """
+        due = time.monotonic()
         try:
             self._wait_for_quiet(cancel)
+            started = time.monotonic()
             for attempt in range(4):
                 reader = self._store.reader()
                 try:
@@ -359,7 +362,9 @@ class Gallery:
                         new.set_map(live, self._index._tid2cid[live])
                         self._index = new
                         self._snapshot_seq = None
-                    entry = dict(new.describe(), templates=new.ntotal, rebuilds=attempt + 1)
+                    entry = dict(new.describe(), templates=new.ntotal, rebuilds=attempt + 1,
+                                 waited_s=round(started - due, 2),
+                                 build_s=round(time.monotonic() - started, 2))
                     break
         except _Cancelled:
             return None
@@ -376,7 +381,7 @@ class Gallery:
         due = time.monotonic()
         while not cancel.is_set():
             now = time.monotonic()
-            idle = now - self._last_write
+            idle = 0.0 if self._busy else now - self._last_write
             if idle >= QUIET_SECONDS or now - due >= MAX_DEFER_SECONDS:
                 return
             cancel.wait(min(QUIET_SECONDS - idle, 0.25))
@@ -415,6 +420,17 @@ class Gallery:
                 self._load_state()
                 self._schedule_maintenance()
             yield self._store
+
+    @contextmanager
+    def _writing(self) -> Iterator[Store]:
+        """:meth:`_open` for a write: a due rebuild waits while writes keep coming."""
+        with self._open() as store:
+            self._busy = True
+            try:
+                yield store
+            finally:
+                self._busy = False
+                self._last_write = time.monotonic()
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -456,7 +472,6 @@ class Gallery:
         indexed = early.done() if early is not None else None
         with self._rw.write():
             self._apply_locked(change, vectors, indexed)
-        self._last_write = time.monotonic()
         self._schedule_maintenance()
 
     def _apply_locked(self, change: Change, vectors: np.ndarray, indexed: bool | None = None) -> None:
@@ -523,7 +538,7 @@ class Gallery:
             seen.add(label)
         vectors = unit_rows_of_items(labels, rows)
         counts = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-        with self._open() as store:
+        with self._writing() as store:
             if not labels:
                 return 0
             early = _IndexWhileCommitting(self, vectors) if len(vectors) >= EARLY_INDEX_MIN else None
@@ -553,7 +568,7 @@ class Gallery:
         self._check_writable()
         label = _check_label(label)
         vecs = as_unit_vectors(vectors, self.dim)
-        with self._open() as store:
+        with self._writing() as store:
             self._apply(store.add(label, vecs), vecs)
             return len(vecs)
 
@@ -567,7 +582,7 @@ class Gallery:
         """
         self._check_writable()
         label = _check_label(label)
-        with self._open() as store:
+        with self._writing() as store:
             change = store.erase(label)
             self._apply(change, np.empty((0, self.dim), np.float32))
             self._erasures += 1

@@ -57,8 +57,13 @@ def resolve_spec(spec: str, n: int, dim: int | None = None) -> str:
     """The concrete factory string for ``spec`` at ``n`` templates of ``dim`` (``auto`` decides).
 
     ``auto``: ``Flat`` up to :data:`AUTO_EXACT_MAX` templates; above, an IVF index with
-    ``nlist`` the power of two nearest ``4 * sqrt(n)`` (FAISS's usual guidance), at most
-    ``n / 39`` so that k-means has enough points per centroid. Its lists hold 4-bit
+    ``nlist`` the power of two nearest ``sqrt(n)``, at most ``n / 39`` so that k-means has
+    enough points per centroid. FAISS's guidance is 4 to 16 ``sqrt(n)``, but side by side
+    at 1M classes x 2 templates x 256 (raw FAISS, equal recall@1 0.99, one query thread)
+    1024, 2048 and 4096 lists answered in the same time (p50 1.69 / 1.81 / 1.71 ms, noisy
+    queries need 10-20 % of the vectors scanned either way) while 1024 lists trained 4x
+    and added 3x faster (86k vs 29k templates/s): fewer lists, cheaper enrolls and
+    rebuilds. Its lists hold 4-bit
     fast-scan PQ codes (``PQ<dim/4>x4fs``) that are re-ranked with the exact vectors
     (``RFlat``): scanning a list costs a fraction of scanning float vectors, so the same
     recall takes ~10x less time than ``IVF,Flat`` (measured at 1M x 256, see README), for
@@ -71,7 +76,7 @@ def resolve_spec(spec: str, n: int, dim: int | None = None) -> str:
         return spec
     if n <= AUTO_EXACT_MAX:
         return "Flat"
-    nlist = min(2 ** round(math.log2(4 * math.sqrt(n))), 2 ** math.floor(math.log2(max(n / 39, 1))))
+    nlist = min(2 ** round(math.log2(math.sqrt(n))), 2 ** math.floor(math.log2(max(n / 39, 1))))
     nlist = min(max(nlist, AUTO_NLIST_MIN), 65536)
     if dim and dim % 8 == 0:
         return f"IVF{nlist},PQ{dim // 4}x4fs,RFlat"
