@@ -251,11 +251,11 @@ def test_stats_report_index_memory(tmp_path, spec):
 
 
 def test_a_due_rebuild_waits_for_a_burst_of_writes_to_end(tmp_path, monkeypatch):
-    from megaclass.gallery import gallery as gallery_mod
+    from megaclass.gallery import upkeep as upkeep_mod
 
     monkeypatch.setattr(index_mod, "AUTO_EXACT_MAX", 500)
     monkeypatch.setattr(index_mod, "AUTO_NLIST_MIN", 16)
-    monkeypatch.setattr(gallery_mod, "QUIET_SECONDS", 0.5)
+    monkeypatch.setattr(upkeep_mod, "QUIET_SECONDS", 0.5)
     with Gallery.open(tmp_path / "g", dim=DIM) as g:
         centres, vecs = _clustered(400, 3)
         g.enroll_many((f"c{i}", vecs[i]) for i in range(250))  # 750 templates: a rebuild is due

@@ -55,7 +55,7 @@ def make_data(cfg: GalleryBenchConfig, path: Path, chunk: int = 1 << 18) -> None
     generated in chunks of classes (no copy in RAM: 10M x 128 is 5 GB), and the exact
     answer of every mated query is found in one streamed pass.
     """
-    from megaclass.gallery.index import exact_top1
+    from megaclass.gallery.tuning import exact_top1
 
     rng = np.random.default_rng(cfg.seed)
     d, n, per = cfg.dim, cfg.classes, cfg.templates
@@ -147,7 +147,7 @@ def _recall(pred_cls: np.ndarray, truth: np.ndarray) -> float:
 
 def _tune(set_knob, search_cls, mated, truth, start: int, limit: int) -> tuple[int, float]:
     """Smallest knob with recall@1 >= TARGET (the gallery's own doubling + bisection)."""
-    from megaclass.gallery.index import smallest_knob
+    from megaclass.gallery.tuning import smallest_knob
 
     def recall_at(v: int) -> float:
         set_knob(v)

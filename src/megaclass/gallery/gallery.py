@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,97 +25,16 @@ from ..errors import (
     MegaclassError,
     NotAGalleryError,
 )
+from .concurrency import IndexWhileCommitting, ReadWriteLock
 from .crypto import resolve_key
 from .index import ClassIndex, resolve_spec
 from .labels import LabelTable
 from .store import DB_NAME, RESERVED_KEYS, Change, Store
+from .upkeep import IndexUpkeep
 from .vectors import as_rows, as_unit_vectors, unit_rows_of_items
 
-
-class _Cancelled(Exception):
-    """A background index rebuild was stopped (the gallery is closing)."""
-
-
-class ReadWriteLock:
-    """Many readers or one writer; a waiting writer blocks new readers (no starvation)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer = False
-        self._waiting = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
 INDEX_SETTING = "index"  # the requested index spec, kept in the gallery's meta
-PROGRESS_MIN = 200_000  # show a progress bar when rebuilding an index of this many templates
-REPLAY_MAX = 0.25  # a background rebuild is redone if the gallery grew by more than this meanwhile
-QUIET_SECONDS = 1.0  # a due rebuild waits for this long without writes (a bulk enroll finishes first)
-MAX_DEFER_SECONDS = 300.0  # ... but not longer than this under a steady stream of writes
 EARLY_INDEX_MIN = 2048  # writes of this many templates are indexed while SQLite commits them
-
-
-class _IndexWhileCommitting:
-    """Adds a write's templates to the index in a thread while the store writes and
-    commits them (FAISS and SQLite both release the GIL, so the two overlap on two
-    cores). The templates stay hidden from search (mapped to no class) until the commit
-    succeeded and the gallery publishes them; if it failed, they are discarded."""
-
-    def __init__(self, gallery: Gallery, vectors: np.ndarray):
-        self._gallery, self._vectors = gallery, vectors
-        self.tids: np.ndarray | None = None
-        self.error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self, tids: np.ndarray) -> None:
-        """Called by the store inside the transaction, once the template ids are known."""
-        self.tids = tids
-        self._thread = threading.Thread(target=self._add, name="megaclass-index-add", daemon=True)
-        self._thread.start()
-
-    def _add(self) -> None:
-        g = self._gallery
-        try:
-            with g._rw.write():  # the gallery's writer lock is held by the enrolling thread
-                g._index.add_hidden(self.tids, self._vectors)
-        except BaseException as exc:  # noqa: BLE001 - reported to the enrolling thread
-            self.error = exc
-
-    def done(self) -> bool | None:
-        """Wait for the add: True if the templates are in the index (hidden), False if the
-        add failed (the index state is unknown), None if it never started."""
-        if self._thread is None:
-            return None
-        self._thread.join()
-        return self.error is None
 
 
 @dataclass(frozen=True)
@@ -142,7 +62,7 @@ def _check_meta(meta) -> dict:
         raise InvalidInputError(f"class meta is not JSON-serialisable: {exc}") from exc
 
 
-class Gallery:
+class Gallery(IndexUpkeep):
     """A directory of enrolled classes (labels with embedding templates), searchable by class.
 
     ``gallery.db`` (SQLite) is the source of truth; the FAISS index is derived from it and
@@ -257,12 +177,14 @@ class Gallery:
         replaying its difference with the store, else a rebuild from the store."""
         store = self._store
         requested = store.get_meta(INDEX_SETTING) or "auto"
-        with store.reading():  # one consistent view even if another process is writing
+        with store.reading(), ThreadPoolExecutor(1) as pool:  # one consistent view of the store
+            # the snapshot is hashed and parsed (C code, GIL released) while SQLite is read
+            loading = pool.submit(ClassIndex.load, self.path, gallery_uuid=store.uuid, dim=self.dim,
+                                  requested=requested, cipher=store.cipher)
             tids, cids = store.template_classes()
             seq = store.last_seq()
             labels = LabelTable.from_chunks(store.class_rows())
-            index = ClassIndex.load(self.path, gallery_uuid=store.uuid, dim=self.dim,
-                                    requested=requested, cipher=store.cipher)
+            index = loading.result()
             self._snapshot_seq = None
             if index is not None:
                 snap = index.template_ids()
@@ -281,134 +203,6 @@ class Gallery:
         self._index = index
         self._labels = labels
 
-    def _rebuild(self, store: Store, requested: str, n: int, cancel: threading.Event | None = None
-                 ) -> ClassIndex:
-        """Build the index from the store, with a progress bar for large galleries
-        (none in the background: ``cancel`` given, checked between chunks)."""
-
-        def read():
-            for chunk in store.iter_templates():
-                if cancel is not None and cancel.is_set():
-                    raise _Cancelled
-                yield chunk
-
-        if n < PROGRESS_MIN or not self.show_progress or cancel is not None:
-            return ClassIndex.build(self.dim, read, n, spec=requested)
-        from rich.progress import Progress
-
-        with Progress(transient=True) as bar:
-            task = bar.add_task(f"building index of {self.path.name}", total=n)
-            return ClassIndex.build(self.dim, read, n, spec=requested,
-                                    progress=lambda done, total: bar.update(task, completed=done))
-
-    # ------------------------------------------------------------------ index maintenance
-    #: rebuild the index (auto upgrade, growth, tombstones) in a background thread; with
-    #: False the write that calls for it waits for the rebuild
-    background_maintenance = True
-
-    def _schedule_maintenance(self) -> None:
-        """Start a rebuild if the index calls for one and none is running (caller holds
-        ``self._lock``). Searches and writes go on against the current index meanwhile."""
-        if self._store is None or not self._index.needs_rebuild():
-            return
-        if self._worker is not None and self._worker.is_alive():
-            return
-        if not self.background_maintenance:
-            self._maintain(threading.Event())
-            return
-        self._cancel = threading.Event()
-        self._worker = threading.Thread(target=self._maintain, args=(self._cancel,),
-                                        name=f"megaclass-index-{self.path.name}", daemon=True)
-        self._worker.start()
-
-    def _maintain(self, cancel: threading.Event) -> dict | None:
-        """Rebuild the index from a read-only connection, then swap it in, replaying the
-        templates added or removed since the build read the store. In the background it
-        first waits for :data:`QUIET_SECONDS` without writes (at most
-        :data:`MAX_DEFER_SECONDS`), so that a bulk enroll runs at full speed.
-
-        If the gallery grew by more than :data:`REPLAY_MAX` of the built index meanwhile
-        (a bulk enroll), the build is redone from the larger store instead of replaying
-        (at most 3 times). Replayed vectors go into the new index while searches still use
-        the old one; only the final pointer swap excludes searches. Returns the entry it
-        added to :attr:`maintenance_log` (None if cancelled or the gallery closed).
-        """
-        due = time.monotonic()
-        try:
-            self._wait_for_quiet(cancel)
-            started = time.monotonic()
-            for attempt in range(4):
-                reader = self._store.reader()
-                try:
-                    with reader.reading():
-                        new = self._rebuild(reader, self._index.requested, reader.template_count(),
-                                            cancel)
-                finally:
-                    reader.close()
-                with self._lock:  # no writes meanwhile; searches go on
-                    if self._store is None or cancel.is_set():
-                        return None
-                    live = self._index.live_template_ids()
-                    built = new.template_ids()
-                    added = np.setdiff1d(live, built)
-                    if len(added) > max(REPLAY_MAX * len(built), 10_000) and attempt < 3:
-                        continue
-                    gone = np.setdiff1d(built, live)
-                    if len(added):
-                        new.add_vectors(added, self._store.templates_by_ids(added))
-                    if len(gone) and new.exact:
-                        new.index.remove_ids(gone)
-                    with self._rw.write():
-                        new.set_map(live, self._index._tid2cid[live])
-                        self._index = new
-                        self._snapshot_seq = None
-                    entry = dict(new.describe(), templates=new.ntotal, rebuilds=attempt + 1,
-                                 waited_s=round(started - due, 2),
-                                 build_s=round(time.monotonic() - started, 2))
-                    break
-        except _Cancelled:
-            return None
-        except Exception as exc:  # keep serving from the current index; say why
-            entry = {"error": f"{type(exc).__name__}: {exc}"}
-        self.maintenance_log.append(entry)
-        return entry
-
-    def _wait_for_quiet(self, cancel: threading.Event) -> None:
-        """In the background, let a burst of writes (a bulk enroll) end before rebuilding:
-        the rebuild would compete with it for the CPU and be outgrown by it anyway."""
-        if not self.background_maintenance or threading.current_thread() is not self._worker:
-            return
-        due = time.monotonic()
-        while not cancel.is_set():
-            now = time.monotonic()
-            idle = 0.0 if self._busy else now - self._last_write
-            if idle >= QUIET_SECONDS or now - due >= MAX_DEFER_SECONDS:
-                return
-            cancel.wait(min(QUIET_SECONDS - idle, 0.25))
-        raise _Cancelled
-
-    def rebuild_index(self) -> None:
-        """Rebuild the index from the store now (waits for a background rebuild first);
-        drops tombstones, re-trains and re-tunes an approximate index."""
-        self.wait_for_index()
-        with self._lock:
-            entry = self._maintain(threading.Event())
-        if entry is not None and "error" in entry:
-            raise MegaclassError(f"index rebuild failed: {entry['error']}")
-
-    def wait_for_index(self, timeout: float | None = None) -> bool:
-        """Block until background index maintenance has finished; False on timeout.
-
-        Examples
-        --------
-        >>> g.enroll_many(many_items); g.wait_for_index(); g.stats()["index"]  # doctest: +SKIP
-        'IVF2048,Flat'
-        """
-        worker = self._worker
-        if worker is not None:
-            worker.join(timeout)
-            return not worker.is_alive()
-        return True
 
     @contextmanager
     def _open(self) -> Iterator[Store]:
@@ -465,7 +259,7 @@ class Gallery:
 
     # ------------------------------------------------------------------ writes
     def _apply(self, change: Change, vectors: np.ndarray,
-               early: _IndexWhileCommitting | None = None) -> None:
+               early: IndexWhileCommitting | None = None) -> None:
         """Mirror a committed store write into the index and label maps (atomically for
         searches: they see all of it or none of it). ``early``: the templates were added
         to the index (hidden) while the store committed them."""
@@ -541,7 +335,7 @@ class Gallery:
         with self._writing() as store:
             if not labels:
                 return 0
-            early = _IndexWhileCommitting(self, vectors) if len(vectors) >= EARLY_INDEX_MIN else None
+            early = IndexWhileCommitting(self, vectors) if len(vectors) >= EARLY_INDEX_MIN else None
             try:
                 change = store.enroll(labels, counts, vectors, metas, replace,
                                       on_ids=early.start if early is not None else None)
@@ -594,8 +388,6 @@ class Gallery:
             return len(change.removed)
 
     # ------------------------------------------------------------------ maintenance
-    #: show a progress bar on stderr when a large index is rebuilt
-    show_progress = True
     #: run :meth:`compact` automatically after this many erasures by one handle (0: never)
     auto_compact_after = 64
 

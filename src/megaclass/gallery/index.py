@@ -22,10 +22,7 @@ index is rebuilt. Only FAISS's binary format and JSON are written: nothing is pi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -34,19 +31,16 @@ import faiss
 import numpy as np
 
 from ..errors import ConfigError, MegaclassError
-from .vectors import as_rows, as_unit_vectors, unit_rows, unit_rows_of_items  # noqa: F401
+from .snapshot import read_snapshot, write_snapshot
+from .tuning import TARGET_RECALL, exact_top1, smallest_knob, uniform_sample
+from .vectors import unit_rows
 
-INDEX_NAME = "index.faiss"
-INDEX_META = "index.json"
 INDEX_TYPE = "Flat"  # the default spec
 AUTO_EXACT_MAX = 200_000  # "auto" uses exact search up to this many templates
-TARGET_RECALL = 0.99  # "auto"/IVF/HNSW: recall@1 vs exact that nprobe/efSearch must reach
 TOMBSTONE_REBUILD = 0.10
 REFINE_K_FACTOR = 8  # "...,RFlat": candidates re-ranked exactly per result wanted
 TRAIN_SAMPLE = 200_000  # templates drawn to train IVF / PQ (and to make tuning queries)
 AUTO_NLIST_MIN = 256
-_SNAPSHOT_VERSION = 2
-_READ_CHUNK = 1 << 20
 _FIRST_PASS_CAP = 4096  # neighbours per query in the first pass; short rows widen after
 _SPEC = re.compile(r"^(Flat|auto|HNSW\d+(,Flat)?|IVF\d+,(Flat|SQ8|SQ4|SQfp16|PQ\d+(x\d+)?)"
                    r"|IVF\d+,PQ\d+(x4fs|x\d+)?,RFlat"
@@ -119,71 +113,6 @@ def _new_faiss(dim: int, spec: str) -> faiss.Index:
     inner = faiss.IndexFlatIP(dim) if spec == "Flat" else faiss.index_factory(
         dim, spec, faiss.METRIC_INNER_PRODUCT)
     return faiss.IndexIDMap2(inner)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_READ_CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _uniform_sample(chunks: Iterable[tuple[np.ndarray, np.ndarray]], n: int, m: int,
-                    rng: np.random.Generator, dim: int) -> np.ndarray:
-    """``min(n, m)`` rows drawn uniformly without replacement from a stream of ``n`` rows."""
-    pick = np.sort(rng.choice(n, min(n, m), replace=False)) if n else np.empty(0, np.int64)
-    out = np.empty((len(pick), dim), np.float32)
-    at = got = 0
-    for _, vecs in chunks:
-        lo, hi = np.searchsorted(pick, [at, at + len(vecs)])
-        out[got: got + hi - lo] = vecs[pick[lo:hi] - at]
-        got += hi - lo
-        at += len(vecs)
-    return out[:got]
-
-
-def smallest_knob(recall_at: Callable[[int], float], start: int, limit: int,
-                  target: float = TARGET_RECALL) -> tuple[int, float]:
-    """Smallest search knob (nprobe, efSearch, ...; to within 1/16) whose recall reaches
-    ``target``: doubling from ``start`` up to ``limit``, then bisection between the last
-    miss and the first hit. Returns ``(knob, recall)``; the recall is below ``target`` only
-    if even ``limit`` misses it."""
-    low, knob = 0, start
-    while (recall := recall_at(knob)) < target and knob < limit:
-        low, knob = knob, min(limit, knob * 2)
-    if recall >= target and low:
-        while knob - low > max(1, knob // 16):
-            mid = (low + knob) // 2
-            if (r := recall_at(mid)) >= target:
-                knob, recall = mid, r
-            else:
-                low = mid
-    return knob, recall
-
-
-def exact_top1(queries: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Template id of each query's exact best inner product, over a stream of chunks."""
-    best = np.full(len(queries), -np.inf, dtype=np.float32)
-    ids = np.full(len(queries), -1, dtype=np.int64)
-    for tids, vecs in chunks:
-        scores = queries @ np.ascontiguousarray(vecs, dtype=np.float32).T
-        j = scores.argmax(axis=1)
-        s = scores[np.arange(len(queries)), j]
-        better = s > best
-        best[better], ids[better] = s[better], np.asarray(tids)[j[better]]
-    return ids
 
 
 def _collapse(cids: list[int], scores: list[float], k: int) -> tuple[list[int], list[float]]:
@@ -440,7 +369,7 @@ class ClassIndex:
         self = cls(dim, spec=concrete, requested=spec, info=info)
         sample = None
         if not self.index.is_trained or not self.exact:
-            sample = _uniform_sample(read(), n, TRAIN_SAMPLE, np.random.default_rng(0), dim)
+            sample = uniform_sample(read(), n, TRAIN_SAMPLE, np.random.default_rng(0), dim)
             if not self.index.is_trained:
                 self.index.train(sample)
         done = 0
@@ -519,42 +448,11 @@ class ClassIndex:
                 "tombstones": self.tombstones, **self.info}
 
     def save(self, directory: Path, *, gallery_uuid: str, seq: int, cipher=None) -> None:
-        """Write ``index.faiss`` + ``index.json`` atomically (tmp file + ``os.replace``).
-
-        With a ``cipher`` (encrypted gallery) the FAISS bytes are sealed with AES-256-GCM,
-        bound to the gallery uuid and op seq.
-        """
-        data_path, meta_path = directory / INDEX_NAME, directory / INDEX_META
-        tmp_data, tmp_meta = data_path.with_suffix(".faiss.tmp"), meta_path.with_suffix(".tmp")
-        h = hashlib.sha256()
-        with open(tmp_data, "wb") as f:
-            if cipher is not None:
-                blob = cipher.encrypt(faiss.serialize_index(self.index).tobytes(),
-                                      _snapshot_aad(gallery_uuid, seq))
-                f.write(blob)
-                h.update(blob)
-            else:
-
-                def _write(block: bytes) -> None:
-                    f.write(block)
-                    h.update(block)
-
-                writer = faiss.PyCallbackIOWriter(_write)
-                faiss.write_index(self.index, writer)
-                del writer  # flushes its buffer through _write
-            f.flush()
-            os.fsync(f.fileno())
-        meta = {"version": _SNAPSHOT_VERSION, "uuid": gallery_uuid, "seq": int(seq),
-                "dim": self.dim, "vectors": int(self.index.ntotal), "spec": self.spec,
-                "requested": self.requested, "info": self.info,
-                "encrypted": cipher is not None, "sha256": h.hexdigest()}
-        with open(tmp_meta, "w", encoding="utf-8") as f:
-            json.dump(meta, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_data, data_path)
-        os.replace(tmp_meta, meta_path)
-        _fsync_dir(directory)
+        """Write the snapshot ``index.faiss`` + ``index.json`` atomically (sealed with
+        AES-256-GCM, bound to the gallery uuid and op seq, when a ``cipher`` is given)."""
+        write_snapshot(self.index, directory, {"dim": self.dim, "spec": self.spec,
+                                               "requested": self.requested, "info": self.info},
+                       gallery_uuid=gallery_uuid, seq=seq, cipher=cipher)
 
     @classmethod
     def load(cls, directory: Path, *, gallery_uuid: str, dim: int, requested: str,
@@ -564,33 +462,10 @@ class ClassIndex:
         It may be older than the store: the caller replays the difference
         (:meth:`Gallery._load_state`). ``index.json``'s ``seq`` says which op it covers.
         """
-        data_path, meta_path = directory / INDEX_NAME, directory / INDEX_META
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            if not (isinstance(meta, dict) and meta.get("version") == _SNAPSHOT_VERSION
-                    and meta.get("uuid") == gallery_uuid and meta.get("dim") == dim
-                    and meta.get("requested") == requested
-                    and bool(meta.get("encrypted", False)) == (cipher is not None)):
-                return None
-            seq = int(meta["seq"])
-            if _sha256(data_path) != meta.get("sha256"):
-                return None
-            if cipher is not None:
-                plain = cipher.decrypt(data_path.read_bytes(), _snapshot_aad(gallery_uuid, seq))
-                index = faiss.deserialize_index(np.frombuffer(plain, dtype=np.uint8))
-            else:
-                index = faiss.read_index(str(data_path))
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, MegaclassError):
+        found = read_snapshot(directory, gallery_uuid=gallery_uuid, dim=dim, requested=requested,
+                              cipher=cipher)
+        if found is None:
             return None
-        if not (isinstance(index, faiss.IndexIDMap2) and index.d == dim
-                and index.ntotal == meta.get("vectors")):
-            return None
-        if meta.get("spec") == "Flat" and not isinstance(faiss.downcast_index(index.index),
-                                                         faiss.IndexFlatIP):
-            return None
+        index, meta = found
         return cls(dim, index, spec=str(meta["spec"]), requested=requested,
                    info=meta.get("info") or {})
-
-
-def _snapshot_aad(gallery_uuid: str, seq: int) -> bytes:
-    return f"megaclass-index:{gallery_uuid}:{int(seq)}".encode()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ConfigError, InvalidInputError
-from .index import INDEX_META
+from .snapshot import INDEX_META
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gallery import Gallery

@@ -1,0 +1,57 @@
+"""Helpers for training and tuning an approximate index against exact search: a uniform
+sample from a stream of chunks, exact top-1 over a stream, and the smallest search knob
+that reaches a target recall."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+TARGET_RECALL = 0.99  # "auto"/IVF/HNSW: recall@1 vs exact that nprobe/efSearch must reach
+
+
+def uniform_sample(chunks: Iterable[tuple[np.ndarray, np.ndarray]], n: int, m: int,
+                    rng: np.random.Generator, dim: int) -> np.ndarray:
+    """``min(n, m)`` rows drawn uniformly without replacement from a stream of ``n`` rows."""
+    pick = np.sort(rng.choice(n, min(n, m), replace=False)) if n else np.empty(0, np.int64)
+    out = np.empty((len(pick), dim), np.float32)
+    at = got = 0
+    for _, vecs in chunks:
+        lo, hi = np.searchsorted(pick, [at, at + len(vecs)])
+        out[got: got + hi - lo] = vecs[pick[lo:hi] - at]
+        got += hi - lo
+        at += len(vecs)
+    return out[:got]
+
+
+def smallest_knob(recall_at: Callable[[int], float], start: int, limit: int,
+                  target: float = TARGET_RECALL) -> tuple[int, float]:
+    """Smallest search knob (nprobe, efSearch, ...; to within 1/16) whose recall reaches
+    ``target``: doubling from ``start`` up to ``limit``, then bisection between the last
+    miss and the first hit. Returns ``(knob, recall)``; the recall is below ``target`` only
+    if even ``limit`` misses it."""
+    low, knob = 0, start
+    while (recall := recall_at(knob)) < target and knob < limit:
+        low, knob = knob, min(limit, knob * 2)
+    if recall >= target and low:
+        while knob - low > max(1, knob // 16):
+            mid = (low + knob) // 2
+            if (r := recall_at(mid)) >= target:
+                knob, recall = mid, r
+            else:
+                low = mid
+    return knob, recall
+
+
+def exact_top1(queries: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Template id of each query's exact best inner product, over a stream of chunks."""
+    best = np.full(len(queries), -np.inf, dtype=np.float32)
+    ids = np.full(len(queries), -1, dtype=np.int64)
+    for tids, vecs in chunks:
+        scores = queries @ np.ascontiguousarray(vecs, dtype=np.float32).T
+        j = scores.argmax(axis=1)
+        s = scores[np.arange(len(queries)), j]
+        better = s > best
+        best[better], ids[better] = s[better], np.asarray(tids)[j[better]]
+    return ids
