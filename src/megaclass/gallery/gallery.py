@@ -380,25 +380,33 @@ class Gallery(IndexUpkeep):
             change = store.erase(label)
             self._apply(change, np.empty((0, self.dim), np.float32))
             self._erasures += 1
-            if self.auto_compact_after and self._erasures >= self.auto_compact_after:
-                try:
-                    self.compact()
+            busy = self._worker is not None and self._worker.is_alive()
+            if self.auto_compact_after and self._erasures >= self.auto_compact_after and not busy:
+                try:  # (while a background rebuild runs, the next erase does it)
+                    self._compact_locked(full=False)
                 except MegaclassError:  # another process is reading: the next erase retries
                     pass
             return len(change.removed)
 
     # ------------------------------------------------------------------ maintenance
-    #: run :meth:`compact` automatically after this many erasures by one handle (0: never)
+    #: run :meth:`compact` (its light form) after this many erasures by one handle (0: never)
     auto_compact_after = 64
 
-    def compact(self) -> None:
-        """Make erasures final on disk (VACUUM, truncated WAL, rewritten snapshot)."""
+    def compact(self, *, full: bool = True) -> None:
+        """Make erasures final on disk: erased templates are purged from the index, the WAL
+        is truncated and the snapshot rewritten (``full``, with ``VACUUM``: the file shrinks)
+        or deleted (``full=False``, what automatic compaction does: cheap at any size)."""
         self._check_writable()
+        self._cancel.set()  # a background rebuild would wait for the lock this holds: stop it first
+        self.wait_for_index()
+        with self._lock:
+            self._compact_locked(full)
+
+    def _compact_locked(self, full: bool) -> None:
         from .maintenance import compact
 
-        with self._lock:
-            compact(self)
-            self._erasures = 0
+        compact(self, full=full)
+        self._erasures = 0
 
     def check(self) -> dict:
         """Integrity report ``{"ok", "problems", "classes", "templates", ...}``."""

@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 
 from ..errors import ConfigError, MegaclassError
+from .purge import can_remove_in_place, remove_positions, scrub_positions
 from .snapshot import read_snapshot, write_snapshot
 from .tuning import TARGET_RECALL, exact_top1, smallest_knob, uniform_sample
 from .vectors import unit_rows
@@ -224,16 +225,13 @@ class ClassIndex:
             self.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), tids)
 
     def discard(self, tids: np.ndarray) -> bool:
-        """Undo :meth:`add_hidden`; False if this index type cannot remove vectors (HNSW,
-        ``RFlat``): the caller must then reload the index, because a failed transaction's
+        """Undo the last :meth:`add_hidden`; False if this index type cannot remove vectors
+        (HNSW): the caller must then reload the index, because a failed transaction's
         template ids are handed out again by the next one (tombstones would come back)."""
         if not len(tids):
             return True
-        try:
-            self.index.remove_ids(np.ascontiguousarray(tids, dtype=np.int64))
-        except RuntimeError:
-            return False
-        return True
+        total = int(self.index.ntotal)
+        return remove_positions(self.index, np.arange(total - len(tids), total, dtype=np.int64))
 
     def publish(self, tids: np.ndarray, cids: np.ndarray) -> None:
         """Make templates added by :meth:`add_hidden` searchable as members of ``cids``."""
@@ -249,7 +247,8 @@ class ClassIndex:
                                     np.ascontiguousarray(tids[i:i + (1 << 16)], dtype=np.int64))
 
     def remove(self, tids: np.ndarray) -> None:
-        """Remove templates by id (Flat: from FAISS; others: tombstones)."""
+        """Remove templates by id (Flat: from FAISS; others: tombstones, purged once they
+        pass :data:`TOMBSTONE_REBUILD` of the index, or on :meth:`Gallery.compact`)."""
         if not len(tids):
             return
         tids = np.ascontiguousarray(tids, dtype=np.int64)
@@ -260,6 +259,27 @@ class ClassIndex:
             self.tombstones += int(np.sum(cids >= 0))
         self._tid2cid[tids] = -1
         self._count(cids[cids >= 0], -1)
+        if (self.tombstones > TOMBSTONE_REBUILD * max(int(self.index.ntotal), 1)
+                and can_remove_in_place(self.index)):
+            self.purge()  # else needs_rebuild() asks for a background rebuild
+
+    def _tombstoned(self) -> np.ndarray:
+        return np.flatnonzero(self._tid2cid[self.template_ids()] < 0)
+
+    def purge(self, *, cheap_only: bool = False) -> bool:
+        """Drop tombstoned templates from FAISS for real, without re-training (see
+        :mod:`megaclass.gallery.purge`). ``cheap_only``: only where that is one pass over
+        the ids; otherwise overwrite their exact vectors with zeros (:func:`scrub_positions`).
+        False if the tombstones are still there (HNSW, or 4-bit codes without exact ones)."""
+        if not self.tombstones:
+            return True
+        if cheap_only and not can_remove_in_place(self.index):
+            scrub_positions(self.index, self._tombstoned())
+            return False
+        if not remove_positions(self.index, self._tombstoned()):
+            return False
+        self.tombstones = 0
+        return True
 
     def needs_rebuild(self) -> bool:
         """Whether the index should be rebuilt from the store (in the background):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ConfigError, InvalidInputError
-from .snapshot import INDEX_META
+from .snapshot import INDEX_META, INDEX_NAME
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gallery import Gallery
@@ -36,15 +36,36 @@ EXPORT_FORMAT = "megaclass-gallery-export"
 EXPORT_VERSION = 1
 
 
-def compact(gallery: Gallery) -> None:
-    """Rewrite the store and the index snapshot so freed (erased) bytes leave the disk."""
+def compact(gallery: Gallery, *, full: bool = True) -> None:
+    """Make erasures final on disk: the erased templates' bytes leave every gallery file.
+
+    SQLite zeroes deleted rows in place (``secure_delete``); what is left are older page
+    images in the WAL, removed by a truncating checkpoint, and the erased vectors inside
+    the index (and its snapshot). ``full``: tombstoned vectors are purged from the index
+    (rebuilt if its type cannot drop them), ``VACUUM`` shrinks the file and the snapshot
+    is rewritten. The light form (automatic compaction, whose cost must not grow with
+    the gallery) purges only where that is one pass over the ids, else overwrites the
+    erased exact vectors in memory with zeros (4-bit codes, a lossy 32-byte trace, stay
+    until the next re-fit or full compaction), and deletes the stale snapshot; the next
+    :meth:`save` or :meth:`close` writes a fresh one.
+    """
     with gallery._open() as store:
-        store.compact()
+        with gallery._rw.write():
+            purged = gallery._index.purge(cheap_only=not full)
+        if not purged and full:  # erased vectors still inside FAISS: they must leave the snapshot
+            gallery.rebuild_index()
+        if full:
+            store.compact()
+        else:
+            store.truncate_wal()
         for stale in gallery.path.glob("*.tmp"):
             stale.unlink(missing_ok=True)
-    if gallery._index.tombstones:  # erased vectors still inside FAISS: they must leave the snapshot
-        gallery.rebuild_index()
-    gallery.save()
+        if full:
+            gallery.save()
+        else:
+            for name in (INDEX_NAME, INDEX_META):
+                (gallery.path / name).unlink(missing_ok=True)
+            gallery._snapshot_seq = None
 
 
 def check(gallery: Gallery) -> dict:

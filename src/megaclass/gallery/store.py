@@ -441,6 +441,14 @@ class Store:
         with self._checkpointer.lock:  # its PASSIVE checkpoint would make TRUNCATE give up
             self._compact()
 
+    def truncate_wal(self) -> None:
+        """Checkpoint and truncate the WAL: older page images (erased rows) leave the disk."""
+        if self._checkpointer is None:
+            self._truncate_wal()
+            return
+        with self._checkpointer.lock:
+            self._truncate_wal()
+
     def _compact(self) -> None:
         self._truncate_wal()
         self._conn.execute("VACUUM")
