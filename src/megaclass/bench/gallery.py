@@ -158,6 +158,23 @@ def _tune(set_knob, search_cls, mated, truth, start: int, limit: int) -> tuple[i
     return knob, recall
 
 
+K_FACTORS = (8, 32, 128, 512)  # exact re-rank candidates per result, as the gallery's own tuning
+
+
+def _tune_refined(set_knob, set_k_factor, knobs: dict, search_cls, mated, truth, limit: int) -> float:
+    """:func:`_tune` of ``knobs["nprobe"]``, raising ``knobs["k_factor"]`` (re-ranked
+    candidates) when even ``limit`` misses the target: 4-bit codes can be too coarse."""
+    start_kf = int(knobs.get("k_factor") or 0)
+    for kf in [k for k in K_FACTORS if k >= start_kf] if start_kf else [None]:
+        if kf is not None:
+            set_k_factor(kf)
+            knobs["k_factor"] = kf
+        knobs["nprobe"], recall = _tune(set_knob, search_cls, mated, truth, int(knobs["nprobe"]), limit)
+        if recall >= TARGET:
+            break
+    return recall
+
+
 def _progress(done: int, total: int, started: float) -> None:
     """A progress line on stderr: what a timed-out run reports as how far it got."""
     print(json.dumps({"built": done, "of": total, "seconds": time.perf_counter() - started}),
@@ -165,6 +182,8 @@ def _progress(done: int, total: int, started: float) -> None:
 
 
 def _run_megaclass(tpl, owner, mated, truth, work, single):
+    import faiss
+
     from megaclass.gallery import Gallery
 
     path = work / "megaclass"
@@ -199,11 +218,18 @@ def _run_megaclass(tpl, owner, mated, truth, work, single):
     if not ix.exact:
         knob_name = "nprobe" if "nprobe" in ix.info else "efSearch"
 
-        def set_knob(v):
-            ix.info[knob_name] = v
+        def set_knob(v, name=knob_name):
+            ix.info[name] = v
             ix._apply_search_params()
 
-        knob, recall = _tune(set_knob, search_cls, mated, truth, int(ix.info[knob_name]), 4096)
+        if knob_name == "nprobe":
+            ivf = faiss.extract_index_ivf(ix.index)
+            knobs = {k: ix.info[k] for k in ("nprobe", "k_factor") if k in ix.info}
+            recall = _tune_refined(set_knob, lambda kf: set_knob(kf, "k_factor"), knobs, search_cls,
+                                   mated, truth, ivf.nlist)
+            knob = knobs["nprobe"]
+        else:
+            knob, recall = _tune(set_knob, search_cls, mated, truth, int(ix.info[knob_name]), 4096)
     else:
         knob_name, knob, recall = None, None, _recall(search_cls(mated), truth)
     lat = _time_single(lambda q: g.search(q, k=1), mated, single)
@@ -262,7 +288,10 @@ def _run_faiss(tpl, owner, mated, truth, work, single):
         def set_knob(v):
             ivf.nprobe = v
 
-        info["nprobe"], recall = _tune(set_knob, search_cls, mated, truth, int(info["nprobe"]), ivf.nlist)
+        def set_k_factor(kf):
+            faiss.downcast_index(inner).k_factor = float(kf)
+
+        recall = _tune_refined(set_knob, set_k_factor, info, search_cls, mated, truth, ivf.nlist)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # single queries: one thread is FAISS's fastest setting
     lat = _time_single(lambda q: index.search(q, 1), mated, single)
