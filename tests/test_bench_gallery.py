@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 from megaclass.bench.gallery import GalleryBenchConfig, run_bench
 
 
@@ -19,3 +21,21 @@ def test_a_system_over_its_time_budget_is_reported_not_waited_for(tmp_path):
     cfg = GalleryBenchConfig(classes=300, dim=16, queries=50, non_mated=10, single=10, timeout=0.05)
     report = run_bench(cfg, tmp_path, systems=("megaclass",), log=lambda *a: None)
     assert report["results"]["megaclass"]["skipped"].startswith("timed out after")
+
+
+def test_tuning_raises_the_rerank_depth_and_restarts_the_probe_search():
+    """4-bit codes too coarse: k_factor goes up, and nprobe is searched again from the start."""
+    from megaclass.bench import gallery as bench
+
+    state = {"nprobe": 0, "k_factor": 8}
+    truth = np.zeros(100, dtype=int)
+
+    def search_cls(_queries):  # 0.99 needs k_factor >= 32 and nprobe >= 300
+        ok = state["k_factor"] >= 32 and state["nprobe"] >= 300
+        return np.where(np.arange(100) < (100 if ok else 90), 0, 1)
+
+    knobs = {"nprobe": 16, "k_factor": 8}
+    recall = bench._tune_refined(lambda v: state.__setitem__("nprobe", v),
+                                 lambda kf: state.__setitem__("k_factor", kf), knobs, search_cls,
+                                 None, truth, 4096)
+    assert recall == 1.0 and knobs["k_factor"] == 32 and 300 <= knobs["nprobe"] <= 320

@@ -164,12 +164,12 @@ K_FACTORS = (8, 32, 128, 512)  # exact re-rank candidates per result, as the gal
 def _tune_refined(set_knob, set_k_factor, knobs: dict, search_cls, mated, truth, limit: int) -> float:
     """:func:`_tune` of ``knobs["nprobe"]``, raising ``knobs["k_factor"]`` (re-ranked
     candidates) when even ``limit`` misses the target: 4-bit codes can be too coarse."""
-    start_kf = int(knobs.get("k_factor") or 0)
+    start_kf, start = int(knobs.get("k_factor") or 0), int(knobs["nprobe"])
     for kf in [k for k in K_FACTORS if k >= start_kf] if start_kf else [None]:
         if kf is not None:
             set_k_factor(kf)
             knobs["k_factor"] = kf
-        knobs["nprobe"], recall = _tune(set_knob, search_cls, mated, truth, int(knobs["nprobe"]), limit)
+        knobs["nprobe"], recall = _tune(set_knob, search_cls, mated, truth, start, limit)
         if recall >= TARGET:
             break
     return recall

@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 
 from ..errors import ConfigError, MegaclassError
+from .class_search import _threads_for, search_classes
 from .purge import can_remove_in_place, remove_positions, scrub_positions
 from .snapshot import read_snapshot, write_snapshot
 from .tuning import TARGET_RECALL, exact_top1, smallest_knob, uniform_sample
@@ -42,7 +43,6 @@ TOMBSTONE_REBUILD = 0.10
 REFINE_K_FACTOR = 8  # "...,RFlat": candidates re-ranked exactly per result wanted
 TRAIN_SAMPLE = 200_000  # templates drawn to train IVF / PQ (and to make tuning queries)
 AUTO_NLIST_MIN = 256
-_FIRST_PASS_CAP = 4096  # neighbours per query in the first pass; short rows widen after
 _SPEC = re.compile(r"^(Flat|auto|HNSW\d+(,Flat)?|IVF\d+,(Flat|SQ8|SQ4|SQfp16|PQ\d+(x\d+)?)"
                    r"|IVF\d+,PQ\d+(x4fs|x\d+)?,RFlat"
                    r"|(OPQ\d+(_\d+)?,)?IVF\d+,PQ\d+(x\d+)?|HNSW\d+,(SQ8|SQfp16))$")
@@ -87,50 +87,10 @@ def _min_train(spec: str) -> int:
     return need
 
 
-SMALL_BATCH = 16  # adds/searches of this many rows or fewer run on one OpenMP thread
-
-
-class _threads_for:
-    """One OpenMP thread for tiny calls: waking a thread team costs more than the work
-    (measured: a 1-vector IVF add took 7 ms with 2 threads on a busy box, 0.07 ms with 1).
-    ``omp_set_num_threads`` only affects the calling thread, so concurrent callers are safe.
-    A plain class, not a generator context manager: it sits on the per-query path."""
-
-    __slots__ = ("previous",)
-
-    def __init__(self, rows: int):
-        self.previous = faiss.omp_get_max_threads() if rows <= SMALL_BATCH else None
-
-    def __enter__(self) -> None:
-        if self.previous is not None:
-            faiss.omp_set_num_threads(1)
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            faiss.omp_set_num_threads(self.previous)
-
-
 def _new_faiss(dim: int, spec: str) -> faiss.Index:
     inner = faiss.IndexFlatIP(dim) if spec == "Flat" else faiss.index_factory(
         dim, spec, faiss.METRIC_INNER_PRODUCT)
     return faiss.IndexIDMap2(inner)
-
-
-def _collapse(cids: list[int], scores: list[float], k: int) -> tuple[list[int], list[float]]:
-    """The first ``k`` distinct class ids (skipping -1) of a best-first hit list, with scores."""
-    best_c: list[int] = []
-    best_s: list[float] = []
-    seen = best_c if k <= 32 else set()  # a short list beats a set for the usual small k
-    for c, s in zip(cids, scores, strict=True):
-        if c < 0 or c in seen:
-            continue
-        if seen is not best_c:
-            seen.add(c)
-        best_c.append(c)
-        best_s.append(s)
-        if len(best_c) == k:
-            break
-    return best_c, best_s
 
 
 class ClassIndex:
@@ -301,61 +261,8 @@ class ClassIndex:
     # ------------------------------------------------------------------ search
     def search(self, queries: np.ndarray, k: int,
                allowed: np.ndarray | None = None) -> list[tuple[list[int], list[float]]]:
-        """Best ``k`` distinct classes per query row: ``[(class ids, scores), ...]`` (lists).
-
-        Searches ``k * max templates per class`` template neighbours (which always holds
-        ``k`` distinct classes when the index has them; capped at 4096 to bound memory),
-        keeps each class's best score, and doubles the search for rows that came back short.
-        ``allowed`` (class ids) restricts the search to those classes, inside FAISS.
-        """
-        nq = len(queries)
-        out: list[tuple[list[int], list[float]]] = [([], [])] * nq
-        params, total, nclasses = None, int(self.index.ntotal), self._nclasses
-        if allowed is not None:
-            tids = np.flatnonzero(np.isin(self._tid2cid, allowed)).astype(np.int64)
-            if not len(tids):
-                return out
-            params = self._filter_params(faiss.IDSelectorBatch(tids))
-            total, nclasses = len(tids), len(np.unique(self._tid2cid[tids]))
-        if total - self.tombstones <= 0 or nq == 0:
-            return out
-        kk = min(total, max(k, min(k * max(1, self.max_per_class()), _FIRST_PASS_CAP)))
-        if self.tombstones and allowed is None:
-            kk = min(total, int(kk * (1 + 2 * self.tombstones / total)) + 1)
-        want = min(k, nclasses)
-        rows = list(range(nq))
-        while rows:
-            batch = queries if len(rows) == nq else queries[rows]
-            with _threads_for(len(rows)):
-                scores, ids = self.index.search(batch, kk, params=params)
-            cids = self._tid2cid[np.maximum(ids, 0)]
-            cids[ids < 0] = -1  # FAISS pads short results with -1; tombstones map to -1 too
-            short = []
-            for j, r in enumerate(rows):
-                found = _collapse(cids[j].tolist(), scores[j].tolist(), k)
-                out[r] = found
-                if len(found[0]) < want and kk < total:
-                    short.append(r)
-            rows = short
-            kk = min(total, kk * 2)
-        return out
-
-    def _filter_params(self, selector) -> faiss.SearchParameters:
-        """Search parameters restricting FAISS to ``selector``, keeping the tuned knob."""
-        inner = faiss.downcast_index(self.index.index)
-        ivf = faiss.try_extract_index_ivf(inner)
-        if isinstance(inner, faiss.IndexRefine):  # the base search filters: it needs internal ids
-            base = faiss.SearchParametersIVF(sel=faiss.IDSelectorTranslated(self.index.id_map, selector),
-                                             nprobe=int(ivf.nprobe))
-            params = faiss.IndexRefineSearchParameters(k_factor=float(inner.k_factor),
-                                                       base_index_params=base)
-            params._keep = (selector, base)  # the SWIG objects must outlive the search
-            return params
-        if ivf is not None:
-            return faiss.SearchParametersIVF(sel=selector, nprobe=int(ivf.nprobe))
-        if hasattr(inner, "hnsw"):
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=int(inner.hnsw.efSearch))
-        return faiss.SearchParameters(sel=selector)
+        """Best ``k`` distinct classes per query row (see :func:`search_classes`)."""
+        return search_classes(self, queries, k, allowed)
 
     def template_ids(self) -> np.ndarray:
         """Ids of the templates the FAISS index holds, tombstones included (int64)."""
