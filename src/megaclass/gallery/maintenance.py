@@ -45,9 +45,10 @@ def compact(gallery: Gallery, *, full: bool = True) -> None:
     (rebuilt if its type cannot drop them), ``VACUUM`` shrinks the file and the snapshot
     is rewritten. The light form (automatic compaction, whose cost must not grow with
     the gallery) purges only where that is one pass over the ids, else overwrites the
-    erased exact vectors in memory with zeros (4-bit codes, a lossy 32-byte trace, stay
-    until the next re-fit or full compaction), and deletes the stale snapshot; the next
-    :meth:`save` or :meth:`close` writes a fresh one.
+    erased exact re-rank vectors in memory with zeros (4-bit codes, a lossy 32-byte trace,
+    stay until the next re-fit or full compaction; an HNSW graph keeps erased vectors
+    until its rebuild), and deletes the stale snapshot; the next :meth:`save` or
+    :meth:`close` writes a fresh one.
     """
     with gallery._open() as store:
         with gallery._rw.write():

@@ -97,18 +97,16 @@ def remove_positions(index: faiss.IndexIDMap2, positions: np.ndarray) -> bool:
 
 
 def scrub_positions(index: faiss.IndexIDMap2, positions: np.ndarray) -> bool:
-    """Overwrite the exact vectors stored at ``positions`` with zeros, in place (a re-rank
-    stage's or an HNSW graph's flat storage), leaving the index structure as it is: the
-    cheap way to get erased templates' bytes out of memory and the next snapshot when
-    removing them would mean re-adding every vector. False if the index keeps no exact
-    vectors apart from its codes (then only removal or a rebuild clears them)."""
+    """Overwrite the exact re-rank vectors stored at ``positions`` with zeros, in place,
+    leaving the index structure as it is: the cheap way to get erased templates' bytes out
+    of memory and the next snapshot when removing them would mean re-adding every vector
+    (re-rank vectors only score candidates, and tombstones are skipped anyway). False for
+    other types: an HNSW graph navigates through its stored vectors, tombstones included,
+    so zeroing them would cost recall; there only a rebuild clears them."""
     inner = faiss.downcast_index(index.index)
-    if isinstance(inner, faiss.IndexRefine):
-        flat = faiss.downcast_index(inner.refine_index)
-    elif isinstance(inner, faiss.IndexHNSW):
-        flat = faiss.downcast_index(inner.storage)
-    else:
+    if not isinstance(inner, faiss.IndexRefine):
         return False
+    flat = faiss.downcast_index(inner.refine_index)
     if not isinstance(flat, faiss.IndexFlat):
         return False
     if len(positions):
