@@ -92,3 +92,13 @@ class IndexWhileCommitting:
         self._thread.join()
         return self.error is None
 
+    def undo(self) -> bool:
+        """After a failed commit, take the hidden templates out of the index again; False
+        if the index must be reloaded instead (the add failed part-way, or its type cannot
+        remove vectors)."""
+        added = self.done()
+        if not added:
+            return added is None
+        with self._gallery._rw.write():
+            return self._gallery._index.discard(self.tids)
+

@@ -340,14 +340,8 @@ class Gallery(IndexUpkeep):
                 change = store.enroll(labels, counts, vectors, metas, replace,
                                       on_ids=early.start if early is not None else None)
             except BaseException:
-                added = early.done() if early is not None else None
-                if added is not None:
-                    clean = False
-                    if added:
-                        with self._rw.write():
-                            clean = self._index.discard(early.tids)
-                    if not clean:  # the index cannot drop them, or a failed add left part of them
-                        self._load_state()
+                if early is not None and not early.undo():
+                    self._load_state()
                 raise
             self._apply(change, vectors, early)
             return len(vectors)
@@ -380,8 +374,7 @@ class Gallery(IndexUpkeep):
             change = store.erase(label)
             self._apply(change, np.empty((0, self.dim), np.float32))
             self._erasures += 1
-            busy = self._worker is not None and self._worker.is_alive()
-            if self.auto_compact_after and self._erasures >= self.auto_compact_after and not busy:
+            if self.auto_compact_after and self._erasures >= self.auto_compact_after and not self.rebuilding:
                 try:  # (while a background rebuild runs, the next erase does it)
                     self._compact_locked(full=False)
                 except MegaclassError:  # another process is reading: the next erase retries
@@ -519,7 +512,7 @@ class Gallery(IndexUpkeep):
                     "max_templates_per_class": self._index.max_per_class(),
                     **self._index.describe(), "encrypted": store.cipher is not None,
                     "disk_bytes": store.disk_bytes(), "index_memory_bytes": self._index.memory_bytes(),
-                    "rebuilding": self._worker is not None and self._worker.is_alive(),
+                    "rebuilding": self.rebuilding,
                     "last_seq": store.last_seq()}
 
     def __repr__(self) -> str:

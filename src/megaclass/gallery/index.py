@@ -200,12 +200,6 @@ class ClassIndex:
         self._tid2cid[tids] = cids
         self._count(cids, +1)
 
-    def add_vectors(self, tids: np.ndarray, vecs: np.ndarray) -> None:
-        """Add templates to the FAISS index only (the map is set afterwards by the caller)."""
-        for i in range(0, len(tids), 1 << 16):
-            self.index.add_with_ids(np.ascontiguousarray(vecs[i:i + (1 << 16)], dtype=np.float32),
-                                    np.ascontiguousarray(tids[i:i + (1 << 16)], dtype=np.int64))
-
     def remove(self, tids: np.ndarray) -> None:
         """Remove templates by id (Flat: from FAISS; others: tombstones, purged once they
         pass :data:`TOMBSTONE_REBUILD` of the index, or on :meth:`Gallery.compact`)."""

@@ -36,6 +36,11 @@ class IndexUpkeep:
     #: show a progress bar on stderr when a large index is rebuilt
     show_progress = True
 
+    @property
+    def rebuilding(self) -> bool:
+        """Whether a background index rebuild is running."""
+        return self._worker is not None and self._worker.is_alive()
+
     def _rebuild(self, store: Store, requested: str, n: int, cancel: threading.Event | None = None
                  ) -> ClassIndex:
         """Build the index from the store, with a progress bar for large galleries
@@ -65,7 +70,7 @@ class IndexUpkeep:
         ``self._lock``). Searches and writes go on against the current index meanwhile."""
         if self._store is None or not self._index.needs_rebuild():
             return
-        if self._worker is not None and self._worker.is_alive():
+        if self.rebuilding:
             return
         if not self.background_maintenance:
             self._maintain(threading.Event())
@@ -109,7 +114,7 @@ class IndexUpkeep:
                         continue
                     gone = np.setdiff1d(built, live)
                     if len(added):
-                        new.add_vectors(added, self._store.templates_by_ids(added))
+                        new.add_hidden(added, self._store.templates_by_ids(added))
                     if len(gone) and new.exact:
                         new.index.remove_ids(gone)
                     with self._rw.write():
