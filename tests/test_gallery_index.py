@@ -31,7 +31,11 @@ def _fill(g, n_classes=400, per=3, seed=0):
 
 def test_resolve_spec_grammar():
     assert resolve_spec("auto", 1000) == "Flat"
-    assert resolve_spec("auto", 1_000_000, 256) == "IVF1024,PQ64x4fs,RFlat"
+    assert resolve_spec("auto", 2_000_000, 256) == "IVF1024,PQ32x4fs,RFlat"  # one 4-bit code per 8 dims
+    assert resolve_spec("auto", 1_000_000, 512) == "IVF1024,PQ64x4fs,RFlat"
+    assert resolve_spec("auto", 4_000_000, 256) == "IVF2048,PQ64x4fs,RFlat"  # per 4 dims past 2M
+    assert resolve_spec("auto", 1_000_000, 128) == "IVF1024,PQ32x4fs,RFlat"  # at least 32 codes
+    assert resolve_spec("auto", 1_000_000, 200) == "IVF1024,PQ40x4fs,RFlat"  # a divisor of D
     assert resolve_spec("auto", 10_000_000, 128) == "IVF4096,PQ32x4fs,RFlat"
     assert resolve_spec("auto", 1_000_000, 100) == "IVF1024,Flat"  # no 4-bit PQ split of D=100
     assert resolve_spec("IVF1024,SQ8", 5) == "IVF1024,SQ8"
