@@ -1,4 +1,4 @@
-"""CLI commands of the gallery area: ``megaclass gallery check|compact|export|import|keygen``."""
+"""CLI commands of the gallery area: ``megaclass gallery check|compact|tune|export|import|keygen``."""
 
 from __future__ import annotations
 
@@ -46,6 +46,27 @@ def compact(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = Fal
         _emit(result, True)
     else:
         console.print(f"compacted {gallery}: {before:,} -> {after:,} bytes")
+
+
+@gallery_app.command()
+def tune(gallery: GalleryOpt,
+         queries: Annotated[Path, typer.Argument(help="A .npy file of 100 to 100k real probe vectors (float, (n, dim)).")],
+         key_file: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """Re-fit the index's search knobs so the best class of these probes matches exact search >= 99 %."""
+    import numpy as np
+
+    try:
+        q = np.load(queries, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{queries}: not a readable .npy array ({exc})") from exc
+    with _open_gallery(gallery, key_file) as g:
+        result = g.tune(q)
+    table = Table(title=f"gallery tune: {result['index']}")
+    table.add_column("field")
+    table.add_column("value")
+    for k, v in result.items():
+        table.add_row(k, str(v))
+    _emit(result, as_json, table)
 
 
 @gallery_app.command("export")

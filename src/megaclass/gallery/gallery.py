@@ -407,6 +407,16 @@ class Gallery(IndexUpkeep):
 
         return check(self)
 
+    def tune(self, queries) -> dict:
+        """Re-fit nprobe / efSearch (and re-ranked candidates) so that the best class of
+        ``queries`` (100 to 100k real probe vectors, not stored) matches exact search on
+        >= 99 % of them; returns the knobs and recall. See
+        :func:`~megaclass.gallery.maintenance.tune`."""
+        from .maintenance import tune
+
+        self._check_writable()
+        return tune(self, queries)
+
     def export(self, out) -> Path:
         """Export to a folder (manifest.json + .npy files, templates in clear; no pickle)."""
         from .maintenance import export_gallery

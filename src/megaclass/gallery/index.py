@@ -335,6 +335,13 @@ class ClassIndex:
         q = sample[pick] + rng.normal(scale=0.75 / math.sqrt(self.dim), size=(len(pick), self.dim))
         q = np.ascontiguousarray(unit_rows(q.astype(np.float32)))
         truth = exact_top1(q, read())
+        self.fit_knobs(lambda: self.index.search(q, 1)[1][:, 0] == truth, len(pick), "synthetic")
+
+    def fit_knobs(self, correct: Callable[[], np.ndarray], queries: int, tuned_by: str) -> float:
+        """Smallest nprobe / efSearch (raising the re-ranked candidates of ``...,RFlat``
+        when the codes are too coarse) at which ``correct()`` (a boolean per query, for the
+        knobs applied now) averages at least TARGET_RECALL; records it in :attr:`info`.
+        Returns the recall reached (below target only if even the largest knob misses)."""
         ivf = faiss.try_extract_index_ivf(self.index.index)
         knob = "nprobe" if ivf is not None else "efSearch"
         limit = ivf.nlist if ivf is not None else 4096
@@ -342,7 +349,7 @@ class ClassIndex:
         def recall_at(value: int) -> float:
             self.info[knob] = value
             self._apply_search_params()
-            return float(np.mean(self.index.search(q, 1)[1][:, 0] == truth))
+            return float(np.mean(correct()))
 
         refine = isinstance(faiss.downcast_index(self.index.index), faiss.IndexRefine)
         for k_factor in (REFINE_K_FACTOR, 32, 128, 512) if refine else (None,):
@@ -353,8 +360,10 @@ class ClassIndex:
                 break
         recall_at(value)  # leave the chosen value applied
         self.info["recall_at_1"] = round(recall, 4)
-        self.info["recall_queries"] = len(pick)
+        self.info["recall_queries"] = queries
         self.info["tuned_at"] = int(self.index.ntotal)
+        self.info["tuned_by"] = tuned_by
+        return recall
 
     def _apply_search_params(self) -> None:
         inner = faiss.downcast_index(self.index.index)
