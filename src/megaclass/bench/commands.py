@@ -83,7 +83,7 @@ def heads(out: Annotated[Path, typer.Option(help="Folder for heads.json and head
     console.print(f"wrote {out / 'heads.json'} and {out / 'heads.png'}")
 
 
-_SYSTEMS_HELP = "Systems to compare (repeat): megaclass, faiss, numpy, hnswlib, usearch, milvus."
+_SYSTEMS_HELP = "Systems to compare (repeat): megaclass, faiss, numpy, hnswlib, usearch, milvus, lancedb."
 
 
 @bench_app.command("gallery")
@@ -93,7 +93,7 @@ def gallery(out: Annotated[Path, typer.Option(help="Folder for gallery_bench.jso
             templates: Annotated[int, typer.Option(help="Templates per class.")] = 2,
             queries: Annotated[int, typer.Option(help="Mated queries for recall and batch throughput.")] = 1000,
             single: Annotated[int, typer.Option(help="Single-query latency samples.")] = 300,
-            system: Annotated[list[str], typer.Option("--system", help=_SYSTEMS_HELP)] = ["megaclass", "faiss", "numpy", "hnswlib", "usearch", "milvus"],
+            system: Annotated[list[str], typer.Option("--system", help=_SYSTEMS_HELP)] = ["megaclass", "faiss", "numpy", "hnswlib", "usearch", "milvus", "lancedb"],
             index: Annotated[str, typer.Option(help="megaclass's index spec (auto, Flat, IVF4096,Flat, HNSW32, ...); raw FAISS mirrors it.")] = "auto",
             timeout: Annotated[float, typer.Option(help="Seconds per system; slower ones are reported as timed out, with how far they got.")] = 3600.0,
             peer_timeout: Annotated[float | None, typer.Option(help="Seconds for hnswlib, usearch and Milvus Lite (default: --timeout).")] = None,

@@ -8,7 +8,8 @@ peak RSS, a crash cannot take the run down) on the same ``data.npz``:
 - ``megaclass``: Gallery (SQLite + FAISS, durable batched enroll), index ``auto``;
 - ``faiss``: raw FAISS with the same index spec and search knob (the floor);
 - ``numpy``: brute-force ``templates @ query`` (what DeepFace's ``find`` does);
-- ``hnswlib`` and ``usearch``: HNSW libraries; ``milvus``: Milvus Lite (pymilvus).
+- ``hnswlib`` and ``usearch``: HNSW libraries; ``milvus``: Milvus Lite (pymilvus);
+  ``lancedb``: LanceDB's IVF_PQ (Chroma installs here too, but is HNSW again, as hnswlib).
 
 Approximate systems raise their search knob until recall@1 (best *class* equal to exact
 search's) reaches 0.99; latency is measured there. Missing optional packages are
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-SYSTEMS = ("megaclass", "faiss", "numpy", "hnswlib", "usearch", "milvus")
+SYSTEMS = ("megaclass", "faiss", "numpy", "hnswlib", "usearch", "milvus", "lancedb")
 TARGET = 0.99
 
 
@@ -45,7 +46,7 @@ class GalleryBenchConfig:
     seed: int = 0
     index: str = "auto"  # megaclass's index spec; raw FAISS mirrors what it settles on
     timeout: float = 3600.0  # seconds per system; a system that takes longer is reported as such
-    peer_timeout: float | None = None  # for hnswlib, usearch, milvus (None: ``timeout``)
+    peer_timeout: float | None = None  # for hnswlib, usearch, milvus, lancedb (None: ``timeout``)
 
 
 def make_data(cfg: GalleryBenchConfig, path: Path, chunk: int = 1 << 18) -> None:
@@ -414,12 +415,59 @@ def _run_milvus(tpl, owner, mated, truth, work, single):
             if path.is_dir() else path.stat().st_size / 2**20, "durable": True}
 
 
+def _run_lancedb(tpl, owner, mated, truth, work, single):
+    """LanceDB (embedded, on disk) with its IVF_PQ index at its default partitions and
+    code size, dot product; ``nprobes`` and ``refine_factor`` tuned like raw FAISS's."""
+    import lancedb
+    import pyarrow as pa
+
+    path = work / "lancedb"
+    db = lancedb.connect(str(path))
+    d = tpl.shape[1]
+
+    def batch(a: int, b: int) -> pa.Table:
+        flat = pa.array(np.ascontiguousarray(tpl[a:b]).reshape(-1), type=pa.float32())
+        return pa.table({"id": pa.array(np.arange(a, b), type=pa.int64()),
+                         "vector": pa.FixedSizeListArray.from_arrays(flat, d)})
+
+    t = time.perf_counter()
+    table = db.create_table("g", data=batch(0, min(100_000, len(tpl))))
+    for a in range(100_000, len(tpl), 100_000):
+        table.add(batch(a, min(a + 100_000, len(tpl))))
+        _progress(min(a + 100_000, len(tpl)), len(tpl), t)
+    table.create_index(metric="dot", index_type="IVF_PQ")
+    build_s = time.perf_counter() - t
+    knobs = {"nprobe": 8, "k_factor": K_FACTORS[0]}  # LanceDB's nprobes and refine_factor
+
+    def query(v):
+        return (table.search(v).distance_type("dot").nprobes(knobs["nprobe"])
+                .refine_factor(knobs["k_factor"]).limit(1).select(["id"]).to_arrow())
+
+    def search_cls(q):
+        return owner[np.array([query(v)["id"][0].as_py() for v in q], dtype=np.int64)]
+
+    recall = _tune_refined(lambda v: knobs.__setitem__("nprobe", v),
+                           lambda kf: knobs.__setitem__("k_factor", kf), knobs, search_cls,
+                           mated, truth, 4096)
+    lat = _time_single(lambda q: query(q[0]), mated, single)
+    batch_qps = _batch_qps(search_cls, mated)
+    t = time.perf_counter()
+    lancedb.connect(str(path)).open_table("g").search(mated[0]).distance_type("dot").limit(1).to_arrow()
+    return {"index": "IVF_PQ (LanceDB defaults)", "recall_at_1": recall,
+            "knob": {"nprobes": knobs["nprobe"], "refine_factor": knobs["k_factor"]},
+            "enroll_templates_per_s": len(tpl) / build_s, **lat, "batch_qps": batch_qps,
+            "open_s": time.perf_counter() - t, "disk_mb": _dir_bytes(path) / 2**20, "durable": False}
+
+
 def _how_far(err: str) -> str:
     """``"; had built N of M in T s (R templates/s)"`` from a run's last progress line."""
     got = [json.loads(line) for line in err.splitlines() if line.startswith('{"built"')]
     if not got:
         return ""
     last = got[-1]
+    if last["built"] == last["of"]:
+        return (f"; built all {last['of']:,} in {last['seconds']:.0f} s "
+                f"({last['of'] / max(last['seconds'], 1e-9):,.0f} templates/s), then ran out of time")
     return (f"; had built {last['built']:,} of {last['of']:,} in {last['seconds']:.0f} s "
             f"({last['built'] / max(last['seconds'], 1e-9):,.0f} templates/s)")
 
