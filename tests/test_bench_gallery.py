@@ -39,3 +39,13 @@ def test_tuning_raises_the_rerank_depth_and_restarts_the_probe_search():
                                  lambda kf: state.__setitem__("k_factor", kf), knobs, search_cls,
                                  None, truth, 4096)
     assert recall == 1.0 and knobs["k_factor"] == 32 and 300 <= knobs["nprobe"] <= 320
+
+
+def test_a_timed_out_peer_says_how_far_it_got():
+    from megaclass.bench.gallery import _how_far
+
+    partial = '{"built": 400, "of": 1000, "seconds": 2.0}\n'
+    assert _how_far(partial) == "; had built 400 of 1,000 in 2 s (200 templates/s)"
+    done = partial + '{"built": 1000, "of": 1000, "seconds": 4.0}\n'
+    assert _how_far(done) == "; built all 1,000 in 4 s (250 templates/s), then ran out of time"
+    assert _how_far("no progress lines") == ""

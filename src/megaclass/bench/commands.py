@@ -96,7 +96,7 @@ def gallery(out: Annotated[Path, typer.Option(help="Folder for gallery_bench.jso
             system: Annotated[list[str], typer.Option("--system", help=_SYSTEMS_HELP)] = ["megaclass", "faiss", "numpy", "hnswlib", "usearch", "milvus", "lancedb"],
             index: Annotated[str, typer.Option(help="megaclass's index spec (auto, Flat, IVF4096,Flat, HNSW32, ...); raw FAISS mirrors it.")] = "auto",
             timeout: Annotated[float, typer.Option(help="Seconds per system; slower ones are reported as timed out, with how far they got.")] = 3600.0,
-            peer_timeout: Annotated[float | None, typer.Option(help="Seconds for hnswlib, usearch and Milvus Lite (default: --timeout).")] = None,
+            peer_timeout: Annotated[float | None, typer.Option(help="Seconds for hnswlib, usearch, Milvus Lite and LanceDB (default: --timeout).")] = None,
             as_json: JsonOpt = False) -> None:
     """The gallery vs raw FAISS, numpy brute force, hnswlib, usearch and Milvus Lite, at equal recall."""
     from .gallery import SYSTEMS, GalleryBenchConfig, run_bench
