@@ -48,7 +48,7 @@ def compact(gallery: Gallery, *, full: bool = True) -> None:
     (rebuilt if its type cannot drop them), ``VACUUM`` shrinks the file and the snapshot
     is rewritten. The light form (automatic compaction, whose cost must not grow with
     the gallery) purges only where that is one pass over the ids, else overwrites the
-    erased exact re-rank vectors in memory with zeros (4-bit codes, a lossy 32-byte trace,
+    erased exact re-rank vectors in memory with zeros (4-bit codes, a lossy trace of D/16 bytes or more,
     stay until the next re-fit or full compaction; an HNSW graph keeps erased vectors
     until its rebuild), and deletes the stale snapshot; the next :meth:`save` or
     :meth:`close` writes a fresh one.
