@@ -23,6 +23,7 @@ from .cli_common import (
     SamplesArg,
     SeedOpt,
     _emit,
+    _fields_table,
     _labelled,
     _load_samples,
     _open_gallery,
@@ -263,12 +264,7 @@ def stats(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False
     with _open_gallery(gallery, key_file) as g:
         info = g.stats()
         info["threshold"] = g.get_setting("threshold")
-    table = Table(title=str(gallery))
-    table.add_column("field")
-    table.add_column("value", justify="right")
-    for key, value in info.items():
-        table.add_row(key, str(value))
-    _emit(info, as_json, table)
+    _emit(info, as_json, _fields_table(str(gallery), info, justify="right"))
 
 
 # Commands that live beside their area (serve/, bench/, ...): each such module defines

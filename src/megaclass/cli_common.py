@@ -32,6 +32,16 @@ SamplesArg = Annotated[list[str], typer.Argument(
     help="Image files, folders of images, or glyph:ID (a built-in glyph drawing of class ID).")]
 
 
+def _fields_table(title: str, data: dict, *, justify: str = "left") -> Table:
+    """A two-column field/value table of ``data`` (lists shown joined by "; ")."""
+    table = Table(title=title)
+    table.add_column("field")
+    table.add_column("value", justify=justify)
+    for key, value in data.items():
+        table.add_row(key, "; ".join(value) if isinstance(value, list) else str(value))
+    return table
+
+
 def _emit(data: dict, as_json: bool, table: Table | None = None) -> None:
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=float))

@@ -6,9 +6,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from ..cli_common import GalleryOpt, JsonOpt, KeyOpt, _emit, _open_gallery, _read_key_file, console
+from ..cli_common import (
+    GalleryOpt,
+    JsonOpt,
+    KeyOpt,
+    _emit,
+    _fields_table,
+    _open_gallery,
+    _read_key_file,
+    console,
+)
 from ..errors import InvalidInputError
 
 gallery_app = typer.Typer(help="Gallery maintenance: integrity check, compaction, export/import, keys.",
@@ -25,12 +33,8 @@ def check(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False
     """Verify the store, every template and the index; exit 1 if anything is wrong."""
     with _open_gallery(gallery, key_file) as g:
         report = g.check()
-    table = Table(title=f"gallery check: {'[green]ok[/green]' if report['ok'] else '[red]PROBLEMS[/red]'}")
-    table.add_column("field")
-    table.add_column("value")
-    for k, v in report.items():
-        table.add_row(k, "; ".join(v) if isinstance(v, list) else str(v))
-    _emit(report, as_json, table)
+    title = f"gallery check: {'[green]ok[/green]' if report['ok'] else '[red]PROBLEMS[/red]'}"
+    _emit(report, as_json, _fields_table(title, report))
     raise typer.Exit(0 if report["ok"] else 1)
 
 
@@ -61,12 +65,7 @@ def tune(gallery: GalleryOpt,
         raise InvalidInputError(f"{queries}: not a readable .npy array ({exc})") from exc
     with _open_gallery(gallery, key_file) as g:
         result = g.tune(q)
-    table = Table(title=f"gallery tune: {result['index']}")
-    table.add_column("field")
-    table.add_column("value")
-    for k, v in result.items():
-        table.add_row(k, str(v))
-    _emit(result, as_json, table)
+    _emit(result, as_json, _fields_table(f"gallery tune: {result['index']}", result))
 
 
 @gallery_app.command("export")
