@@ -337,11 +337,11 @@ class ClassIndex:
         truth = exact_top1(q, read())
         self.fit_knobs(lambda: self.index.search(q, 1)[1][:, 0] == truth, len(pick), "synthetic")
 
-    def fit_knobs(self, correct: Callable[[], np.ndarray], queries: int, tuned_by: str) -> float:
+    def fit_knobs(self, correct: Callable[[], np.ndarray], queries: int, tuned_by: str) -> None:
         """Smallest nprobe / efSearch (raising the re-ranked candidates of ``...,RFlat``
         when the codes are too coarse) at which ``correct()`` (a boolean per query, for the
-        knobs applied now) averages at least TARGET_RECALL; records it in :attr:`info`.
-        Returns the recall reached (below target only if even the largest knob misses)."""
+        knobs applied now) averages at least TARGET_RECALL; records it and the recall
+        reached (below target only if even the largest knob misses) in :attr:`info`."""
         ivf = faiss.try_extract_index_ivf(self.index.index)
         knob = "nprobe" if ivf is not None else "efSearch"
         limit = ivf.nlist if ivf is not None else 4096
@@ -363,7 +363,6 @@ class ClassIndex:
         self.info["recall_queries"] = queries
         self.info["tuned_at"] = int(self.index.ntotal)
         self.info["tuned_by"] = tuned_by
-        return recall
 
     def _apply_search_params(self) -> None:
         inner = faiss.downcast_index(self.index.index)
