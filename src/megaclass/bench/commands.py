@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..cli_common import JsonOpt, _emit, console
 from ..errors import ConfigError
+from .gallery import SYSTEMS
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios side by side, JSON + PNG.")
 
@@ -83,7 +84,7 @@ def heads(out: Annotated[Path, typer.Option(help="Folder for heads.json and head
     console.print(f"wrote {out / 'heads.json'} and {out / 'heads.png'}")
 
 
-_SYSTEMS_HELP = "Systems to compare (repeat): megaclass, faiss, numpy, hnswlib, usearch, milvus, lancedb."
+_SYSTEMS_HELP = f"Systems to compare (repeat): {', '.join(SYSTEMS)}."
 
 
 @bench_app.command("gallery")
@@ -93,13 +94,13 @@ def gallery(out: Annotated[Path, typer.Option(help="Folder for gallery_bench.jso
             templates: Annotated[int, typer.Option(help="Templates per class.")] = 2,
             queries: Annotated[int, typer.Option(help="Mated queries for recall and batch throughput.")] = 1000,
             single: Annotated[int, typer.Option(help="Single-query latency samples.")] = 300,
-            system: Annotated[list[str], typer.Option("--system", help=_SYSTEMS_HELP)] = ["megaclass", "faiss", "numpy", "hnswlib", "usearch", "milvus", "lancedb"],
+            system: Annotated[list[str], typer.Option("--system", help=_SYSTEMS_HELP)] = list(SYSTEMS),
             index: Annotated[str, typer.Option(help="megaclass's index spec (auto, Flat, IVF4096,Flat, HNSW32, ...); raw FAISS mirrors it.")] = "auto",
             timeout: Annotated[float, typer.Option(help="Seconds per system; slower ones are reported as timed out, with how far they got.")] = 3600.0,
             peer_timeout: Annotated[float | None, typer.Option(help="Seconds for hnswlib, usearch, Milvus Lite and LanceDB (default: --timeout).")] = None,
             as_json: JsonOpt = False) -> None:
     """The gallery vs raw FAISS, numpy brute force, hnswlib, usearch and Milvus Lite, at equal recall."""
-    from .gallery import SYSTEMS, GalleryBenchConfig, run_bench
+    from .gallery import GalleryBenchConfig, run_bench
 
     unknown = set(system) - set(SYSTEMS)
     if unknown:
