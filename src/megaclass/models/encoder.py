@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from ..data.input_spec import InputSpec
 from ..errors import ConfigError, InvalidInputError, ModelFormatError
 from ..tensorio import read_json, read_tensors
 
@@ -49,6 +50,10 @@ class EncoderConfig:
     blocks : residual blocks per stage.
     stem_stride : stride of the first convolution (2 halves the input at once,
         which keeps a CPU step cheap at 32x32).
+    in_channels, input_size, resize, polarity, mean, std : the model's input contract
+        (:class:`~megaclass.data.input_spec.InputSpec`; ``mean``/``std`` in pixel units,
+        applied inside :meth:`Encoder.forward`). Configs written before these fields
+        existed load as 1-channel, pad, auto polarity, identity normalisation.
     """
 
     dim: int = 128
@@ -57,7 +62,22 @@ class EncoderConfig:
     widths: tuple[int, ...] = (32, 64, 128)
     blocks: int = 1
     stem_stride: int = 2
+    resize: str = "pad"
+    polarity: str = "auto"
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (255.0,)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """The input contract this model was trained with."""
+        return InputSpec(channels=self.in_channels, size=self.input_size, resize=self.resize,
+                         polarity=self.polarity, mean=self.mean, std=self.std)
+
+    def with_input(self, spec: InputSpec) -> EncoderConfig:
+        """A copy of this config taking every input field from ``spec``."""
+        return replace(self, in_channels=spec.channels, input_size=spec.size, resize=spec.resize,
+                       polarity=spec.polarity, mean=spec.mean, std=spec.std)
 
     def validate(self) -> None:
         if self.dim < 2:
@@ -68,11 +88,18 @@ class EncoderConfig:
             raise ConfigError(f"widths must be positive channel counts, got {self.widths}")
         if self.blocks < 1 or self.stem_stride not in (1, 2):
             raise ConfigError("blocks must be >= 1 and stem_stride 1 or 2")
+        spec = self.input_spec  # validates channels, resize, polarity, mean/std
+        self.mean, self.std = spec.mean, spec.std
 
     @classmethod
     def from_dict(cls, data: dict) -> EncoderConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known["widths"] = tuple(known.get("widths", cls.widths))
+        for key in ("mean", "std"):
+            if key in known:
+                known[key] = tuple(known[key]) if isinstance(known[key], list | tuple) else (known[key],)
+        if "polarity" not in known and int(known.get("in_channels", 1)) == 3:
+            known["polarity"] = "none"
         cfg = cls(**known)
         cfg.validate()
         return cfg
@@ -126,6 +153,14 @@ class Encoder(nn.Module):
                 cin = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        spec = c.input_spec
+        # (255 x - mean) / std == (x - mean/255) * (255/std): fixed buffers, saved with the weights
+        # only when they are not the identity (so old model files load unchanged).
+        self._normalise = not spec.is_identity_normalisation
+        if self._normalise:
+            shape = (1, spec.channels, 1, 1)
+            self.register_buffer("input_shift", torch.tensor(spec.mean).view(shape) / 255.0)
+            self.register_buffer("input_scale", 255.0 / torch.tensor(spec.std).view(shape))
         self.projection = nn.Sequential(
             nn.Flatten(), nn.Dropout(0.0), nn.Linear(cin, c.dim, bias=False), nn.BatchNorm1d(c.dim)
         )
@@ -138,8 +173,15 @@ class Encoder(nn.Module):
     def input_size(self) -> int:
         return self.config.input_size
 
+    @property
+    def input_spec(self) -> InputSpec:
+        """What :func:`~megaclass.data.images.to_batch` must produce for this model."""
+        return self.config.input_spec
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` images -> ``(N, dim)`` unit-norm embeddings (differentiable)."""
+        """``(N, C, H, W)`` images in ``[0, 1]`` -> ``(N, dim)`` unit-norm embeddings (differentiable)."""
+        if self._normalise:
+            images = (images - self.input_shift) * self.input_scale
         x = self.pool(self.features(images))
         return F.normalize(self.projection(x), dim=1)
 
@@ -163,7 +205,11 @@ class Encoder(nn.Module):
 
     def fingerprint(self) -> str:
         """A short hash of config + weights: which model produced a template."""
-        h = hashlib.sha256(json.dumps(_config_dict(self.config), sort_keys=True).encode())
+        cfg = _config_dict(self.config)
+        if self.config.input_spec == _legacy_spec(self.config):  # fingerprints of older models stay valid
+            for key in ("resize", "polarity", "mean", "std"):
+                del cfg[key]
+        h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
         for name, t in sorted(self.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -212,9 +258,15 @@ def load_encoder(path: str | os.PathLike) -> Encoder:
     return Encoder.load(path)
 
 
+def _legacy_spec(config: EncoderConfig) -> InputSpec:
+    """The contract every model had before it was recorded (what an old config.json means)."""
+    return InputSpec(channels=config.in_channels, size=config.input_size)
+
+
 def _config_dict(config: EncoderConfig) -> dict:
     d = asdict(config)
-    d["widths"] = list(d["widths"])
+    for key in ("widths", "mean", "std"):
+        d[key] = list(d[key])
     return d
 
 
