@@ -22,6 +22,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,9 @@ from torch import nn
 from ..data.input_spec import InputSpec
 from ..errors import ConfigError, InvalidInputError, ModelFormatError
 from ..tensorio import read_json, read_tensors
+
+if TYPE_CHECKING:
+    from .onnx_encoder import OnnxEncoder
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -252,10 +256,35 @@ class Encoder(nn.Module):
         model.eval()
         return model
 
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, **contract) -> OnnxEncoder:
+        """An encoder for an ONNX embedding model (onnxruntime, CPU); ``contract`` as in
+        :meth:`OnnxEncoder.from_onnx <megaclass.models.onnx_encoder.OnnxEncoder.from_onnx>`
+        (size, channels, mean, std, dim, layout, l2_normalise, resize, polarity).
 
-def load_encoder(path: str | os.PathLike) -> Encoder:
-    """Shorthand for :meth:`Encoder.load`."""
-    return Encoder.load(path)
+        Returns an :class:`~megaclass.models.onnx_encoder.OnnxEncoder` (not a torch module:
+        it embeds, it does not train); ``.save(dir)`` makes it a model directory.
+        """
+        from .onnx_encoder import OnnxEncoder
+
+        return OnnxEncoder.from_onnx(path, **contract)
+
+
+def load_encoder(path: str | os.PathLike) -> Encoder | OnnxEncoder:
+    """Load any megaclass model directory: a trained :class:`Encoder` or an imported ONNX
+    encoder (:class:`~megaclass.models.onnx_encoder.OnnxEncoder`), by its ``config.json`` kind.
+
+    Both have the interface the rest of megaclass uses (``dim``, ``input_size``,
+    ``input_spec``, ``embed``, ``fingerprint``), so a model directory of either kind works
+    for enroll, identify, verify, evaluate and the service.
+    """
+    cfg_path = Path(path) / CONFIG_FILE
+    kind = read_json(cfg_path).get("kind") if cfg_path.is_file() else None
+    if kind == "megaclass.onnx_encoder":
+        from .onnx_encoder import OnnxEncoder
+
+        return OnnxEncoder.load(path)
+    return Encoder.load(path)  # also names what is missing or wrong for anything else
 
 
 def _legacy_spec(config: EncoderConfig) -> InputSpec:
