@@ -271,7 +271,7 @@ def stats(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False
 # ``register(app)``. Listed here so that the CLI stays one place to look.
 _COMMAND_MODULES = ("megaclass.evaluate.commands", "megaclass.heads.commands",
                     "megaclass.bench.commands", "megaclass.serve.commands",
-                    "megaclass.gallery.commands")
+                    "megaclass.gallery.commands", "megaclass.models.commands")
 
 
 def _register_area_commands() -> None:

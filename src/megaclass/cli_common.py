@@ -96,11 +96,11 @@ def _recognizer(model: Path, gallery: Path, create: bool = False, threshold: flo
     ``$MEGACLASS_GALLERY_KEY``); a new gallery created with a key is encrypted.
     """
     from .gallery import Gallery
-    from .models import Encoder
+    from .models import load_encoder
     from .recognizer import Recognizer
 
     key_bytes = _read_key_file(key)
-    encoder = Encoder.load(model)
+    encoder = load_encoder(model)
     if not create and not (gallery / "gallery.db").exists():
         raise InvalidInputError(f"{gallery} is not a gallery (enroll something first)")
     return Recognizer(encoder, Gallery.open(gallery, dim=encoder.dim, key=key_bytes), threshold=threshold)

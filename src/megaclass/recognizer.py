@@ -33,7 +33,7 @@ from .data.images import to_batch
 from .errors import ConfigError, DimensionMismatchError, InvalidInputError, UnknownLabelError
 from .evaluate.open_set import Calibration, calibrate_threshold
 from .gallery import Gallery, Match
-from .models import Encoder
+from .models import Encoder, load_encoder
 
 THRESHOLD_KEY = "threshold"
 CALIBRATION_KEY = "calibration"
@@ -75,7 +75,8 @@ class Recognizer:
 
     Parameters
     ----------
-    encoder : an :class:`Encoder` or the path of a saved model directory.
+    encoder : an :class:`Encoder`, an imported ONNX encoder, or the path of a model directory
+        of either kind.
     gallery : a :class:`Gallery` or a directory path (created when missing).
     threshold : accept threshold on cosine scores; defaults to the gallery's
         calibrated threshold, or no rejection (None) if it was never calibrated.
@@ -93,7 +94,7 @@ class Recognizer:
     def __init__(self, encoder: Encoder | str | os.PathLike, gallery: Gallery | str | os.PathLike,
                  *, threshold: float | None = None, templates: str | None = None,
                  key=None, allow_model_mismatch: bool = False) -> None:
-        self.encoder = encoder if isinstance(encoder, Encoder) else Encoder.load(encoder)
+        self.encoder = load_encoder(encoder) if isinstance(encoder, str | os.PathLike) else encoder
         self.encoder.eval()
         if isinstance(gallery, Gallery):
             self.gallery = gallery

@@ -38,10 +38,10 @@ def predict(model: ModelOpt, head: HeadOpt, samples: SamplesArg,
     Partial FC scans its centres in chunks, hierarchical runs a beam search; for millions of
     classes and repeated queries, `export-head` into a gallery and use `identify` instead.
     """
-    from ..models import Encoder
+    from ..models import load_encoder
     from .base import load_head
 
-    enc = Encoder.load(model)
+    enc = load_encoder(model)
     h = load_head(head)
     h.eval()
     names = _names(h, data)
