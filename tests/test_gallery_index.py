@@ -140,7 +140,7 @@ def test_read_only_processes_follow_one_writer(tmp_path):
     import subprocess
     import sys
 
-    from megaclass.errors import ConfigError as CE
+    from megaclass.errors import ReadOnlyGalleryError as CE
 
     path = tmp_path / "g"
     centres, vecs = _clustered(60, 2)

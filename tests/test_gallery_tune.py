@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from megaclass import cli
-from megaclass.errors import ConfigError, DimensionMismatchError, InvalidInputError
+from megaclass.errors import DimensionMismatchError, InvalidInputError, ReadOnlyGalleryError
 from megaclass.gallery import Gallery
 
 DIM = 32
@@ -85,7 +85,8 @@ def test_tune_of_an_exact_index_has_nothing_to_fit(tmp_path, data):
 def test_tune_needs_a_writable_gallery(tmp_path, data):
     tpl, probes, _ = data
     _gallery(tmp_path / "g", tpl).close()
-    with Gallery.open(tmp_path / "g", read_only=True) as ro, pytest.raises(ConfigError, match="read-only"):
+    with Gallery.open(tmp_path / "g", read_only=True) as ro, \
+            pytest.raises(ReadOnlyGalleryError, match="read-only"):
         ro.tune(probes)
 
 

@@ -54,3 +54,8 @@ class ConfigError(MegaclassError, ValueError):
 
 class EncryptionKeyError(MegaclassError, PermissionError):
     """A missing, malformed or wrong encryption key for an encrypted gallery."""
+
+
+class ReadOnlyGalleryError(MegaclassError, PermissionError):
+    """A write to a gallery that is read-only: opened with ``read_only=True``, or whose
+    directory or database this process may not write (a read-only mount, permissions)."""

@@ -5,10 +5,13 @@ Works without torch: numpy, faiss, sqlite3 and the standard library only.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,6 +27,7 @@ from ..errors import (
     InvalidInputError,
     MegaclassError,
     NotAGalleryError,
+    ReadOnlyGalleryError,
 )
 from .concurrency import IndexWhileCommitting, ReadWriteLock
 from .crypto import resolve_key
@@ -48,6 +52,19 @@ class Match:
 def _check_label(label, what: str = "label") -> str:
     if not isinstance(label, str) or not label:
         raise InvalidInputError(f"{what} must be a non-empty string, got {label!r}")
+    return label
+
+
+def _check_new_label(label) -> str:
+    """A label to enroll: non-empty, and free of control characters (Unicode category Cc:
+    newlines, tabs, NUL, DEL, C1 controls), which no URL path, form field, terminal table
+    or log line carries faithfully. Lookups stay lenient so older labels can be erased."""
+    label = _check_label(label)
+    bad = sorted({ch for ch in label if unicodedata.category(ch) == "Cc"})
+    if bad:
+        codes = ", ".join(f"U+{ord(ch):04X}" for ch in bad)
+        raise InvalidInputError(f"label {label!r} contains control characters ({codes}); "
+                                "use printable characters only")
     return label
 
 
@@ -147,6 +164,11 @@ class Gallery(IndexUpkeep):
             raise NotAGalleryError(f"{path}: not a megaclass gallery (not a directory)")
         db = path / DB_NAME
         if db.exists():
+            if not read_only and not (os.access(path, os.W_OK) and os.access(db, os.W_OK)):
+                read_only = True  # a read-only mount or directory: serve reads, refuse writes
+                why = "its directory or database is not writable by this process"
+            else:
+                why = "opened with read_only=True"
             store = Store.open(db, key, read_only=read_only)
             if dim is not None and dim != store.dim:
                 store.close()
@@ -154,7 +176,9 @@ class Gallery(IndexUpkeep):
                     f"{path}: gallery has dim {store.dim}, got dim={dim}")
             if index is not None and store.get_meta(INDEX_SETTING) != index and not read_only:
                 store.set_meta(INDEX_SETTING, index)
-            return cls(store, read_only=read_only)
+            gallery = cls(store, read_only=read_only)
+            gallery.read_only_reason = why if read_only else None
+            return gallery
         if path.is_dir() and {p.name for p in path.iterdir()} - {DB_NAME + ".tmp"}:
             raise NotAGalleryError(
                 f"{path}: not a megaclass gallery (non-empty directory without {DB_NAME})")
@@ -162,8 +186,12 @@ class Gallery(IndexUpkeep):
             raise ConfigError(f"no gallery at {path} to open (create=False or read_only=True)")
         if dim is None:
             raise ConfigError(f"creating a new gallery at {path} needs dim")
-        path.mkdir(parents=True, exist_ok=True)
-        store = Store.create(path, dim, key)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            store = Store.create(path, dim, key)
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise ReadOnlyGalleryError(f"cannot create a gallery at {path}: "
+                                       f"{getattr(exc, 'strerror', None) or exc}") from None
         if index is not None:
             store.set_meta(INDEX_SETTING, index)
         return cls(store)
@@ -226,15 +254,29 @@ class Gallery(IndexUpkeep):
                 self._busy = False
                 self._last_write = time.monotonic()
 
+    #: why :attr:`read_only` is set (None when it is not)
+    read_only_reason: str | None = None
+
     def _check_writable(self) -> None:
         if self.read_only:
-            raise ConfigError(f"gallery {self.path} was opened read-only")
+            raise ReadOnlyGalleryError(f"gallery {self.path} is read-only "
+                                       f"({self.read_only_reason or 'opened with read_only=True'}): "
+                                       "writes are refused")
 
     def save(self) -> None:
         """Write the index snapshot (``index.faiss`` + ``index.json``) atomically."""
         self._check_writable()
         with self._open() as store:
-            self._index.save(self.path, gallery_uuid=store.uuid, seq=self._seq, cipher=store.cipher)
+            try:
+                self._index.save(self.path, gallery_uuid=store.uuid, seq=self._seq,
+                                 cipher=store.cipher)
+            except OSError as exc:
+                for tmp in self.path.glob("index*.tmp"):
+                    tmp.unlink(missing_ok=True)
+                kind = (ReadOnlyGalleryError if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+                        else MegaclassError)
+                raise kind(f"cannot write the index snapshot of {self.path}: "
+                           f"{exc.strerror or exc}") from None
             self._snapshot_seq = self._seq
 
     def close(self) -> None:
@@ -320,7 +362,7 @@ class Gallery(IndexUpkeep):
         for i, item in enumerate(items):
             if not isinstance(item, tuple | list) or len(item) not in (2, 3):
                 raise InvalidInputError(f"item {i}: expected (label, vectors[, meta])")
-            label = _check_label(item[0])
+            label = _check_new_label(item[0])
             if label in seen:
                 raise DuplicateLabelError(f"item {i}: label {label!r} appears twice in batch")
             try:

@@ -17,6 +17,7 @@ Callers validate vectors (unit float32 rows); this module only persists them.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -33,6 +34,7 @@ from ..errors import (
     EncryptionKeyError,
     MegaclassError,
     NotAGalleryError,
+    ReadOnlyGalleryError,
     UnknownLabelError,
 )
 from .crypto import ALGORITHM, KEY_ENV, TemplateCipher
@@ -151,14 +153,23 @@ class Store:
         EncryptionKeyError if the gallery is encrypted and ``key`` is missing or wrong, or
         if a key is given for a gallery that stores templates in clear.
         """
+        conn = None
         try:
-            mode = "ro" if read_only else "rw"
-            conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode={mode}", uri=True,
-                                   isolation_level=None, check_same_thread=False)
+            conn = _connect(db_path, "ro" if read_only else "rw")
+            names = _table_names(conn, db_path, read_only)
         except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
             raise NotAGalleryError(f"{db_path}: cannot open as SQLite ({exc})") from exc
+        immutable = names is None
+        if immutable:  # a WAL database in a directory this process cannot write
+            conn.close()
+            try:
+                conn = _connect(db_path, "ro", immutable=True)
+                names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            except sqlite3.Error as exc:
+                raise NotAGalleryError(f"{db_path}: cannot open as SQLite ({exc})") from exc
         try:
-            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
             missing = _TABLES - names
             if missing:
                 raise NotAGalleryError(
@@ -181,7 +192,9 @@ class Store:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed, not left behind
-            return cls(conn, db_path, cipher, writer=not read_only)
+            store = cls(conn, db_path, cipher, writer=not read_only)
+            store.immutable = immutable
+            return store
         except MegaclassError:
             conn.close()
             raise
@@ -195,9 +208,12 @@ class Store:
     def reader(self) -> Store:
         """A second, read-only connection to the same database (same key), e.g. for a
         background thread that reads while this one writes."""
-        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
-                               isolation_level=None, check_same_thread=False)
-        return type(self)(conn, self.path, self.cipher)
+        return type(self)(_connect(self.path, "ro", immutable=self.immutable), self.path, self.cipher)
+
+    #: opened with SQLite's ``immutable=1``: a read-only directory where the WAL's ``-shm``
+    #: file cannot be created, so the file is read as it is (later writes by others, which
+    #: need a writable directory anyway, are not seen)
+    immutable = False
 
     def close(self) -> None:
         if self._checkpointer is not None:
@@ -213,15 +229,26 @@ class Store:
         Records the op seq at the start (``seq_before``) and at the commit (``seq_after``),
         so the caller can tell whether another process wrote since it last looked.
         """
-        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _read_only_error(exc, self.path) from None
         try:
             self.seq_before = self.last_seq()
             yield self._conn
             self.seq_after = self.last_seq()
+        except sqlite3.OperationalError as exc:
+            self._conn.execute("ROLLBACK")
+            raise _read_only_error(exc, self.path) from None
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise _read_only_error(exc, self.path) from None
         if self._checkpointer is not None:
             self._checkpointer.poke()
 
@@ -496,6 +523,31 @@ class Store:
     def _template_ids(c: sqlite3.Connection, cid: int) -> np.ndarray:
         rows = c.execute("SELECT id FROM templates WHERE class_id = ?", (cid,)).fetchall()
         return np.asarray([r[0] for r in rows], dtype=np.int64)
+
+
+def _connect(db_path: Path, mode: str, *, immutable: bool = False) -> sqlite3.Connection:
+    uri = f"{db_path.resolve().as_uri()}?mode={mode}" + ("&immutable=1" if immutable else "")
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+
+
+def _table_names(conn: sqlite3.Connection, db_path: Path, read_only: bool) -> set[str] | None:
+    """The database's table names; None when a read-only open cannot read a WAL database
+    because its ``-shm`` file cannot be created (a directory this process cannot write)."""
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.OperationalError:
+        if read_only and not os.access(db_path.parent, os.W_OK):
+            return None
+        raise
+
+
+def _read_only_error(exc: sqlite3.OperationalError, db_path: Path) -> Exception:
+    """A write that SQLite refused for lack of write access, as a typed one-line error."""
+    text = str(exc).lower()
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return ReadOnlyGalleryError(f"gallery {db_path.parent} is read-only ({exc}): "
+                                    "writes are refused")
+    return exc
 
 
 def _cipher_for(meta: dict, key: bytes | None, db_path: Path) -> TemplateCipher | None:

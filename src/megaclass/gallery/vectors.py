@@ -52,16 +52,20 @@ def unit_rows(arr: np.ndarray) -> np.ndarray:
 
     Float32 inputs are normalised in float32 (the hot path of bulk enrolls and searches):
     a finite, non-zero float32 norm proves every entry finite. Other dtypes, and float32
-    rows whose squared norm overflows or is zero, go through float64 and its checks.
+    rows whose squared norm overflows or underflows, go through float64 and its checks,
+    where each row is first divided by its largest magnitude: any finite, non-zero row is
+    then normalised exactly (``[1e300] * 128``, whose squared norm overflows even float64,
+    was once stored as an all-zero template; subnormal rows were refused as zero).
     """
-    if arr.dtype == np.float32 and arr.shape[0] == 1:  # one query: skip the ufunc machinery
-        norm = math.sqrt(float(np.dot(arr[0], arr[0])))
-        if math.isfinite(norm) and norm > 0:
-            return arr * np.float32(1.0 / norm)
-    if arr.dtype == np.float32:  # fast path: a finite, non-zero norm means every entry is finite
-        norms = np.sqrt(np.einsum("ij,ij->i", arr, arr))[:, None]
-        if np.isfinite(norms).all() and (norms > 0).all():
-            return arr * (np.float32(1.0) / norms)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        if arr.dtype == np.float32 and arr.shape[0] == 1:  # one query: skip the ufunc machinery
+            norm = math.sqrt(float(np.dot(arr[0], arr[0])))
+            if math.isfinite(norm) and norm > 1e-18:
+                return arr * np.float32(1.0 / norm)
+        if arr.dtype == np.float32:  # fast path: a finite, non-zero norm means every entry is finite
+            norms = np.sqrt(np.einsum("ij,ij->i", arr, arr))[:, None]
+            if np.isfinite(norms).all() and (norms > 1e-18).all():
+                return arr * (np.float32(1.0) / norms)
     wide = arr.astype(np.float64)
     if not np.isfinite(wide).all():
         finite = np.isfinite(wide)
@@ -69,10 +73,12 @@ def unit_rows(arr: np.ndarray) -> np.ndarray:
         kinds = [name for name, bad in (("NaN", np.isnan(wide).any()),
                                          ("inf", np.isinf(wide).any())) if bad]
         raise InvalidInputError(f"vectors contain {'/'.join(kinds)} (rows {rows[:10]})")
-    norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))[:, None]
-    if not (norms > 0).all():
-        rows = np.flatnonzero(norms[:, 0] <= 0).tolist()
+    scale = np.abs(wide).max(axis=1, keepdims=True) if wide.shape[1] else np.zeros((len(wide), 1))
+    if not (scale > 0).all():
+        rows = np.flatnonzero(scale[:, 0] <= 0).tolist()
         raise InvalidInputError(f"zero vector cannot be normalised (rows {rows[:10]})")
+    wide /= scale  # entries in [-1, 1], one of them +-1: the norm is in [1, sqrt(dim)]
+    norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))[:, None]
     out = np.empty(wide.shape, np.float32)
     np.divide(wide, norms, out=out, casting="unsafe")
     return out
