@@ -42,12 +42,15 @@ app = typer.Typer(
 @app.command()
 def demo(out: Annotated[Path, typer.Option(help="Folder for report.json, scores.png, model and gallery.")] = Path("demo-output"),
          quick: Annotated[bool, typer.Option(help="A seconds-long miniature (for smoke tests).")] = False,
+         augment: Annotated[str | None, typer.Option(help="Augment training batches: a preset (default, handwriting, faces), a JSON pipeline or a .json file (see `megaclass augment-preview`).")] = None,
          as_json: JsonOpt = False) -> None:
     """Train on 2,000 glyph classes, enroll 5,000 unseen ones, identify with rejection, report."""
     from .demo import DemoConfig, run_demo
 
     log = (lambda *a: None) if as_json else console.print
-    report = run_demo(out, DemoConfig.quick() if quick else DemoConfig(), progress=not as_json, log=log)
+    config = DemoConfig.quick() if quick else DemoConfig()
+    config.augment = augment
+    report = run_demo(out, config, progress=not as_json, log=log)
     if as_json:
         _emit(report, True)
         return
@@ -105,6 +108,7 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
           class_balanced: Annotated[bool, typer.Option(help="Weight the loss by effective number of samples per class.")] = False,
           seed: int = 0,
           workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 1,
+          augment: Annotated[str | None, typer.Option(help="Augment training batches: none | default | handwriting | faces, a JSON pipeline or a .json file (see `megaclass augment-preview`).")] = None,
           as_json: JsonOpt = False) -> None:
     """Train an encoder on DATA and save it to --model."""
     from .data.spec import open_source
@@ -119,7 +123,7 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
                       head_options={k: v for k, v in {"sample_rate": sample_rate, "dtype": centers_dtype,
                                                       "taxonomy": str(taxonomy) if taxonomy else None}.items()
                                     if v is not None},
-                      focal_gamma=focal_gamma, class_balanced=class_balanced)
+                      focal_gamma=focal_gamma, class_balanced=class_balanced, augment=augment)
     encoder = trainer.fit()
     encoder.save(model)
     result = {"model": str(model), "classes": source.num_classes, "steps": len(trainer.history_),
@@ -145,25 +149,25 @@ def enroll(model: ModelOpt, gallery: GalleryOpt,
     from .data.spec import parse_glyph_range
 
     rec = _recognizer(model, gallery, create=True, key=key_file)
-    size = rec.encoder.input_size
+    spec = rec.encoder.input_spec
     with rec:
         if from_data:
             ids = parse_glyph_range(from_data)
             if ids is not None:
                 from .data.glyphs import GlyphSource
 
-                images, _ = GlyphSource.batch(np.asarray(ids), per_class, seed=seed, size=size)
+                images, _ = GlyphSource.batch(np.asarray(ids), per_class, seed=seed, size=spec.size)
                 items = [(f"glyph-{i}", images[k * per_class:(k + 1) * per_class]) for k, i in enumerate(ids)]
             else:
                 from .data.folder import ImageFolderSource
 
-                items = list(ImageFolderSource(Path(from_data), size=size).iter_classes())
+                items = list(ImageFolderSource(Path(from_data), spec=spec).iter_classes())
             n = rec.enroll_many(items, replace=replace)
             result = {"classes": len(items), "samples": n, "gallery_classes": len(rec)}
         else:
             if not label or not samples:
                 raise InvalidInputError("give LABEL and SAMPLES, or --from DATA")
-            n = rec.enroll(label, _load_samples(samples, size, seed), replace=replace)
+            n = rec.enroll(label, _load_samples(samples, spec, seed), replace=replace)
             result = {"label": label, "samples": n, "gallery_classes": len(rec)}
     if as_json:
         _emit(result, True)
@@ -180,7 +184,7 @@ def identify(model: ModelOpt, gallery: GalleryOpt, samples: SamplesArg,
     """Identify each sample among the enrolled classes (1:N); unknown below the threshold."""
     rec = _recognizer(model, gallery, threshold=threshold, key=key_file)
     with rec:
-        decisions = rec.identify(_load_samples(samples, rec.encoder.input_size, seed), k=k)
+        decisions = rec.identify(_load_samples(samples, rec.encoder.input_spec, seed), k=k)
         thr = rec.threshold
     rows = [{"sample": s, "label": d.label, "score": d.score,
              "candidates": [{"label": m.label, "score": m.score} for m in d.candidates]}
@@ -216,7 +220,7 @@ def verify(model: ModelOpt, gallery: GalleryOpt,
     """Verify that SAMPLE belongs to LABEL (1:1). Exit 0 if accepted, 1 if rejected."""
     rec = _recognizer(model, gallery, threshold=threshold, key=key_file)
     with rec:
-        v = rec.verify(_load_samples([sample], rec.encoder.input_size, seed), label)
+        v = rec.verify(_load_samples([sample], rec.encoder.input_spec, seed), label)
     result = {"label": v.label, "accepted": v.accepted, "score": v.score, "threshold": v.threshold}
     if as_json:
         _emit(result, True)
@@ -248,7 +252,7 @@ def calibrate(model: ModelOpt, gallery: GalleryOpt,
     """Set the gallery's threshold for a target FPIR from non-mated searches."""
     rec = _recognizer(model, gallery, key=key_file)
     with rec:
-        images, _ = _labelled(non_mated, rec.encoder.input_size, per_class, seed)
+        images, _ = _labelled(non_mated, rec.encoder.input_spec, per_class, seed)
         cal = rec.calibrate(images, target_fpir)
     if as_json:
         _emit(cal.to_dict(), True)
@@ -270,6 +274,7 @@ def stats(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False
 # Commands that live beside their area (serve/, bench/, ...): each such module defines
 # ``register(app)``. Listed here so that the CLI stays one place to look.
 _COMMAND_MODULES = ("megaclass.evaluate.commands", "megaclass.heads.commands",
+                    "megaclass.data.commands",
                     "megaclass.bench.commands", "megaclass.serve.commands",
                     "megaclass.gallery.commands", "megaclass.models.commands")
 

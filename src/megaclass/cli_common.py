@@ -49,13 +49,18 @@ def _emit(data: dict, as_json: bool, table: Table | None = None) -> None:
         console.print(table)
 
 
-def _load_samples(items: list[str], size: int, seed: int, index: int = 0):
-    """Turn CLI sample arguments into an image batch (paths, folders, glyph:ID)."""
+def _load_samples(items: list[str], size, seed: int, index: int = 0):
+    """Turn CLI sample arguments into an image batch (paths, folders, glyph:ID).
+
+    ``size`` is the model's InputSpec (or a side in pixels: the handwriting contract).
+    """
     import torch
 
     from .data.folder import IMAGE_EXTENSIONS
     from .data.glyphs import GlyphSource
-    from .data.images import to_batch
+    from .data.images import as_spec, to_batch
+
+    spec = size if not isinstance(size, int) else as_spec(size)
 
     parts = []
     for item in items:
@@ -64,16 +69,17 @@ def _load_samples(items: list[str], size: int, seed: int, index: int = 0):
                 cid = int(item.split(":", 1)[1])
             except ValueError:
                 raise InvalidInputError(f"bad sample {item!r}: use glyph:<class id>") from None
-            parts.append(GlyphSource.samples(cid, n=1, seed=seed, size=size, start=index))
+            glyph = GlyphSource.samples(cid, n=1, seed=seed, size=spec.size, start=index)
+            parts.append(to_batch(glyph, spec=spec))
             continue
         path = Path(item)
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
             if not files:
                 raise InvalidInputError(f"folder {path} holds no images")
-            parts.append(to_batch([str(f) for f in files], size=size))
+            parts.append(to_batch([str(f) for f in files], spec=spec))
         else:
-            parts.append(to_batch(str(path), size=size))
+            parts.append(to_batch(str(path), spec=spec))
     if not parts:
         raise InvalidInputError("no samples given")
     return torch.cat(parts)
@@ -116,21 +122,26 @@ def _open_gallery(gallery: Path, key: Path | None = None):
     return Gallery.open(gallery, create=False, key=key_bytes)
 
 
-def _labelled(spec: str, size: int, per_class: int, seed: int):
-    """Images and their labels for a data spec (glyph labels are glyph-<id>)."""
+def _labelled(spec: str, size, per_class: int, seed: int):
+    """Images and their labels for a data spec (glyph labels are glyph-<id>).
+
+    ``size`` is the model's InputSpec (or a side in pixels: the handwriting contract).
+    """
     import torch
 
+    from .data.images import as_spec, to_batch
     from .data.spec import parse_glyph_range
 
+    input_spec = size if not isinstance(size, int) else as_spec(size)
     ids = parse_glyph_range(spec)
     if ids is not None:
         from .data.glyphs import GlyphSource
 
-        images, cls = GlyphSource.batch(np.asarray(ids), per_class, seed=seed, size=size)
-        return images, [f"glyph-{i}" for i in cls]
+        images, cls = GlyphSource.batch(np.asarray(ids), per_class, seed=seed, size=input_spec.size)
+        return to_batch(images, spec=input_spec), [f"glyph-{i}" for i in cls]
     from .data.folder import ImageFolderSource
 
-    src = ImageFolderSource(Path(spec), size=size)
+    src = ImageFolderSource(Path(spec), spec=input_spec)
     pairs = [src[i] for i in range(len(src))]
     return torch.stack([p[0] for p in pairs]), [src.class_names[p[1]] for p in pairs]
 

@@ -32,6 +32,10 @@ class CorruptImageError(InvalidInputError):
     """An image file that cannot be decoded."""
 
 
+class ImageTooLargeError(InvalidInputError):
+    """An image over a pixel or side limit, refused before it is decoded."""
+
+
 class UnknownLabelError(MegaclassError, KeyError):
     """A label that is not enrolled (erase, verify, add_templates)."""
 

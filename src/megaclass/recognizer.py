@@ -145,7 +145,7 @@ class Recognizer:
     # -- embedding -------------------------------------------------------------------
     def embed(self, samples) -> np.ndarray:
         """Samples (tensor, array, image paths, PIL images) -> ``(N, dim)`` float32 embeddings."""
-        batch = to_batch(samples, size=self.encoder.input_size)
+        batch = to_batch(samples, spec=self.encoder.input_spec)
         with torch.inference_mode():
             return self.encoder.embed(batch).numpy()
 
@@ -165,7 +165,7 @@ class Recognizer:
         labels, batches = [], []
         for label, samples in items:  # convert everything first: a bad sample changes nothing
             labels.append(label)
-            batches.append(to_batch(samples, size=self.encoder.input_size))
+            batches.append(to_batch(samples, spec=self.encoder.input_spec))
         if not batches:
             return 0
         vectors = self.embed(torch.cat(batches))  # one batched forward pass for all classes

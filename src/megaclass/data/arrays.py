@@ -23,7 +23,7 @@ import torch
 
 from ..errors import EmptyClassError, InvalidInputError
 from .base import LabelledSource
-from .images import _check_size, to_batch
+from .images import InputSpec, _check_size, as_spec, to_batch
 
 __all__ = ["ArraySource", "encode_labels"]
 
@@ -102,12 +102,14 @@ class ArraySource(LabelledSource):
     images : numpy array or tensor ``(N, H, W)``, ``(N, 1, H, W)``, ``(N, H, W, C)``
         or ``(N, C, H, W)`` (any dtype :func:`to_batch` accepts), or a list of images.
     labels : ``N`` hashable values (ints, strings...) or a tensor.
-    size : output side; default: the longest side of the images (32 for lists).
+    size : output side; default: the longest side of the images (32 for lists), or ``spec.size``.
+    spec : the model input contract (channels, resize, polarity); default the 1-channel
+        handwriting contract.
     class_names : optional names when ``labels`` are already indices ``0..C-1``;
         classes without items are then allowed (``num_classes == len(class_names)``).
     """
 
-    def __init__(self, images, labels, *, size: int | None = None,
+    def __init__(self, images, labels, *, size: int | None = None, spec: InputSpec | None = None,
                  class_names: Sequence[str] | None = None) -> None:
         if isinstance(images, np.ndarray | torch.Tensor) and images.ndim not in (3, 4):
             raise InvalidInputError(f"images must be a 3-D or 4-D batch (N, H, W[, C]), got "
@@ -115,12 +117,15 @@ class ArraySource(LabelledSource):
         n = len(images)
         if n == 0:
             raise EmptyClassError("ArraySource needs at least one image")
-        self.size = _check_size(_infer_size(images) if size is None else size)
+        if size is None and spec is None:
+            size = _infer_size(images)
+        self.input_spec = as_spec(None if size is None else _check_size(size), spec)
+        self.size = self.input_spec.size
         self._labels, self._class_names = encode_labels(labels, class_names=class_names)
         if len(self._labels) != n:
             raise InvalidInputError(
                 f"got {n} images but {len(self._labels)} labels; they must match")
-        self.images: torch.Tensor = to_batch(images, size=self.size)
+        self.images: torch.Tensor = to_batch(images, spec=self.input_spec)
         self.num_classes = len(self._class_names)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:

@@ -1,9 +1,11 @@
 """The interface every labelled sample source implements.
 
-A *source* is a map-style dataset of single-channel images with integer label
-indices, plus the names of its classes. Images are float32 tensors of shape
-``(1, H, W)`` with values in ``[0, 1]``, **light ink on a dark background**
-(sources that read files normalise polarity so this holds).
+A *source* is a map-style dataset of images with integer label indices, plus the
+names of its classes. Images are float32 tensors of shape ``(C, size, size)`` with
+values in ``[0, 1]``, converted by the source's ``input_spec`` (the model input
+contract, :class:`~megaclass.data.input_spec.InputSpec`: 1 or 3 channels, resize
+policy, polarity). Sources without ``input_spec`` yield the 1-channel handwriting
+contract (light ink on a dark background).
 
 ``labels`` lets samplers (m-per-class, class-balanced) group items by class
 without rendering or reading any image.
@@ -19,7 +21,7 @@ import torch
 
 @runtime_checkable
 class Source(Protocol):
-    """Labelled samples: ``source[i] -> (image (1,H,W) float32 in [0,1], label index)``."""
+    """Labelled samples: ``source[i] -> (image (C,H,W) float32 in [0,1], label index)``."""
 
     #: number of classes; label indices are ``0 .. num_classes-1``
     num_classes: int

@@ -29,7 +29,7 @@ import torch
 
 from ..errors import ConfigError, EmptyClassError, InvalidInputError
 from .base import LabelledSource
-from .images import _check_size, decode_image, load_image, to_batch
+from .images import InputSpec, as_spec, decode_image, load_image, to_batch
 
 __all__ = ["ImageFolderSource", "IMAGE_EXTENSIONS"]
 
@@ -85,7 +85,10 @@ class ImageFolderSource(LabelledSource):
     Parameters
     ----------
     root : path of the folder.
-    size : side of the square (1, size, size) images yielded.
+    size : side of the square images yielded (default 32, or ``spec.size``).
+    spec : the model input contract (:class:`~megaclass.data.input_spec.InputSpec`):
+        channels, resize policy, polarity; default the 1-channel handwriting contract.
+        Items are ``(spec.channels, size, size)``.
     extensions : file extensions to read (default :data:`IMAGE_EXTENSIONS`).
     min_samples : classes with fewer images are skipped (listed in ``skipped_classes``).
     verify : decode every file once at construction (JPEGs at reduced scale) so a
@@ -100,11 +103,12 @@ class ImageFolderSource(LabelledSource):
     >>> for name, batch in src.iter_classes(): ...  # doctest: +SKIP
     """
 
-    def __init__(self, root: str | os.PathLike, *, size: int = 32,
-                 extensions: Iterable[str] | None = None, min_samples: int = 1,
-                 verify: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike, *, size: int | None = None,
+                 spec: InputSpec | None = None, extensions: Iterable[str] | None = None,
+                 min_samples: int = 1, verify: bool = True) -> None:
         self.root = Path(root)
-        self.size = _check_size(size)
+        self.input_spec = as_spec(size, spec)
+        self.size = self.input_spec.size
         if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
             raise ConfigError(f"min_samples must be an integer >= 1, got {min_samples!r}")
         if not self.root.exists():
@@ -134,23 +138,23 @@ class ImageFolderSource(LabelledSource):
         self.num_classes = len(names)
         if verify:
             for path in self.paths:
-                decode_image(path, size=self.size)
+                decode_image(path, spec=self.input_spec)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         n = len(self.paths)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} images")
-        return load_image(self.paths[index], size=self.size), int(self._labels[index])
+        return load_image(self.paths[index], spec=self.input_spec), int(self._labels[index])
 
     def class_paths(self, label: int) -> list[Path]:
         """Files of one label index, in order."""
         return self.paths[self._offsets[label] : self._offsets[label + 1]]
 
     def iter_classes(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield ``(class name, (n, 1, size, size) batch of all its images)`` per class."""
+        """Yield ``(class name, (n, C, size, size) batch of all its images)`` per class."""
         for label, name in enumerate(self._class_names):
-            yield name, to_batch(self.class_paths(label), size=self.size)
+            yield name, to_batch(self.class_paths(label), spec=self.input_spec)
 
     def __repr__(self) -> str:
         return (f"ImageFolderSource({str(self.root)!r}, classes={self.num_classes}, "
-                f"images={len(self)}, size={self.size})")
+                f"images={len(self)}, size={self.size}, channels={self.input_spec.channels})")

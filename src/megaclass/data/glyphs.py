@@ -32,6 +32,8 @@ import torch
 
 from megaclass.errors import ConfigError, EmptyClassError, InvalidInputError
 
+from .input_spec import InputSpec
+
 __all__ = ["GlyphSource", "render_glyphs"]
 
 MAX_CLASS_ID = 2**31  # class ids are 0 .. MAX_CLASS_ID - 1
@@ -242,6 +244,8 @@ class GlyphSource:
     size : int, default 32
     seed : int, default 0
         Drawing stream. Class shapes do not depend on it.
+    channels : int, default 1
+        3 repeats the drawing on three channels (to train or test a colour model on glyphs).
 
     Examples
     --------
@@ -254,7 +258,7 @@ class GlyphSource:
     """
 
     def __init__(self, classes=range(1000), *, samples_per_class: int = 32, size: int = 32,
-                 seed: int = 0):
+                 seed: int = 0, channels: int = 1):
         if not isinstance(samples_per_class, int | np.integer) or samples_per_class < 1:
             raise ConfigError(f"samples_per_class must be an integer >= 1, "
                               f"got {samples_per_class!r}")
@@ -264,8 +268,16 @@ class GlyphSource:
         self.num_classes = len(self.class_ids)
         self.samples_per_class = int(samples_per_class)
         self.size = _check_size(size)
+        if channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {channels!r}")
+        self.channels = int(channels)
         self.seed = int(seed)
         self.epoch = 0
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """The handwriting contract at this source's size (and channels)."""
+        return InputSpec(channels=self.channels, size=self.size, resize="pad", polarity="auto")
 
     @property
     def class_names(self) -> list[str]:
@@ -292,7 +304,8 @@ class GlyphSource:
         lab, j = np.divmod(items, self.samples_per_class)
         imgs = render_glyphs(self.class_ids[lab], self.epoch * self.samples_per_class + j,
                              size=self.size, seed=self.seed)
-        return torch.from_numpy(imgs).unsqueeze(1)
+        x = torch.from_numpy(imgs).unsqueeze(1)
+        return x.expand(-1, 3, -1, -1).contiguous() if self.channels == 3 else x
 
     def _index(self, i) -> int:
         i, n = operator.index(i), len(self)

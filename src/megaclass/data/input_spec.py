@@ -67,8 +67,8 @@ class InputSpec:
         """Raise :class:`ConfigError` naming the first field that is out of range."""
         if self.channels not in (1, 3):
             raise ConfigError(f"input channels must be 1 or 3, got {self.channels!r}")
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 8:
-            raise ConfigError(f"input size must be an integer >= 8, got {self.size!r}")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise ConfigError(f"size must be a positive integer, got {self.size!r}")
         if self.resize not in RESIZE_POLICIES:
             raise ConfigError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {self.resize!r}")
         if self.polarity not in POLARITIES:

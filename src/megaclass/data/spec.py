@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, InvalidInputError
 from .base import Source
+from .input_spec import InputSpec
 
 GLYPH_PREFIX = "glyphs:"
 
@@ -40,13 +41,23 @@ def parse_glyph_range(spec: str) -> range | None:
     return range(start, end)
 
 
-def open_source(spec: str, *, size: int = 32, samples_per_class: int = 32, seed: int = 0) -> Source:
-    """Open the source a spec names (see the module docstring for the grammar)."""
+def open_source(spec: str, *, size: int | None = None, samples_per_class: int = 32, seed: int = 0,
+                input_spec: InputSpec | None = None) -> Source:
+    """Open the source a spec names (see the module docstring for the grammar).
+
+    ``input_spec`` is the model input contract (channels, size, resize, polarity);
+    glyphs always use the handwriting geometry and repeat their drawing on 3 channels
+    for a colour contract.
+    """
+    from .images import as_spec
+
+    input_spec = as_spec(size, input_spec)
     ids = parse_glyph_range(spec)
     if ids is not None:
         from .glyphs import GlyphSource
 
-        return GlyphSource(ids, samples_per_class=samples_per_class, size=size, seed=seed)
+        return GlyphSource(ids, samples_per_class=samples_per_class, size=input_spec.size, seed=seed,
+                           channels=input_spec.channels)
     path = Path(spec)
     if not path.exists():
         raise InvalidInputError(
@@ -54,4 +65,4 @@ def open_source(spec: str, *, size: int = 32, samples_per_class: int = 32, seed:
         )
     from .folder import ImageFolderSource
 
-    return ImageFolderSource(path, size=size)
+    return ImageFolderSource(path, spec=input_spec)

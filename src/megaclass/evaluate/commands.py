@@ -53,10 +53,10 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
     sizes = _sizes(gallery_sizes)
     rec = _recognizer(model, gallery, key=key_file)
     with rec:
-        images, truth = _labelled(queries, rec.encoder.input_size, per_class, seed)
+        images, truth = _labelled(queries, rec.encoder.input_spec, per_class, seed)
         nm_images = None
         if non_mated:
-            nm_images, _ = _labelled(non_mated, rec.encoder.input_size, per_class, seed)
+            nm_images, _ = _labelled(non_mated, rec.encoder.input_spec, per_class, seed)
         q_vec = rec.embed(images)
         nm_vec = rec.embed(nm_images) if nm_images is not None else None
         ev = evaluate_recognizer(rec, q_vec, truth, nm_vec, fpirs=tuple(target_fpir), seed=seed)

@@ -1,8 +1,12 @@
-"""Request limits: body bytes, images per request, vectors per request, pixels per image.
+"""Request limits: body bytes, images per request, vectors per request, pixels per image and request.
 
 Exceeding a limit is a :class:`PayloadTooLargeError` (HTTP 413) whose message names the
 limit and its value. The body limit is enforced twice: from ``Content-Length`` before the
-body is read, and while it streams (for chunked uploads).
+body is read, and while it streams (for chunked uploads). Image limits are checked from
+each file's header *before* anything is decoded: pixels per image, the longest side, and
+the decoded pixels of the whole request (a 16 KB PNG can declare 16 million pixels). A
+decoded image is then box-reduced to about twice the model's input size at once, so a
+request never holds more than one full-size image in memory.
 
 Example
 -------
@@ -18,7 +22,9 @@ from dataclasses import dataclass
 from fastapi import HTTPException
 from PIL import Image
 
-from ..errors import ConfigError, CorruptImageError, InvalidInputError, MegaclassError
+from ..data.images import open_image
+from ..data.input_spec import InputSpec
+from ..errors import ConfigError, CorruptImageError, ImageTooLargeError, InvalidInputError
 
 
 class PayloadTooLargeError(InvalidInputError):
@@ -35,6 +41,9 @@ class Limits:
     max_images : images in one enroll / add / identify request (default 64).
     max_vectors : vectors in one JSON request (default 1024).
     max_pixels : pixels of one decoded image (default 4096 x 4096; stops decompression bombs).
+    max_side : longest side of one image in pixels (default 16384).
+    max_request_pixels : decoded pixels of all images of one request (default 64 Mpx: four
+        images at ``max_pixels``, or five 12-megapixel photos).
     max_k : largest top-k of an identify request (default 100).
     """
 
@@ -42,6 +51,8 @@ class Limits:
     max_images: int = 64
     max_vectors: int = 1024
     max_pixels: int = 4096 * 4096
+    max_side: int = 16384
+    max_request_pixels: int = 64 * 1024 * 1024
     max_k: int = 100
 
     def __post_init__(self) -> None:
@@ -57,23 +68,30 @@ class Limits:
             raise PayloadTooLargeError(f"{n} {what} in one request; the limit is {limit} ({name})")
 
 
-def decode_upload(data: bytes, name: str, limits: Limits) -> Image.Image:
-    """Decode one uploaded file to a PIL image, or raise a typed error naming the upload."""
+def image_size(data: bytes, name: str) -> tuple[int, int]:
+    """Width and height read from an upload's header (nothing decoded), or CorruptImageError."""
     if not data:
         raise CorruptImageError(f"upload {name!r} is empty")
     try:
-        img = Image.open(io.BytesIO(data))
-        if img.width * img.height > limits.max_pixels:
-            raise PayloadTooLargeError(f"upload {name!r} is {img.width}x{img.height} pixels; the limit "
-                                       f"is {limits.max_pixels} pixels (max_pixels)")
-        img.load()
-        return img
-    except MegaclassError:
-        raise
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
     except Image.DecompressionBombError as exc:
         raise PayloadTooLargeError(f"upload {name!r} is too large to decode safely ({exc})") from exc
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
         raise CorruptImageError(f"cannot decode upload {name!r} as an image: {exc}") from exc
+
+
+def decode_upload(data: bytes, name: str, limits: Limits, spec: InputSpec | None = None) -> Image.Image:
+    """Decode one uploaded file to a PIL image, or raise a typed error naming the upload.
+
+    The pixel and side limits are checked from the header before decoding; with ``spec``
+    (the model's input contract) the image is reduced to about twice its input size.
+    """
+    try:
+        return open_image(data, spec=spec, what=f"upload {name!r}", max_pixels=limits.max_pixels,
+                          max_side=limits.max_side)
+    except ImageTooLargeError as exc:
+        raise PayloadTooLargeError(str(exc)) from None
 
 
 class BodySizeLimit:

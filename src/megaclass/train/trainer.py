@@ -45,6 +45,11 @@ class TrainConfig:
     when ``"sgd"``. ``focal_gamma > 0`` turns the cross-entropy into focal loss and
     ``class_balanced`` weights it by the effective number of samples per class
     (Cui et al. 2019, ``balance_beta``); both need a softmax-type head.
+
+    ``augment`` names a batch augmentation applied before the encoder: a preset
+    (``default``, ``handwriting``, ``faces``, ``none``), a JSON pipeline (text, list or
+    dict) or a path to a JSON file; see :mod:`megaclass.data.augment`. It is seeded by
+    ``seed`` and the step, so a resumed run augments as the uninterrupted one would.
     """
 
     head: str = "cosface"
@@ -72,6 +77,7 @@ class TrainConfig:
     focal_gamma: float = 0.0
     class_balanced: bool = False
     balance_beta: float = 0.999
+    augment: str | list | dict | None = None
 
     def validate(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
@@ -92,6 +98,10 @@ class TrainConfig:
             raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join(sorted(HEADS))}")
         if self.focal_gamma < 0:
             raise ConfigError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        if self.augment is not None:
+            from ..data.augment import parse_augment  # kornia loads only when augmenting
+
+            parse_augment(self.augment)  # unknown preset, op or parameter -> ConfigError now
 
 
 class Trainer:
@@ -191,6 +201,12 @@ class Trainer:
             self.history_ = info.get("history", [])
             if "rng_state" in info:
                 torch.set_rng_state(info["rng_state"])
+        augment = None
+        if c.augment is not None:
+            from ..data.augment import build_augment
+
+            augment = build_augment(c.augment, channels=encoder.config.in_channels,
+                                    size=encoder.config.input_size, seed=c.seed)
         encoder.to(memory_format=torch.channels_last)  # ~10-30 % faster convolutions on CPU
         encoder.train()
         head.train()
@@ -205,6 +221,8 @@ class Trainer:
                 for x, y in self._loader(batches, epoch):
                     for group in opt.param_groups:
                         group["lr"] = self.lr_at(step, total)
+                    if augment is not None:
+                        x = augment(x, step=step)
                     loss = head(encoder(x.contiguous(memory_format=torch.channels_last)), y)
                     if not torch.isfinite(loss):
                         raise ConfigError(
@@ -230,6 +248,8 @@ class Trainer:
         encoder.config.extra = {"trained_with": {
             "head": c.head, "classes": self.source.num_classes, "steps": step,
             "batch_size": classes_per_batch * m, "source": type(self.source).__name__}}
+        if augment is not None:
+            encoder.config.extra["trained_with"]["augment"] = augment.describe()
         self.encoder_, self.head_ = encoder, head
         return encoder
 

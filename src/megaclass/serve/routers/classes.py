@@ -40,7 +40,7 @@ async def enroll_images(svc: Svc, key: Annotated[KeyInfo, Depends(authorize("enr
     uploads = await read_uploads(files, svc.limits)
 
     def work():
-        images = decode_all(uploads, svc.limits)
+        images = decode_all(uploads, svc.limits, svc.recognizer.encoder.input_spec)
         return svc.recognizer.enroll(label, images, parse_meta(meta), replace=replace)
 
     n = await run_in_threadpool(svc.audited, key, "enroll", [label], work,
@@ -70,7 +70,7 @@ async def add_samples(label: LabelPath, svc: Svc,
     uploads = await read_uploads(files, svc.limits)
 
     def work():
-        images = decode_all(uploads, svc.limits)
+        images = decode_all(uploads, svc.limits, svc.recognizer.encoder.input_spec)
         with svc.class_write_lock:
             return svc.recognizer.add_samples(label, images)
 

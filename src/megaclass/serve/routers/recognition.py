@@ -58,7 +58,8 @@ async def identify_images(svc: Svc, key: Reader,
     uploads = await read_uploads(files, svc.limits)
 
     def work():
-        return svc.recognizer.identify(decode_all(uploads, svc.limits), k=k)
+        images = decode_all(uploads, svc.limits, svc.recognizer.encoder.input_spec)
+        return svc.recognizer.identify(images, k=k)
 
     return await run_in_threadpool(_identify, svc, key, work, len(uploads))
 
@@ -83,7 +84,8 @@ async def verify(svc: Svc, key: Annotated[KeyInfo, Depends(authorize("reader", "
     uploads = await read_uploads([file], svc.limits)
 
     def work():
-        return svc.recognizer.verify(decode_all(uploads, svc.limits), label)
+        images = decode_all(uploads, svc.limits, svc.recognizer.encoder.input_spec)
+        return svc.recognizer.verify(images, label)
 
     v = await run_in_threadpool(svc.audited, key, "verify", [label], work,
                                 lambda v: ([label], "accepted" if v.accepted else "rejected"))
