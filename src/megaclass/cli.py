@@ -97,6 +97,11 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
           margin: Annotated[float | None, typer.Option(help="Margin heads: margin m.")] = None,
           dim: Annotated[int, typer.Option(help="Embedding dimension.")] = 128,
           size: Annotated[int, typer.Option(help="Input image side in pixels.")] = 32,
+          channels: Annotated[int, typer.Option(help="Input channels: 1 (grayscale, handwriting contract) or 3 (RGB, photo contract).")] = 1,
+          resize: Annotated[str | None, typer.Option(help="pad | crop | stretch (default: pad for 1 channel, crop for 3).")] = None,
+          polarity: Annotated[str | None, typer.Option(help="auto (make ink light on dark) | none (default: auto for 1 channel, none for 3).")] = None,
+          mean: Annotated[str | None, typer.Option(help="Input mean in pixel units, one value or one per channel (e.g. 127.5 or 123.7,116.3,103.5).")] = None,
+          std: Annotated[str | None, typer.Option(help="Input std in pixel units, one value or one per channel.")] = None,
           samples_per_class: Annotated[int, typer.Option(help="Glyphs: drawings per class per epoch.")] = 32,
           checkpoint_dir: Annotated[Path | None, typer.Option(help="Where to write checkpoints.")] = None,
           checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0 = at the end only).")] = 0,
@@ -114,7 +119,8 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
     from .data.spec import open_source
     from .train import Trainer
 
-    source = open_source(data, size=size, samples_per_class=samples_per_class)
+    spec = _input_spec(channels, size, resize, polarity, mean, std)
+    source = open_source(data, samples_per_class=samples_per_class, input_spec=spec)
     trainer = Trainer(source, head=head, epochs=epochs, steps=steps, batch_size=batch_size,
                       m_per_class=m_per_class, optimizer=optimizer, lr=lr, scale=scale,
                       margin=margin, dim=dim, seed=seed, num_workers=workers,
@@ -135,6 +141,28 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
     else:
         console.print(f"saved {model} ({source.num_classes:,} classes, {result['steps']} steps, "
                       f"loss {result['final_loss']}, {trainer.images_per_second_:,.0f} img/s)")
+
+
+def _input_spec(channels: int, size: int, resize: str | None, polarity: str | None,
+                mean: str | None, std: str | None):
+    """The InputSpec the train options describe (the preset of the channel count, then overrides)."""
+    from .data.input_spec import InputSpec
+    from .errors import ConfigError
+
+    def values(flag: str, text: str | None):
+        if text is None:
+            return None
+        try:
+            return tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise ConfigError(f"{flag} takes numbers separated by commas, got {text!r}") from None
+
+    if channels not in (1, 3):
+        raise ConfigError(f"--channels must be 1 or 3, got {channels}")
+    spec = InputSpec.preset("handwriting" if channels == 1 else "photo", size=size)
+    changes = {"resize": resize, "polarity": polarity, "mean": values("--mean", mean),
+               "std": values("--std", std)}
+    return spec.with_(**{k: v for k, v in changes.items() if v is not None})
 
 
 @app.command()
