@@ -112,15 +112,23 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
           focal_gamma: Annotated[float, typer.Option(help="Focal loss gamma (0 = plain cross-entropy).")] = 0.0,
           class_balanced: Annotated[bool, typer.Option(help="Weight the loss by effective number of samples per class.")] = False,
           seed: int = 0,
-          workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 1,
+          workers: Annotated[int | None, typer.Option(help="Data-loader worker processes (default: min(4, CPUs) for an image folder, 1 for glyphs).")] = None,
+          skip_bad_files: Annotated[bool, typer.Option(help="Image folder: warn about and leave out corrupt image files instead of stopping.")] = False,
           augment: Annotated[str | None, typer.Option(help="Augment training batches: none | default | handwriting | faces, a JSON pipeline or a .json file (see `megaclass augment-preview`).")] = None,
+          backbone: Annotated[str | None, typer.Option(help="Architecture: 'resnet:widths=32,64,128;blocks=2;stem_stride=2' (built-in CNN; quote the ';') or timm:NAME (needs timm). Default: the built-in CNN, or the --init-from model's architecture.")] = None,
+          backbone_weights: Annotated[Path | None, typer.Option(help="Local .safetensors file of backbone weights (nothing is downloaded).")] = None,
+          init_from: Annotated[Path | None, typer.Option(help="Start from this megaclass model: tensors of matching name and shape are loaded, the rest initialised.")] = None,
+          freeze: Annotated[str | None, typer.Option(help="Stages to freeze, comma-separated: stem, stage1..stageN, projection (timm: backbone, projection).")] = None,
+          pretrained_lr_scale: Annotated[float, typer.Option(help="Learning-rate factor for loaded (pretrained) tensors, e.g. 0.1.")] = 1.0,
+          unfreeze_after: Annotated[int | None, typer.Option(help="Unfreeze the --freeze stages after this many steps.")] = None,
           as_json: JsonOpt = False) -> None:
-    """Train an encoder on DATA and save it to --model."""
+    """Train an encoder on DATA and save it to --model (optionally fine-tuning --init-from)."""
     from .data.spec import open_source
     from .train import Trainer
 
     spec = _input_spec(channels, size, resize, polarity, mean, std)
-    source = open_source(data, samples_per_class=samples_per_class, input_spec=spec)
+    source = open_source(data, samples_per_class=samples_per_class, input_spec=spec,
+                         skip_bad_files=skip_bad_files)
     trainer = Trainer(source, head=head, epochs=epochs, steps=steps, batch_size=batch_size,
                       m_per_class=m_per_class, optimizer=optimizer, lr=lr, scale=scale,
                       margin=margin, dim=dim, seed=seed, num_workers=workers,
@@ -129,16 +137,24 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
                       head_options={k: v for k, v in {"sample_rate": sample_rate, "dtype": centers_dtype,
                                                       "taxonomy": str(taxonomy) if taxonomy else None}.items()
                                     if v is not None},
-                      focal_gamma=focal_gamma, class_balanced=class_balanced, augment=augment)
+                      focal_gamma=focal_gamma, class_balanced=class_balanced, augment=augment,
+                      backbone=backbone, backbone_weights=str(backbone_weights) if backbone_weights else None,
+                      init_from=str(init_from) if init_from else None, freeze=freeze or (),
+                      pretrained_lr_scale=pretrained_lr_scale, unfreeze_after=unfreeze_after)
     encoder = trainer.fit()
     encoder.save(model)
+    reports = {k: r for k, r in (("backbone_weights", trainer.backbone_report_),
+                                 ("init_from", trainer.init_report_)) if r is not None}
     result = {"model": str(model), "classes": source.num_classes, "steps": len(trainer.history_),
               "final_loss": trainer.history_[-1]["loss"] if trainer.history_ else None,
               "seconds": trainer.seconds_, "images_per_second": trainer.images_per_second_,
               "fingerprint": encoder.fingerprint()}
+    result.update({k: r.to_dict() for k, r in reports.items()})
     if as_json:
         _emit(result, True)
     else:
+        for r in reports.values():
+            console.print(r.summary(), highlight=False, soft_wrap=True)
         console.print(f"saved {model} ({source.num_classes:,} classes, {result['steps']} steps, "
                       f"loss {result['final_loss']}, {trainer.images_per_second_:,.0f} img/s)")
 

@@ -54,6 +54,10 @@ class EncoderConfig:
     blocks : residual blocks per stage.
     stem_stride : stride of the first convolution (2 halves the input at once,
         which keeps a CPU step cheap at 32x32).
+    backbone : ``"resnet"`` (the built-in residual CNN above: ``widths``, ``blocks``,
+        ``stem_stride``) or ``"timm:NAME"`` (a timm architecture built with
+        ``pretrained=False``; needs the optional ``timm`` package; ``widths``/``blocks``
+        unused). See :mod:`megaclass.models.backbones` for the ``--backbone`` grammar.
     in_channels, input_size, resize, polarity, mean, std : the model's input contract
         (:class:`~megaclass.data.input_spec.InputSpec`; ``mean``/``std`` in pixel units,
         applied inside :meth:`Encoder.forward`). Configs written before these fields
@@ -66,6 +70,7 @@ class EncoderConfig:
     widths: tuple[int, ...] = (32, 64, 128)
     blocks: int = 1
     stem_stride: int = 2
+    backbone: str = "resnet"
     resize: str = "pad"
     polarity: str = "auto"
     mean: tuple[float, ...] = (0.0,)
@@ -92,6 +97,8 @@ class EncoderConfig:
             raise ConfigError(f"widths must be positive channel counts, got {self.widths}")
         if self.blocks < 1 or self.stem_stride not in (1, 2):
             raise ConfigError("blocks must be >= 1 and stem_stride 1 or 2")
+        if self.backbone != "resnet" and not (self.backbone.startswith("timm:") and self.backbone[5:]):
+            raise ConfigError(f"backbone must be 'resnet' or 'timm:NAME', got {self.backbone!r}")
         spec = self.input_spec  # validates channels, resize, polarity, mean/std
         self.mean, self.std = spec.mean, spec.std
 
@@ -130,6 +137,23 @@ class _ResidualBlock(nn.Module):
         return F.relu(y + self.shortcut(x))
 
 
+def _resnet_features(c: EncoderConfig) -> tuple[nn.Sequential, int]:
+    """The built-in CNN: stem (conv-BN-ReLU, ``features.0-2``), then ``blocks`` residual blocks
+    per width (``features.3`` on); returns the module and its output channels."""
+    w0 = c.widths[0]
+    layers: list[nn.Module] = [
+        nn.Conv2d(c.in_channels, w0, 3, c.stem_stride, 1, bias=False),
+        nn.BatchNorm2d(w0),
+        nn.ReLU(inplace=True),
+    ]
+    cin = w0
+    for stage, width in enumerate(c.widths):
+        for b in range(c.blocks):
+            layers.append(_ResidualBlock(cin, width, 2 if (b == 0 and stage > 0) else 1))
+            cin = width
+    return nn.Sequential(*layers), cin
+
+
 class Encoder(nn.Module):
     """Small residual CNN producing L2-normalised embeddings.
 
@@ -144,19 +168,15 @@ class Encoder(nn.Module):
         self.config = config or EncoderConfig()
         self.config.validate()
         c = self.config
-        w0 = c.widths[0]
-        layers: list[nn.Module] = [
-            nn.Conv2d(c.in_channels, w0, 3, c.stem_stride, 1, bias=False),
-            nn.BatchNorm2d(w0),
-            nn.ReLU(inplace=True),
-        ]
-        cin = w0
-        for stage, width in enumerate(c.widths):
-            for b in range(c.blocks):
-                layers.append(_ResidualBlock(cin, width, 2 if (b == 0 and stage > 0) else 1))
-                cin = width
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool: nn.Module
+        if c.backbone.startswith("timm:"):  # pooled (N, F) features; state names under features.*
+            from .backbones import timm_features
+
+            self.features, cin = timm_features(c.backbone[5:], c.in_channels)
+            self.pool = nn.Identity()
+        else:
+            self.features, cin = _resnet_features(c)
+            self.pool = nn.AdaptiveAvgPool2d(1)
         spec = c.input_spec
         # (255 x - mean) / std == (x - mean/255) * (255/std): fixed buffers, saved with the weights
         # only when they are not the identity (so old model files load unchanged).
@@ -213,6 +233,8 @@ class Encoder(nn.Module):
         if self.config.input_spec == _legacy_spec(self.config):  # fingerprints of older models stay valid
             for key in ("resize", "polarity", "mean", "std"):
                 del cfg[key]
+        if cfg["backbone"] == "resnet":  # the only architecture before backbones existed
+            del cfg["backbone"]
         h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
         for name, t in sorted(self.state_dict().items()):
             h.update(name.encode())

@@ -11,6 +11,7 @@ Example
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -21,12 +22,24 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.base import Source
+from ..data.input_spec import InputSpec
 from ..data.samplers import MPerClassSampler, class_weights
 from ..errors import ConfigError
 from ..heads import HEADS, Head, make_head
 from ..models import Encoder, EncoderConfig
+from ..models.backbones import parse_backbone
+from ..models.finetune import (
+    InitReport,
+    StageFreezer,
+    architecture_of,
+    init_from,
+    load_backbone_weights,
+    open_init_model,
+)
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .progress import TrainProgress
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,6 +63,17 @@ class TrainConfig:
     (``default``, ``handwriting``, ``faces``, ``none``), a JSON pipeline (text, list or
     dict) or a path to a JSON file; see :mod:`megaclass.data.augment`. It is seeded by
     ``seed`` and the step, so a resumed run augments as the uninterrupted one would.
+
+    Fine-tuning (see :mod:`megaclass.models.finetune`): ``backbone`` names the architecture
+    (``"resnet:widths=32,64,128;blocks=2"`` or ``"timm:NAME"``, grammar in
+    :mod:`megaclass.models.backbones`; default: the built-in CNN with ``widths``, or the
+    ``init_from`` model's architecture); ``backbone_weights`` is a local safetensors file
+    loaded into the backbone; ``init_from`` a megaclass model directory whose tensors of
+    matching name and shape are loaded (``init_report_`` says which). ``freeze`` names
+    stages (``stem``, ``stage1``..``stageN``, ``projection``; a timm backbone has
+    ``backbone``, ``projection``) that get no updates, their BatchNorm statistics fixed,
+    until step ``unfreeze_after`` (None: the whole run). Loaded tensors train at
+    ``pretrained_lr_scale`` times the schedule's learning rate.
     """
 
     head: str = "cosface"
@@ -78,6 +102,12 @@ class TrainConfig:
     class_balanced: bool = False
     balance_beta: float = 0.999
     augment: str | list | dict | None = None
+    backbone: str | None = None
+    backbone_weights: str | None = None
+    init_from: str | None = None
+    freeze: tuple[str, ...] = ()
+    pretrained_lr_scale: float = 1.0
+    unfreeze_after: int | None = None
 
     def validate(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
@@ -102,6 +132,16 @@ class TrainConfig:
             from ..data.augment import parse_augment  # kornia loads only when augmenting
 
             parse_augment(self.augment)  # unknown preset, op or parameter -> ConfigError now
+        if isinstance(self.freeze, str):
+            self.freeze = tuple(s.strip() for s in self.freeze.split(",") if s.strip())
+        self.freeze = tuple(self.freeze or ())
+        if self.backbone is not None:
+            parse_backbone(self.backbone)  # grammar errors now; stage names are checked in _build
+        if not self.pretrained_lr_scale > 0:
+            raise ConfigError(f"pretrained_lr_scale must be > 0 (freeze a stage to stop it), "
+                              f"got {self.pretrained_lr_scale}")
+        if self.unfreeze_after is not None and (self.unfreeze_after < 0 or not self.freeze):
+            raise ConfigError("unfreeze_after needs freeze (stages to unfreeze) and a step count >= 0")
 
 
 class Trainer:
@@ -111,6 +151,8 @@ class Trainer:
     ----------
     encoder_, head_ : the trained modules (after :meth:`fit`).
     history_ : list of ``{"step", "loss", "lr"}`` records, one per step.
+    init_report_, backbone_report_ : what ``init_from`` / ``backbone_weights`` loaded
+        (:class:`~megaclass.models.finetune.InitReport`, None when not used).
     seconds_, images_per_second_ : wall time and throughput of :meth:`fit`.
     """
 
@@ -133,7 +175,8 @@ class Trainer:
     def _build(self) -> tuple[Encoder, Head, torch.optim.Optimizer]:
         c = self.config
         torch.manual_seed(c.seed)
-        encoder = Encoder(EncoderConfig(dim=c.dim, input_size=self.source.size, widths=c.widths))
+        spec = getattr(self.source, "input_spec", None) or InputSpec(size=self.source.size)
+        encoder = self._encoder(spec)
         cls = HEADS[c.head.lower()]
         options = dict(c.head_options)
         if cls.sparse:
@@ -144,6 +187,31 @@ class Trainer:
             options = cls.source_options(self.source, options)
         head = make_head(c.head, self.source.num_classes, c.dim, scale=c.scale, margin=c.margin, **options)
         return encoder, self._loss_options(head), self._optimizer(encoder, head)
+
+    def _encoder(self, spec: InputSpec) -> Encoder:
+        """The new encoder: architecture, pretrained weights (backbone file, then init_from), freezer."""
+        c = self.config
+        reference = open_init_model(c.init_from) if c.init_from else None
+        arch: dict = {"widths": c.widths}
+        if c.backbone:
+            arch.update(parse_backbone(c.backbone))
+        elif reference is not None:
+            arch = architecture_of(reference.config)
+        encoder = Encoder(EncoderConfig(dim=c.dim, **arch).with_input(spec))
+        self._freezer = StageFreezer(encoder.config, c.freeze, until=c.unfreeze_after)
+        self.init_report_: InitReport | None = None
+        self.backbone_report_: InitReport | None = None
+        pretrained: set[str] = set()
+        if c.backbone_weights:
+            self.backbone_report_ = load_backbone_weights(encoder, c.backbone_weights)
+            pretrained.update(self.backbone_report_.pretrained)
+        if reference is not None:
+            self.init_report_ = init_from(encoder, reference)
+            self.init_report_.source = str(c.init_from)
+            pretrained.update(self.init_report_.pretrained)
+            _log.info(self.init_report_.summary())
+        self._pretrained = pretrained
+        return encoder
 
     def _loss_options(self, head: Head) -> Head:
         c = self.config
@@ -157,7 +225,16 @@ class Trainer:
 
     def _optimizer(self, encoder: Encoder, head: Head) -> torch.optim.Optimizer:
         c = self.config
-        params = list(encoder.parameters()) + list(head.parameters())
+        # Tensors loaded from a pretrained model form a second group whose learning rate is the
+        # schedule's times pretrained_lr_scale (the loop multiplies each group's lr_scale); a run
+        # without pretrained tensors keeps the single group older checkpoints hold.
+        pretrained = getattr(self, "_pretrained", set())
+        named = list(encoder.named_parameters())
+        params: list = [{"params": [p for n, p in named if n not in pretrained] + list(head.parameters()),
+                         "lr_scale": 1.0}]
+        if any(n in pretrained for n, _ in named):
+            params.append({"params": [p for n, p in named if n in pretrained],
+                           "lr_scale": c.pretrained_lr_scale})
         if c.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=self.peak_lr, weight_decay=c.weight_decay)
         return torch.optim.SGD(params, lr=self.peak_lr, momentum=c.momentum,
@@ -219,8 +296,10 @@ class Trainer:
                 batches = self._epoch_batches(labels, classes_per_batch, epoch, per_epoch)[offset:]
                 batches = batches[: total - step]
                 for x, y in self._loader(batches, epoch):
-                    for group in opt.param_groups:
-                        group["lr"] = self.lr_at(step, total)
+                    lr = self.lr_at(step, total)
+                    for group in opt.param_groups:  # group 0 (new layers, head) at the schedule's lr
+                        group["lr"] = lr * group.get("lr_scale", 1.0)
+                    self._freezer.update(encoder, step)  # frozen stages: no grad, BatchNorm in eval
                     if augment is not None:
                         x = augment(x, step=step)
                     loss = head(encoder(x.contiguous(memory_format=torch.channels_last)), y)
@@ -243,6 +322,7 @@ class Trainer:
         self.images_per_second_ = images / self.seconds_ if self.seconds_ > 0 else 0.0
         if c.checkpoint_dir and (not c.checkpoint_every or step % c.checkpoint_every):
             self._checkpoint(encoder, head, opt, step, step // per_epoch)
+        self._freezer.release(encoder)
         encoder.eval()
         head.eval()
         encoder.config.extra = {"trained_with": {
@@ -250,8 +330,22 @@ class Trainer:
             "batch_size": classes_per_batch * m, "source": type(self.source).__name__}}
         if augment is not None:
             encoder.config.extra["trained_with"]["augment"] = augment.describe()
+        self._record_finetune(encoder.config.extra["trained_with"])
         self.encoder_, self.head_ = encoder, head
         return encoder
+
+    def _record_finetune(self, record: dict) -> None:
+        c = self.config
+        if self.init_report_ is not None:
+            record["init_from"] = self.init_report_.fingerprint
+        if self.backbone_report_ is not None:
+            record["backbone_weights"] = self.backbone_report_.fingerprint  # sha256 of the file, 16 hex
+        if c.freeze:
+            record["freeze"] = list(c.freeze)
+            if c.unfreeze_after is not None:
+                record["unfreeze_after"] = c.unfreeze_after
+        if self._pretrained and c.pretrained_lr_scale != 1.0:
+            record["pretrained_lr_scale"] = c.pretrained_lr_scale
 
     def _epoch_batches(self, labels: np.ndarray, cpb: int, epoch: int, n: int) -> list[list[int]]:
         sampler = MPerClassSampler(labels, m=self.config.m_per_class,
