@@ -84,6 +84,68 @@ def heads(out: Annotated[Path, typer.Option(help="Folder for heads.json and head
     console.print(f"wrote {out / 'heads.json'} and {out / 'heads.png'}")
 
 
+def _ints(text: str, flag: str, sep: str = ",") -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.lower().split(sep) if v.strip())
+    except ValueError:
+        raise ConfigError(f"bad {flag} {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise ConfigError(f"bad {flag} {text!r}: positive integers expected")
+    return vals
+
+
+@bench_app.command("data")
+def data(out: Annotated[Path, typer.Option(help="Folder for data_bench.json and .png.")] = Path("bench-output/data"),
+         data_dir: Annotated[Path | None, typer.Option("--data", help="Generate (or reuse) the image folders here (default: a temporary folder, removed).")] = None,
+         images: Annotated[int, typer.Option(help="Colour JPEGs to generate.")] = 1000,
+         classes: Annotated[int, typer.Option(help="Classes (for the JPEGs and the PNGs).")] = 100,
+         jpeg_size: Annotated[str, typer.Option(help="JPEG width x height.")] = "640x480",
+         size: Annotated[int, typer.Option(help="Model input side for the JPEGs (3 channels).")] = 112,
+         png_images: Annotated[int, typer.Option(help="Glyph PNGs to generate (1 channel).")] = 2000,
+         png_size: Annotated[int, typer.Option(help="PNG side = model input side (1 channel).")] = 32,
+         epochs: Annotated[int, typer.Option(help="Epochs per arm (the steady rate is from epoch 2 on).")] = 3,
+         rounds: Annotated[int, typer.Option(help="Run the arms this many times, order reversed each round (ABC CBA).")] = 1,
+         steps: Annotated[int | None, typer.Option(help="Total steps per arm (overrides --epochs).")] = None,
+         batch: Annotated[int, typer.Option(help="Batch size (every arm).")] = 128,
+         widths: Annotated[str, typer.Option(help="Encoder stage widths (every arm).")] = "16,32,64",
+         as_json: JsonOpt = False) -> None:
+    """Training images/s from a folder (cached, uncached) vs the same images in memory."""
+    from .data import DataBenchConfig, run_data_bench
+
+    cfg = DataBenchConfig(images=images, classes=classes, jpeg_size=_ints(jpeg_size, "--jpeg-size", "x"),
+                          size=size, png_images=png_images, png_size=png_size, epochs=epochs, rounds=rounds, steps=steps,
+                          batch=batch, widths=_ints(widths, "--widths"))
+    if len(cfg.jpeg_size) != 2:
+        raise ConfigError(f"--jpeg-size takes WIDTHxHEIGHT, got {jpeg_size!r}")
+    log = None if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    report = run_data_bench(out, cfg, data=data_dir, log=log)
+    if as_json:
+        _emit(report, True)
+        return
+    load = report["machine"]
+    table = Table(title=f"bench data: training images/s, same model and batch ({cfg.batch}) per arm; "
+                        f"{load['cpus']} CPUs, load average {load['load_average_before'][0]:.1f} at start")
+    for col in ("data", "arm", "workers", "cache", "epoch 1 img/s", "steady img/s", "steady vs memory",
+                "epoch 1 vs memory"):
+        table.add_column(col, justify="left" if col in ("data", "arm") else "right")
+    for d in report["datasets"]:
+        spec = d["input"]
+        label = f"{d['name']} {d['images']:,} x {spec['channels']}ch {spec['size']}px"
+        for r in d["arms"]:
+            table.add_row(label, r["arm"], str(r["workers"]),
+                          r["cache_mode"] or "-", f"{r['first_epoch_images_per_s']:,.0f}",
+                          f"{r['steady_images_per_s']:,.0f}" if r["steady_images_per_s"] else "-",
+                          f"{r['steady_vs_memory']:.2f}x" if r["steady_vs_memory"] else "-",
+                          f"{r['first_epoch_vs_memory']:.2f}x" if r["first_epoch_vs_memory"] else "-")
+            label = ""
+    console.print(table)
+    for d in report["datasets"]:
+        v = d["verify_fill"]
+        console.print(f"{d['name']}: verify + fill cache at construction (default ImageFolderSource): "
+                      f"{v['seconds']:.1f} s, {v['images_per_s']:,.0f} images/s, {v['workers']} worker(s)")
+    console.print(f"wrote {out / 'data_bench.json'} and {out / 'data_bench.png'}")
+
+
 _SYSTEMS_HELP = f"Systems to compare (repeat): {', '.join(SYSTEMS)}."
 
 

@@ -42,12 +42,13 @@ def parse_glyph_range(spec: str) -> range | None:
 
 
 def open_source(spec: str, *, size: int | None = None, samples_per_class: int = 32, seed: int = 0,
-                input_spec: InputSpec | None = None) -> Source:
+                input_spec: InputSpec | None = None, skip_bad_files: bool = False) -> Source:
     """Open the source a spec names (see the module docstring for the grammar).
 
     ``input_spec`` is the model input contract (channels, size, resize, polarity);
     glyphs always use the handwriting geometry and repeat their drawing on 3 channels
-    for a colour contract.
+    for a colour contract. ``skip_bad_files`` (folders): corrupt images are warned about
+    and left out instead of raising :class:`~megaclass.errors.CorruptImageError`.
     """
     from .images import as_spec
 
@@ -65,4 +66,4 @@ def open_source(spec: str, *, size: int | None = None, samples_per_class: int = 
         )
     from .folder import ImageFolderSource
 
-    return ImageFolderSource(path, spec=input_spec)
+    return ImageFolderSource(path, spec=input_spec, skip_bad_files=skip_bad_files)

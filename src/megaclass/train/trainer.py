@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -91,7 +92,7 @@ class TrainConfig:
     dim: int = 128
     widths: tuple[int, ...] = (32, 64, 128)
     seed: int = 0
-    num_workers: int = 1
+    num_workers: int | None = None  # DataLoader workers; None: default_num_workers(source)
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
     resume: bool = False
@@ -355,16 +356,80 @@ class Trainer:
         return [list(b) for b in sampler]
 
     def _loader(self, batches: list[list[int]], epoch: int):
+        """The DataLoader yielding this epoch's batches. One loader serves the whole run, so
+        its worker processes (and what they decoded) persist across epochs; each index
+        carries its epoch (:class:`EpochBatches`), so a source with ``set_epoch`` draws the
+        epoch's samples in every worker."""
         if hasattr(self.source, "set_epoch"):
             self.source.set_epoch(epoch)
-        workers = self.config.num_workers if len(batches) > 4 else 0
-        return DataLoader(self.source, batch_sampler=batches, num_workers=workers,
-                          prefetch_factor=4 if workers else None)
+        if getattr(self, "_data", None) is None or self._data.dataset.source is not self.source:
+            workers = self.config.num_workers
+            workers = default_num_workers(self.source) if workers is None else workers
+            workers = workers if len(batches) > 4 else 0
+            self._plan = EpochBatches()
+            self._data = DataLoader(EpochView(self.source), batch_sampler=self._plan, num_workers=workers,
+                                    prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
+        self._plan.set(batches, epoch)
+        return self._data
 
     def _checkpoint(self, encoder, head, opt, step: int, epoch: int) -> None:
         info = {"step": step, "epoch": epoch, "config": _jsonable(asdict(self.config)),
                 "history": self.history_}
         save_checkpoint(self.config.checkpoint_dir, encoder=encoder, head=head, optimizer=opt, info=info)
+
+
+def default_num_workers(source: Source) -> int:
+    """DataLoader workers when ``num_workers`` is None: ``min(4, CPUs)`` for a source that
+    decodes image files (it says so with ``decodes_files = True``), else 1 (glyphs render
+    ~10k images/s in one worker; arrays are already in memory)."""
+    if getattr(source, "decodes_files", False):
+        return max(1, min(4, os.cpu_count() or 1))
+    return 1
+
+
+class EpochBatches:
+    """Batch sampler of a persistent DataLoader: the current epoch's batches, each index
+    as ``(epoch, i)`` so that workers, which outlive the epoch, know which epoch it is."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.epoch = 0
+
+    def set(self, batches: list[list[int]], epoch: int) -> None:
+        self.batches, self.epoch = batches, int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        e = self.epoch
+        return iter([[(e, int(i)) for i in batch] for batch in self.batches])
+
+
+class EpochView(torch.utils.data.Dataset):
+    """A source read by ``(epoch, i)`` indices (:class:`EpochBatches`): calls the source's
+    ``set_epoch`` when the epoch changes (in whichever process reads it), then its
+    ``__getitems__`` (or ``__getitem__`` per item)."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self._epoch = getattr(source, "epoch", None)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]):
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list:
+        epoch = keys[0][0] if keys else self._epoch
+        if epoch != self._epoch and hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(epoch)
+        self._epoch = epoch
+        indices = [i for _, i in keys]
+        if hasattr(self.source, "__getitems__"):
+            return self.source.__getitems__(indices)
+        return [self.source[i] for i in indices]
 
 
 def train_encoder(source: Source, *, head: str = "cosface", epochs: int = 3, **options) -> Encoder:
