@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..tensorio import read_tensors
+from ..tensorio import read_json, read_tensors
 from .backbones import describe_backbone
 from .encoder import CONFIG_FILE, Encoder, EncoderConfig, load_encoder
 
@@ -196,7 +196,8 @@ def open_init_model(path: str | os.PathLike) -> Encoder:
     root = Path(path)
     if not (root / CONFIG_FILE).is_file():
         raise ConfigError(f"--init-from {root}: not a megaclass model directory (no {CONFIG_FILE})")
-    model = load_encoder(root)
+    kind = read_json(root / CONFIG_FILE).get("kind")
+    model = None if kind == "megaclass.onnx_encoder" else load_encoder(root)
     if not isinstance(model, Encoder):
         raise ConfigError(f"--init-from {root}: an imported ONNX encoder has no trainable weights; "
                           "fine-tuning needs a megaclass-trained model")
@@ -209,11 +210,13 @@ def architecture_of(config: EncoderConfig) -> dict:
             "stem_stride": config.stem_stride}
 
 
-def init_from(encoder: Encoder, source: Encoder | str | os.PathLike) -> InitReport:
+def init_from(encoder: Encoder, source: Encoder | str | os.PathLike, *,
+              label: str | None = None) -> InitReport:
     """Copy every tensor of ``source`` (a model or model directory) whose name and shape match
     ``encoder``'s into ``encoder``, adapt the input convolution across channel counts, and say
-    what was and was not loaded. ConfigError when nothing fits."""
-    label = str(source) if not isinstance(source, Encoder) else "model"
+    what was and was not loaded. ConfigError when nothing fits. ``label`` names the source in
+    messages (default: its path)."""
+    label = label or (str(source) if not isinstance(source, Encoder) else "model")
     model = source if isinstance(source, Encoder) else open_init_model(source)
     report = InitReport(source=label, fingerprint=model.fingerprint())
     _merge(encoder, model.state_dict(), report, lambda name: True)

@@ -207,8 +207,7 @@ class Trainer:
             self.backbone_report_ = load_backbone_weights(encoder, c.backbone_weights)
             pretrained.update(self.backbone_report_.pretrained)
         if reference is not None:
-            self.init_report_ = init_from(encoder, reference)
-            self.init_report_.source = str(c.init_from)
+            self.init_report_ = init_from(encoder, reference, label=str(c.init_from))
             pretrained.update(self.init_report_.pretrained)
             _log.info(self.init_report_.summary())
         self._pretrained = pretrained
