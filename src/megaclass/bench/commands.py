@@ -191,3 +191,28 @@ def gallery(out: Annotated[Path, typer.Option(help="Folder for gallery_bench.jso
                       f"{r['open_s']:.2f}", f"{r['rss_over_data_mb']:,.0f}", f"{r['disk_mb']:,.0f}")
     console.print(table)
     console.print(f"wrote {out / 'gallery_bench.json'} and {out / 'gallery_bench.png'}")
+
+
+@bench_app.command("digits")
+def digits(model: Annotated[str, typer.Option("--model", "-m", help="Model directory.")],
+           trials: Annotated[int, typer.Option(help="Random few-shot trials.")] = 200,
+           shots: Annotated[list[int], typer.Option("--shots", help="Samples enrolled per digit (repeat).")] = [1, 5],
+           seed: int = 0, as_json: JsonOpt = False) -> None:
+    """Few-shot identification of real handwritten digits (scikit-learn's bundled set) vs raw pixels."""
+    from ..evaluate.digits import one_shot_digits
+    from ..models import load_encoder
+
+    encoder = load_encoder(model)
+    results = [one_shot_digits(encoder, trials=trials, shots=s, seed=seed) for s in shots]
+    if as_json:
+        _emit({"model": model, "results": results}, True)
+        return
+    table = Table(title=f"real handwritten digits ({results[0]['digits']:,}, scikit-learn): top-1 among 10, "
+                        f"{trials} trials")
+    for col in ("shots per digit", "model", "raw pixels", "model - pixels"):
+        table.add_column(col, justify="right")
+    for r in results:
+        m, b = r["model"], r["baseline"]
+        table.add_row(str(r["shots"]), f"{m['mean']:.1%} ± {m['std']:.1%}", f"{b['mean']:.1%} ± {b['std']:.1%}",
+                      f"{m['mean'] - b['mean']:+.1%}")
+    console.print(table)
