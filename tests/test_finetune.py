@@ -100,6 +100,9 @@ def test_one_to_three_channels_adapts_the_stem(ref_dir):
     # the point of the adaptation: a grey image on 3 channels embeds as it did in the 1-channel model
     x = GlyphSource.samples(7, n=4)
     assert torch.allclose(new.embed(x.repeat(1, 3, 1, 1)), ref.embed(x), atol=1e-5)
+    back = Encoder(EncoderConfig(dim=16, widths=(8, 16)))  # 3 -> 1 sums the channels: the round trip
+    assert list(init_from(back, new).adapted) == ["features.0.weight"]
+    assert torch.allclose(back.features[0].weight, ref.features[0].weight, atol=1e-6)
     # and through the trainer, from a 3-channel source
     t = Trainer(GlyphSource(range(10), samples_per_class=8, channels=3), steps=1,
                 init_from=str(ref_dir), **TINY)
@@ -183,6 +186,21 @@ def test_old_configs_load_with_unchanged_fingerprints(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     old = Encoder.load(tmp_path)
     assert old.config.backbone == "resnet" and old.fingerprint() == cfg["fingerprint"]
+    # the fingerprint algorithm of the release before backbones (and input contracts) existed
+    import hashlib
+    from dataclasses import asdict
+
+    legacy = asdict(old.config)
+    for key in ("resize", "polarity", "mean", "std", "backbone"):
+        del legacy[key]
+    legacy["widths"] = list(legacy["widths"])
+    h = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode())
+    for name, t in sorted(old.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().numpy().tobytes())
+    assert old.fingerprint() == h.hexdigest()[:16]
+    blocks2 = Encoder(EncoderConfig(dim=16, widths=(8, 16), blocks=2))
+    assert blocks2.fingerprint() != old.fingerprint()
 
 
 def test_module_docstring_examples_run():
