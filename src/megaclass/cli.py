@@ -22,6 +22,7 @@ from .cli_common import (
     ModelOpt,
     SamplesArg,
     SeedOpt,
+    _collect_samples,
     _emit,
     _fields_table,
     _labelled,
@@ -228,50 +229,64 @@ def identify(model: ModelOpt, gallery: GalleryOpt, samples: SamplesArg,
     """Identify each sample among the enrolled classes (1:N); unknown below the threshold."""
     rec = _recognizer(model, gallery, threshold=threshold, key=key_file)
     with rec:
-        decisions = rec.identify(_load_samples(samples, rec.encoder.input_spec, seed), k=k)
+        batch, names, classes = _collect_samples(samples, rec.encoder.input_spec, seed)
+        decisions = rec.identify(batch, k=k)
         thr = rec.threshold
-    rows = [{"sample": s, "label": d.label, "score": d.score,
-             "candidates": [{"label": m.label, "score": m.score} for m in d.candidates]}
-            for s, d in zip(_expand_names(samples, len(decisions)), decisions, strict=True)]
+    rows = []
+    for name, folder_class, d in zip(names, classes, decisions, strict=True):
+        row = {"sample": name, "label": d.label, "score": d.score,
+               "candidates": [{"label": m.label, "score": m.score} for m in d.candidates]}
+        if folder_class is not None:
+            row["folder_class"] = folder_class
+        rows.append(row)
+    result = {"threshold": thr, "results": rows}
     table = Table(title=f"identify (threshold {'none' if thr is None else f'{thr:.3f}'})")
     for col in ("sample", "decision", "score", "candidates"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["sample"], r["label"] or "[red]unknown[/red]", f"{r['score']:.3f}",
                       ", ".join(f"{c['label']} {c['score']:.2f}" for c in r["candidates"]))
-    _emit({"threshold": thr, "results": rows}, as_json, table)
-
-
-def _expand_names(items: list[str], n: int) -> list[str]:
-    names: list[str] = []
-    for item in items:
-        p = Path(item)
-        if not item.startswith("glyph:") and p.is_dir():
-            from .data.folder import IMAGE_EXTENSIONS
-
-            names += [str(f) for f in sorted(p.iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
-        else:
-            names.append(item)
-    return names if len(names) == n else [str(i) for i in range(n)]
+    checked = [r for r in rows if "folder_class" in r]
+    if checked:  # nested class folders: say how often the decision names the file's folder
+        result["folder_check"] = {
+            "queries": len(checked),
+            "rank1_is_folder_class": sum(bool(r["candidates"]) and r["candidates"][0]["label"] == r["folder_class"]
+                                         for r in checked),
+            "accepted_as_folder_class": sum(r["label"] == r["folder_class"] for r in checked)}
+        table.caption = (f"{result['folder_check']['accepted_as_folder_class']} of {len(checked)} files "
+                         f"identified as their class folder (rank 1: "
+                         f"{result['folder_check']['rank1_is_folder_class']})")
+    _emit(result, as_json, table)
 
 
 @app.command()
 def verify(model: ModelOpt, gallery: GalleryOpt,
            label: Annotated[str, typer.Argument(help="The claimed class.")],
-           sample: Annotated[str, typer.Argument(help="One image file or glyph:ID.")],
+           sample: Annotated[str, typer.Argument(help="An image file, glyph:ID, or a folder (flat or root/<class>/<image>): each image is verified.")],
            threshold: Annotated[float | None, typer.Option(help="Override the calibrated threshold.")] = None,
            key_file: KeyOpt = None, seed: SeedOpt = 2, as_json: JsonOpt = False) -> None:
-    """Verify that SAMPLE belongs to LABEL (1:1). Exit 0 if accepted, 1 if rejected."""
+    """Verify that SAMPLE belongs to LABEL (1:1). Exit 0 if accepted (every image of a folder), 1 if not."""
     rec = _recognizer(model, gallery, threshold=threshold, key=key_file)
     with rec:
-        v = rec.verify(_load_samples([sample], rec.encoder.input_spec, seed), label)
-    result = {"label": v.label, "accepted": v.accepted, "score": v.score, "threshold": v.threshold}
+        batch, names, _ = _collect_samples([sample], rec.encoder.input_spec, seed)
+        verdicts = [rec.verify(batch[i : i + 1], label) for i in range(len(batch))]
+    accepted = all(v.accepted for v in verdicts)
+    if len(verdicts) == 1:
+        v = verdicts[0]
+        result = {"label": v.label, "accepted": v.accepted, "score": v.score, "threshold": v.threshold,
+                  "sample": names[0]}
+    else:
+        result = {"label": label, "accepted": accepted, "threshold": verdicts[0].threshold,
+                  "results": [{"sample": n, "accepted": v.accepted, "score": v.score}
+                              for n, v in zip(names, verdicts, strict=True)]}
     if as_json:
         _emit(result, True)
     else:
-        verdict = "[green]accepted[/green]" if v.accepted else "[red]rejected[/red]"
-        console.print(f"{label}: {verdict} (score {v.score:.3f}, threshold {v.threshold})")
-    raise typer.Exit(0 if v.accepted else 1)
+        for n, v in zip(names, verdicts, strict=True):
+            verdict = "[green]accepted[/green]" if v.accepted else "[red]rejected[/red]"
+            where = f" {n}" if len(verdicts) > 1 else ""
+            console.print(f"{label}{where}: {verdict} (score {v.score:.3f}, threshold {v.threshold})")
+    raise typer.Exit(0 if accepted else 1)
 
 
 @app.command()

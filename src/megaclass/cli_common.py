@@ -49,20 +49,24 @@ def _emit(data: dict, as_json: bool, table: Table | None = None) -> None:
         console.print(table)
 
 
-def _load_samples(items: list[str], size, seed: int, index: int = 0):
-    """Turn CLI sample arguments into an image batch (paths, folders, glyph:ID).
+def _collect_samples(items: list[str], size, seed: int, index: int = 0):
+    """CLI sample arguments -> ``(batch, names, classes)``.
 
-    ``size`` is the model's InputSpec (or a side in pixels: the handwriting contract).
+    An item is an image file, ``glyph:ID``, or a folder: flat (its images) or nested the
+    way ``enroll --from`` and ``train`` read them (``root/<class>/<image>``, any depth).
+    ``names`` holds each image's file path (or ``glyph:ID``); ``classes`` the class folder
+    an image sits in below a folder argument (``None`` for files and a folder's own images),
+    so a result can be checked against where the file came from. ``size`` is the model's
+    InputSpec (or a side in pixels: the handwriting contract).
     """
     import torch
 
-    from .data.folder import IMAGE_EXTENSIONS
+    from .data.folder import IMAGE_EXTENSIONS, _scan
     from .data.glyphs import GlyphSource
     from .data.images import as_spec, to_batch
 
     spec = size if not isinstance(size, int) else as_spec(size)
-
-    parts = []
+    parts, names, classes = [], [], []
     for item in items:
         if item.startswith("glyph:"):
             try:
@@ -71,18 +75,30 @@ def _load_samples(items: list[str], size, seed: int, index: int = 0):
                 raise InvalidInputError(f"bad sample {item!r}: use glyph:<class id>") from None
             glyph = GlyphSource.samples(cid, n=1, seed=seed, size=spec.size, start=index)
             parts.append(to_batch(glyph, spec=spec))
+            names.append(item)
+            classes.append(None)
             continue
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = _scan(path, IMAGE_EXTENSIONS)
+            files = [(f, rel or None) for rel in sorted(found) for f in found[rel]]
             if not files:
-                raise InvalidInputError(f"folder {path} holds no images")
-            parts.append(to_batch([str(f) for f in files], spec=spec))
+                raise InvalidInputError(f"folder {path} holds no images (nor class folders of images)")
+            parts.append(to_batch([str(f) for f, _ in files], spec=spec))
+            names += [str(f) for f, _ in files]
+            classes += [c for _, c in files]
         else:
             parts.append(to_batch(str(path), spec=spec))
+            names.append(str(path))
+            classes.append(None)
     if not parts:
         raise InvalidInputError("no samples given")
-    return torch.cat(parts)
+    return torch.cat(parts), names, classes
+
+
+def _load_samples(items: list[str], size, seed: int, index: int = 0):
+    """The image batch of :func:`_collect_samples` (paths, folders, glyph:ID)."""
+    return _collect_samples(items, size, seed, index)[0]
 
 
 def _read_key_file(key_file: Path | None) -> bytes | None:
@@ -122,8 +138,10 @@ def _open_gallery(gallery: Path, key: Path | None = None):
     return Gallery.open(gallery, create=False, key=key_bytes)
 
 
-def _labelled(spec: str, size, per_class: int, seed: int):
+def _labelled(spec: str, size, per_class: int, seed: int, *, with_files: bool = False):
     """Images and their labels for a data spec (glyph labels are glyph-<id>).
+
+    With ``with_files`` a third item lists each image's file (``None`` for glyphs).
 
     ``size`` is the model's InputSpec (or a side in pixels: the handwriting contract).
     """
@@ -138,11 +156,13 @@ def _labelled(spec: str, size, per_class: int, seed: int):
         from .data.glyphs import GlyphSource
 
         images, cls = GlyphSource.batch(np.asarray(ids), per_class, seed=seed, size=input_spec.size)
-        return to_batch(images, spec=input_spec), [f"glyph-{i}" for i in cls]
+        out = to_batch(images, spec=input_spec), [f"glyph-{i}" for i in cls]
+        return (*out, None) if with_files else out
     from .data.folder import ImageFolderSource
 
-    src = ImageFolderSource(Path(spec), spec=input_spec)
+    src = ImageFolderSource(Path(spec), spec=input_spec, cache=False)
     pairs = [src[i] for i in range(len(src))]
-    return torch.stack([p[0] for p in pairs]), [src.class_names[p[1]] for p in pairs]
+    images, labels = torch.stack([p[0] for p in pairs]), [src.class_names[p[1]] for p in pairs]
+    return (images, labels, [str(p) for p in src.paths]) if with_files else (images, labels)
 
 

@@ -53,10 +53,11 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
     sizes = _sizes(gallery_sizes)
     rec = _recognizer(model, gallery, key=key_file)
     with rec:
-        images, truth = _labelled(queries, rec.encoder.input_spec, per_class, seed)
-        nm_images = None
+        images, truth, files = _labelled(queries, rec.encoder.input_spec, per_class, seed, with_files=True)
+        nm_images = nm_files = None
         if non_mated:
-            nm_images, _ = _labelled(non_mated, rec.encoder.input_spec, per_class, seed)
+            nm_images, _, nm_files = _labelled(non_mated, rec.encoder.input_spec, per_class, seed,
+                                               with_files=True)
         q_vec = rec.embed(images)
         nm_vec = rec.embed(nm_images) if nm_images is not None else None
         ev = evaluate_recognizer(rec, q_vec, truth, nm_vec, fpirs=tuple(target_fpir), seed=seed)
@@ -79,6 +80,14 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
                   "verification": m["verification"]}
         if scaling:
             result["gallery_size"] = scaling
+        if files is not None:  # queries from a folder: which file each result belongs to
+            result["mated_by_file"] = [
+                {"file": f, "class": t, "rank1": p, "rank": int(r) or None,
+                 "score": float(sc) if sc > -1e30 else None}
+                for f, t, p, r, sc in zip(files, truth, ev.predictions, ev.ranks, ev.mated_scores, strict=True)]
+        if nm_files is not None and ev.non_mated_scores is not None:
+            result["non_mated_by_file"] = [{"file": f, "score": float(sc) if sc > -1e30 else None}
+                                           for f, sc in zip(nm_files, ev.non_mated_scores, strict=True)]
         if report is not None:
             from .report import write_report
 
@@ -107,3 +116,12 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
     if report is not None:
         table.add_row("report", result["report"])
     _emit(result, as_json, table)
+    misses = [r for r in result.get("mated_by_file", []) if r["rank1"] != r["class"]]
+    if misses and not as_json:
+        shown = Table(title=f"files not ranked first as their class ({len(misses):,} of "
+                            f"{len(result['mated_by_file']):,}; first 20)")
+        for col in ("file", "class", "rank-1 label", "rank of class"):
+            shown.add_column(col)
+        for r in misses[:20]:
+            shown.add_row(r["file"], r["class"], str(r["rank1"]), str(r["rank"] or "> k"))
+        _emit({}, False, shown)

@@ -43,6 +43,7 @@ class Evaluation:
     det: dict | None = None
     verification: VerificationStream | None = None
     confusions: list = field(default_factory=list)
+    predictions: list = field(default_factory=list)  # rank-1 label of each mated query
 
 
 def _search(rec, vectors: np.ndarray, k: int, chunk: int = 4096):
@@ -184,4 +185,4 @@ def evaluate_recognizer(rec, images, truth: Sequence[str], non_mated=None, *,
     det = det_curve(scores, correct, nm_scores) if nm_scores is not None else None
     return Evaluation(metrics=metrics, mated_scores=scores, mated_correct=correct, ranks=ranks,
                       non_mated_scores=nm_scores, f1=report.f1, cmc=cmc, det=det,
-                      verification=stream, confusions=conf)
+                      verification=stream, confusions=conf, predictions=pred)
