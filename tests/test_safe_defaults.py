@@ -105,6 +105,14 @@ _READER = textwrap.dedent("""
         except MegaclassError as exc:
             out[name] = type(exc).__name__ + ": " + str(exc)
     g.close()
+    try:
+        from megaclass.serve.db import ServiceDB
+        ServiceDB(sys.argv[1]).close()
+        out["service"] = "no error"
+    except MegaclassError as exc:
+        out["service"] = type(exc).__name__ + ": " + str(exc)
+    except ImportError:
+        out["service"] = "ReadOnlyGalleryError: read-only (no fastapi)"
     print(json.dumps(out))
 """).replace("%d", str(DIM))
 
@@ -149,7 +157,7 @@ def test_read_only_gallery_opens_for_reads_and_refuses_writes_in_one_line(read_o
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["read_only"] is True and out["labels"] == ["a", "b"] and out["best"] == "a"
-    for name in ("enroll", "erase", "save"):
+    for name in ("enroll", "erase", "save", "service"):
         assert out[name].startswith("ReadOnlyGalleryError") and "read-only" in out[name], out
     assert sorted((p.name, p.stat().st_mtime_ns) for p in path.iterdir()) == before
 

@@ -199,7 +199,8 @@ def test_keys_and_audit(served):
     assert ops[0] == ("enroll", "enrolled from 3 images", 201)
     assert ops[1] == ("identify", "1 known, 0 unknown", 200)
     assert ops[2] == ("verify", "accepted", 200)
-    assert ops[3] == ("erase", "erased 1 templates", 200)
+    assert ops[3] == ("erase", "denied: role reader", 403)  # a refused attempt names its target
+    assert ops[4] == ("erase", "erased 1 templates", 200)
     denied = client.get("/v1/audit", headers=admin, params={"operation": "erase"}).json()["rows"]
     assert any(r["decision"] == "denied: role reader" and r["status"] == 403 for r in denied)
     only = client.get("/v1/audit", headers=admin, params={"operation": "keys"}).json()["rows"]

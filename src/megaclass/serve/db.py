@@ -8,6 +8,7 @@ extra tables). One lock serialises this connection among the server's threads.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import NotAGalleryError
+from ..errors import NotAGalleryError, ReadOnlyGalleryError
 
 DB_NAME = "gallery.db"
 
@@ -63,6 +64,11 @@ class ServiceDB:
         if not path.is_file():
             raise NotAGalleryError(f"{Path(gallery)}: no gallery here (no {DB_NAME}); "
                                    "create it first, e.g. with `megaclass serve` or `megaclass enroll`")
+        if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+            raise ReadOnlyGalleryError(
+                f"{Path(gallery)} is read-only: the service records its audit log and API keys "
+                "in gallery.db, so it needs a writable gallery (search a read-only copy from "
+                "Python with Gallery.open(path, read_only=True))")
         self.path = path
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=30,

@@ -7,14 +7,22 @@
 | UnknownLabelError | 404 |
 | DuplicateLabelError | 409 |
 | InvalidInputError (NaN, wrong dimension, empty), ConfigError, body validation | 422 |
+| ReadOnlyGalleryError (a write to a read-only gallery) | 503 |
 | any other MegaclassError | 400 |
+| anything else (a bug, an exhausted resource) | 500, ``{"error": "InternalError"}`` |
+
+A 500 names no exception message and no traceback (they are logged on the server), and
+leaves an audit row with the operation when the route had one.
 """
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
@@ -24,17 +32,34 @@ from ..errors import (
     DuplicateLabelError,
     InvalidInputError,
     MegaclassError,
+    ReadOnlyGalleryError,
     UnknownLabelError,
 )
 from .limits import PayloadTooLargeError
 
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (PayloadTooLargeError, 413), (CorruptImageError, 400), (UnknownLabelError, 404),
-    (DuplicateLabelError, 409), (InvalidInputError, 422), (ConfigError, 422), (MegaclassError, 400),
+    (DuplicateLabelError, 409), (InvalidInputError, 422), (ConfigError, 422),
+    (ReadOnlyGalleryError, 503), (MegaclassError, 400),
 )
 _HTTP_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
                405: "MethodNotAllowed", 413: "PayloadTooLargeError", 422: "ValidationError",
-               503: "ServiceUnavailable"}
+               500: "InternalError", 503: "ServiceUnavailable"}
+log = logging.getLogger("megaclass.serve")
+_AUDITED = "_megaclass_audited"
+
+
+def internal_decision(exc: BaseException) -> str:
+    """The audit decision of an internal error: its type only (a message may hold data)."""
+    return f"error: internal ({type(exc).__name__})"
+
+
+def mark_audited(exc: BaseException) -> None:
+    """Note that ``exc`` already has its audit row (the 500 handler then writes none)."""
+    try:
+        setattr(exc, _AUDITED, True)
+    except AttributeError:  # exceptions with __slots__: at worst a second row
+        pass
 
 
 def status_of(exc: Exception) -> int:
@@ -63,6 +88,23 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: HTTPException):
         return error_response(exc.status_code, _HTTP_NAMES.get(exc.status_code, "HTTPError"),
                               str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        # runs in Starlette's outermost middleware, which re-raises after this response
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        if not getattr(exc, _AUDITED, False):
+            service = getattr(request.app.state, "service", None)
+            state = request.scope.get("state", {})
+            if service is not None and not service.closed:
+                try:
+                    await run_in_threadpool(service.audit.record, state.get("audit_key_id"),
+                                            state.get("audit_operation", "request"), [],
+                                            internal_decision(exc), 500)
+                except Exception:  # noqa: BLE001 - the audit db itself may be what failed
+                    log.exception("could not audit an internal error")
+        return error_response(500, "InternalError",
+                              "internal error (logged on the server); the request may be retried")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

@@ -37,6 +37,12 @@ def role_allows(role: str, needed: str) -> bool:
     return ROLES.index(role) >= ROLES.index(needed)
 
 
+def claimed_key_id(token: str | None) -> str | None:
+    """The key id a token claims (its public part), whether or not the token is valid."""
+    match = _TOKEN.match(token or "")
+    return match.group(1) if match else None
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 

@@ -16,7 +16,7 @@ from ..errors import MegaclassError
 from ..recognizer import Recognizer
 from .audit import AuditLog
 from .db import ServiceDB
-from .http_errors import status_of
+from .http_errors import internal_decision, mark_audited, status_of
 from .keys import KeyInfo, KeyStore
 from .limits import Limits
 from .metrics import Metrics
@@ -50,6 +50,10 @@ class Service:
             result = work()
         except MegaclassError as exc:
             self.audit.record(key.id, operation, labels, f"error: {type(exc).__name__}", status_of(exc))
+            raise
+        except Exception as exc:  # a bug or a resource failure: audited, answered as a bare 500
+            self.audit.record(key.id, operation, labels, internal_decision(exc), 500)
+            mark_audited(exc)
             raise
         involved, decision = describe(result)
         self.audit.record(key.id, operation, involved, decision, status)

@@ -15,6 +15,7 @@ router = APIRouter(prefix="/v1", tags=["admin"],
                    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}})
 Svc = Annotated[Service, Depends(get_service)]
 Admin = Annotated[KeyInfo, Depends(authorize("admin", "keys"))]
+AuditOperation = Literal["enroll", "add", "erase", "identify", "verify", "keys", "read", "request"]
 
 
 @router.get("/keys", response_model=list[KeyOut])
@@ -42,8 +43,7 @@ def revoke_key(key_id: Annotated[str, Path(min_length=1, max_length=64)], svc: S
 @router.get("/audit", response_model=AuditOut)
 def audit(svc: Svc, key: Admin,
           limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-          operation: Annotated[Literal["enroll", "add", "erase", "identify", "verify", "keys"] | None,
-                               Query()] = None,
+          operation: Annotated[AuditOperation | None, Query()] = None,
           label: Annotated[str | None, Query(max_length=256)] = None,
           key_id: Annotated[str | None, Query(max_length=64)] = None,
           since: Annotated[str | None, Query(max_length=64, description="ISO 8601 time (UTC).")] = None
