@@ -55,3 +55,17 @@ def test_nested_folders_everywhere(tiny_model_dir, tmp_path):
     assert len(by_file) == 8 and ev["mated_searches"] == 8
     assert all(f"/{r['class']}/" in r["file"] for r in by_file)
     assert sum(r["rank1"] == r["class"] for r in by_file) == round(ev["top1"] * 8)
+
+
+def test_long_commands_show_progress_unless_quiet_or_json(tiny_model_dir, tmp_path):
+    _write(tmp_path / "enroll", 2, 0)
+    shown = run("enroll", "-m", tiny_model_dir, "-g", tmp_path / "g1", "--from", tmp_path / "enroll")
+    assert "enroll" in shown.stderr and "4/4" in shown.stderr  # the bar, on stderr
+    quiet = run("enroll", "-m", tiny_model_dir, "-g", tmp_path / "g2", "--from", tmp_path / "enroll",
+                "--quiet")
+    assert "4/4" not in quiet.stderr and "enrolled 4 class(es)" in quiet.stdout
+    as_json = run("enroll", "-m", tiny_model_dir, "-g", tmp_path / "g3", "--from", tmp_path / "enroll",
+                  "--json")
+    assert "4/4" not in as_json.stderr and json.loads(as_json.stdout)["classes"] == 4
+    ev = run("evaluate", "-m", tiny_model_dir, "-g", tmp_path / "g1", "--mated", tmp_path / "enroll")
+    assert "embed queries" in ev.stderr and "8/8" in ev.stderr

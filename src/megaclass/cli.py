@@ -20,6 +20,7 @@ from .cli_common import (
     JsonOpt,
     KeyOpt,
     ModelOpt,
+    QuietOpt,
     SamplesArg,
     SeedOpt,
     _collect_samples,
@@ -189,9 +190,11 @@ def enroll(model: ModelOpt, gallery: GalleryOpt,
            from_data: Annotated[str | None, typer.Option("--from", help="Enroll every class of a folder or glyphs:START-END spec.")] = None,
            per_class: Annotated[int, typer.Option(help="With --from glyphs: samples per class.")] = 5,
            replace: Annotated[bool, typer.Option(help="Replace a class that is already enrolled.")] = False,
-           key_file: KeyOpt = None, seed: SeedOpt = 1, as_json: JsonOpt = False) -> None:
+           key_file: KeyOpt = None, seed: SeedOpt = 1, quiet: QuietOpt = False,
+           as_json: JsonOpt = False) -> None:
     """Enroll LABEL from SAMPLES, or every class of --from, into the gallery (no retraining)."""
     from .data.spec import parse_glyph_range
+    from .progress import ItemProgress
 
     rec = _recognizer(model, gallery, create=True, key=key_file)
     spec = rec.encoder.input_spec
@@ -203,12 +206,15 @@ def enroll(model: ModelOpt, gallery: GalleryOpt,
 
                 images, _ = GlyphSource.batch(np.asarray(ids), per_class, seed=seed, size=spec.size)
                 items = [(f"glyph-{i}", images[k * per_class:(k + 1) * per_class]) for k, i in enumerate(ids)]
+                n_classes = len(items)
             else:
                 from .data.folder import ImageFolderSource
 
-                items = list(ImageFolderSource(Path(from_data), spec=spec).iter_classes())
-            n = rec.enroll_many(items, replace=replace)
-            result = {"classes": len(items), "samples": n, "gallery_classes": len(rec)}
+                source = ImageFolderSource(Path(from_data), spec=spec, cache=False)
+                items, n_classes = source.iter_classes(), source.num_classes  # streamed: bounded memory
+            with ItemProgress(n_classes, "enroll", unit="classes", enabled=not (quiet or as_json)) as bar:
+                n = rec.enroll_many(items, replace=replace, progress=bar.advance)
+            result = {"classes": n_classes, "samples": n, "gallery_classes": len(rec)}
         else:
             if not label or not samples:
                 raise InvalidInputError("give LABEL and SAMPLES, or --from DATA")

@@ -23,6 +23,7 @@ err_console = Console(stderr=True)
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model directory (config.json + model.safetensors).")]
 GalleryOpt = Annotated[Path, typer.Option("--gallery", "-g", help="Gallery directory (created on first enroll).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 SeedOpt = Annotated[int, typer.Option(help="Drawing stream for glyph:ID samples (0 = training stream).")]
 KeyOpt = Annotated[Path | None, typer.Option(
     "--key-file", help="Encryption key file of the gallery (32 raw bytes, 64 hex characters or base64; "

@@ -157,24 +157,45 @@ class Recognizer:
         self.gallery.enroll(label, *self._templates(vectors, meta), replace=replace)
         return len(vectors)
 
-    def enroll_many(self, items: Iterable[tuple[str, object]], *, replace: bool = False) -> int:
+    def enroll_many(self, items: Iterable[tuple[str, object]], *, replace: bool = False,
+                    progress=None, chunk_images: int = 4096) -> int:
         """Enroll several ``(label, samples)`` classes in one transaction (all or nothing).
 
+        Samples are converted and embedded about ``chunk_images`` images at a time, so
+        memory stays bounded whatever the number of classes (only the embeddings are kept);
+        nothing is written before every class is embedded, so a bad sample changes nothing.
+        ``progress(n)``, when given, is called with the number of classes each chunk embedded.
         Returns the number of samples used.
         """
-        labels, batches = [], []
-        for label, samples in items:  # convert everything first: a bad sample changes nothing
+        labels: list[str] = []
+        per_class: list[np.ndarray] = []
+        pending: list[torch.Tensor] = []
+
+        def embed_pending() -> None:
+            if not pending:
+                return
+            vectors = self.embed(torch.cat(pending))  # one batched forward pass per chunk
+            bounds = np.cumsum([0] + [len(b) for b in pending])
+            per_class.extend(vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+            if progress is not None:
+                progress(len(pending))
+            pending.clear()
+
+        waiting = 0  # images in pending
+        for label, samples in items:
             labels.append(label)
-            batches.append(to_batch(samples, spec=self.encoder.input_spec))
-        if not batches:
+            pending.append(to_batch(samples, spec=self.encoder.input_spec))
+            waiting += len(pending[-1])
+            if waiting >= chunk_images:
+                embed_pending()
+                waiting = 0
+        embed_pending()
+        if not labels:
             return 0
-        vectors = self.embed(torch.cat(batches))  # one batched forward pass for all classes
-        bounds = np.cumsum([0] + [len(b) for b in batches])
-        prepared = [(label, *self._templates(vectors[a:b], None))
-                    for label, a, b in zip(labels, bounds[:-1], bounds[1:], strict=True)]
+        prepared = [(label, *self._templates(v, None)) for label, v in zip(labels, per_class, strict=True)]
         self._mark_model()
         self.gallery.enroll_many(prepared, replace=replace)
-        return len(vectors)
+        return sum(len(v) for v in per_class)
 
     def add_samples(self, label: str, samples) -> int:
         """Add samples to an enrolled class (updating its mean template in "mean" mode)."""

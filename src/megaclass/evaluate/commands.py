@@ -8,8 +8,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..cli_common import GalleryOpt, JsonOpt, ModelOpt, SeedOpt, _emit, _labelled, _recognizer, err_console
+from ..cli_common import (
+    GalleryOpt,
+    JsonOpt,
+    ModelOpt,
+    QuietOpt,
+    SeedOpt,
+    _emit,
+    _labelled,
+    _recognizer,
+    err_console,
+)
 from ..errors import ConfigError
+from ..progress import ItemProgress
 
 
 def register(app: typer.Typer) -> None:
@@ -25,6 +36,17 @@ def _sizes(text: str | None) -> list[int]:
                 for x in text.split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"bad --gallery-sizes {text!r}: use e.g. 1000,10k,100k,1m") from None
+
+
+def _embed_chunks(rec, images, bar, chunk: int = 1024):
+    """``rec.embed`` a chunk at a time, advancing the progress bar."""
+    import numpy as np
+
+    out = []
+    for a in range(0, len(images), chunk):
+        out.append(rec.embed(images[a:a + chunk]))
+        bar.advance(len(out[-1]))
+    return np.concatenate(out)
 
 
 def _pct(v) -> str:
@@ -46,7 +68,7 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
                  "$MEGACLASS_GALLERY_KEY). With --gallery-sizes the templates are copied into a scratch "
                  "gallery in a temporary folder, removed at the end, that is NOT encrypted unless the "
                  "key comes from the environment."))] = None,
-             seed: SeedOpt = 4, as_json: JsonOpt = False) -> None:
+             seed: SeedOpt = 4, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """Closed-set, open-set 1:N, verification 1:1 metrics; optional HTML report and gallery-size curve."""
     from .pipeline import evaluate_recognizer
 
@@ -58,8 +80,10 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
         if non_mated:
             nm_images, _, nm_files = _labelled(non_mated, rec.encoder.input_spec, per_class, seed,
                                                with_files=True)
-        q_vec = rec.embed(images)
-        nm_vec = rec.embed(nm_images) if nm_images is not None else None
+        n_all = len(images) + (0 if nm_images is None else len(nm_images))
+        with ItemProgress(n_all, "embed queries", unit="images", enabled=not (quiet or as_json)) as bar:
+            q_vec = _embed_chunks(rec, images, bar)
+            nm_vec = _embed_chunks(rec, nm_images, bar) if nm_images is not None else None
         ev = evaluate_recognizer(rec, q_vec, truth, nm_vec, fpirs=tuple(target_fpir), seed=seed)
         scaling = None
         if sizes:
