@@ -23,6 +23,8 @@ from torch import nn
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
+# torch.onnx.export(dynamo=False) warns that the TorchScript-based exporter is deprecated
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 from megaclass.data.glyphs import GlyphSource  # noqa: E402
 from megaclass.data.input_spec import InputSpec  # noqa: E402
@@ -185,6 +187,30 @@ def test_tampered_model_file_and_wrong_image_shape(tiny_encoder, tmp_path):
     (tmp_path / "imp" / "model.onnx").write_bytes((tmp_path / "imp" / "model.onnx").read_bytes()[:-1] + b"x")
     with pytest.raises(ModelFormatError, match="sha256"):
         load_encoder(tmp_path / "imp")
+
+
+class _NanOnWhite(nn.Module):
+    """Finite on the random test batch, NaN for a white image."""
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3), keepdim=False).unsqueeze(1)
+        return torch.sqrt(0.9 - m) + x.mean(dim=(2, 3)).repeat(1, 8)
+
+
+def test_non_finite_output_at_embed_time_is_an_error(tmp_path):
+    enc = OnnxEncoder.from_onnx(_torch_to_onnx(_NanOnWhite(), torch.rand(2, 1, 16, 16), tmp_path / "w.onnx"))
+    assert enc.dim == 8 and enc.embed(torch.rand(3, 1, 16, 16)).isfinite().all()
+    with pytest.raises(ModelFormatError, match="non-finite .* for 1 of 3 images"):
+        enc.embed(torch.cat([torch.rand(2, 1, 16, 16), torch.ones(1, 1, 16, 16)]))
+
+
+def test_save_refuses_a_directory_holding_other_files(tiny_encoder, tmp_path):
+    export_encoder(tiny_encoder, tmp_path / "m.onnx", samples=10)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not empty"):
+        OnnxEncoder.from_onnx(tmp_path / "m.onnx").save(tmp_path / "busy")
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
 
 
 # -- import: bad models are refused and leave nothing ----------------------------------------
