@@ -123,6 +123,7 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
           freeze: Annotated[str | None, typer.Option(help="Stages to freeze, comma-separated: stem, stage1..stageN, projection (timm: backbone, projection).")] = None,
           pretrained_lr_scale: Annotated[float, typer.Option(help="Learning-rate factor for loaded (pretrained) tensors, e.g. 0.1.")] = 1.0,
           unfreeze_after: Annotated[int | None, typer.Option(help="Unfreeze the --freeze stages after this many steps.")] = None,
+          compatible_with: Annotated[Path | None, typer.Option(help="Backward-compatible training (BCT): new embeddings stay searchable against templates of this old model (same --dim).")] = None,
           as_json: JsonOpt = False) -> None:
     """Train an encoder on DATA and save it to --model (optionally fine-tuning --init-from)."""
     from .data.spec import open_source
@@ -142,7 +143,8 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
                       focal_gamma=focal_gamma, class_balanced=class_balanced, augment=augment,
                       backbone=backbone, backbone_weights=str(backbone_weights) if backbone_weights else None,
                       init_from=str(init_from) if init_from else None, freeze=freeze or (),
-                      pretrained_lr_scale=pretrained_lr_scale, unfreeze_after=unfreeze_after)
+                      pretrained_lr_scale=pretrained_lr_scale, unfreeze_after=unfreeze_after,
+                      compatible_with=str(compatible_with) if compatible_with else None)
     encoder = trainer.fit()
     encoder.save(model)
     reports = {k: r for k, r in (("backbone_weights", trainer.backbone_report_),

@@ -216,3 +216,57 @@ def digits(model: Annotated[str, typer.Option("--model", "-m", help="Model direc
         table.add_row(str(r["shots"]), f"{m['mean']:.1%} ± {m['std']:.1%}", f"{b['mean']:.1%} ± {b['std']:.1%}",
                       f"{m['mean'] - b['mean']:+.1%}")
     console.print(table)
+
+
+@bench_app.command("growth")
+def growth(out: Annotated[Path, typer.Option(help="Folder for growth.json and growth.png.")] = Path("bench-output/growth"),
+           base_classes: Annotated[int, typer.Option(help="Classes of the base model (N0).")] = 100,
+           rounds: Annotated[int, typer.Option(help="Update rounds.")] = 10,
+           classes_per_round: Annotated[int, typer.Option(help="New classes per round (N).")] = 20,
+           samples_per_class: Annotated[int, typer.Option(help="Samples of each new class (few-shot).")] = 5,
+           strategies: Annotated[str, typer.Option(help="Comma-separated: enroll,imprint,finetune,retrain.")] = "enroll,imprint,finetune,retrain",
+           base_steps: Annotated[int, typer.Option(help="Training steps of the base model (retrain scales them with its data).")] = 300,
+           finetune_steps: Annotated[int, typer.Option(help="finetune: steps per round.")] = 40,
+           compat: Annotated[bool, typer.Option(help="Also compare a model upgrade with and without BCT (cross-model top-1).")] = False,
+           threads: Annotated[int, typer.Option(help="torch threads (1 is stable on a shared box).")] = 1,
+           as_json: JsonOpt = False) -> None:
+    """Rounds of new classes per update strategy: forgetting, new-class accuracy, update cost."""
+    from ..bench.heads import format_bytes
+    from .growth import GrowthBenchConfig, run_growth_bench
+
+    cfg = GrowthBenchConfig(base_classes=base_classes, rounds=rounds, classes_per_round=classes_per_round,
+                            samples_per_class=samples_per_class, base_steps=base_steps,
+                            finetune_steps=finetune_steps, compat=compat, threads=threads,
+                            strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()))
+    log = None if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    report = run_growth_bench(out, cfg, log=log)
+    if as_json:
+        _emit(report, True)
+        return
+    def pct(v) -> str:
+        return "-" if v is None else f"{v:.1%}"
+
+    summary = report.get("summary", {})
+    if summary:
+        table = Table(title=f"bench growth: {cfg.base_classes} base classes + {cfg.rounds} rounds x "
+                            f"{cfg.classes_per_round} new ({cfg.samples_per_class} samples each); last round; "
+                            "times are ratios to enroll in the same run")
+        for col in ("strategy", "top-1 old", "top-1 new", "top-1 base", "top-1 all", "FNIR@FPIR1% all",
+                    "update s (total)", "vs enroll", "peak RSS", "gallery classes"):
+            table.add_column(col, justify="left" if col == "strategy" else "right")
+        for name, s in summary.items():
+            f = s["final"]
+            table.add_row(name, pct(f["old"]["top1"]), pct(f["new"]["top1"]), pct(f["base"]["top1"]),
+                          pct(f["all"]["top1"]), pct(f["all"]["fnir"]), f"{s['total_update_seconds']:,.1f}",
+                          f"{s['total_time_vs_enroll']:,.0f}x" if "total_time_vs_enroll" in s else "-",
+                          format_bytes(s["max_peak_rss_bytes"]), f"{s['gallery_classes']:,}")
+        console.print(table)
+    if "compat" in report:
+        table = Table(title=f"model upgrade: {report['compat']['unseen_classes']} unseen classes; "
+                            "query model vs gallery (template) model")
+        for col in ("query model", "gallery model", "top-1", "FNIR@FPIR1%"):
+            table.add_column(col, justify="right")
+        for p in report["compat"]["pairs"]:
+            table.add_row(p["query_model"], p["gallery_model"], pct(p["top1"]), pct(p["fnir"]))
+        console.print(table)
+    console.print(f"wrote {out / 'growth.json'}" + (f" and {out / 'growth.png'}" if summary else ""))

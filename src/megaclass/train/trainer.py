@@ -75,6 +75,11 @@ class TrainConfig:
     ``backbone``, ``projection``) that get no updates, their BatchNorm statistics fixed,
     until step ``unfreeze_after`` (None: the whole run). Loaded tensors train at
     ``pretrained_lr_scale`` times the schedule's learning rate.
+
+    ``compatible_with`` names an old model directory: backward-compatible training (BCT,
+    Shen et al. 2020) adds an influence loss through the old model's classifier, built from
+    the old encoder's mean embedding of each training class (see :mod:`megaclass.growth.bct`),
+    so new-model queries can be searched against old-model templates. Same ``dim`` needed.
     """
 
     head: str = "cosface"
@@ -109,6 +114,7 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()
     pretrained_lr_scale: float = 1.0
     unfreeze_after: int | None = None
+    compatible_with: str | None = None
 
     def validate(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
@@ -278,6 +284,12 @@ class Trainer:
             self.history_ = info.get("history", [])
             if "rng_state" in info:
                 torch.set_rng_state(info["rng_state"])
+        influence = None  # BCT: the old model's classifier, frozen
+        if c.compatible_with:
+            from ..growth.bct import influence_loss
+
+            influence, self.compatible_fingerprint_ = influence_loss(c.compatible_with, self.source, head,
+                                                                     dim=c.dim)
         augment = None
         if c.augment is not None:
             from ..data.augment import build_augment
@@ -302,7 +314,10 @@ class Trainer:
                     self._freezer.update(encoder, step)  # frozen stages: no grad, BatchNorm in eval
                     if augment is not None:
                         x = augment(x, step=step)
-                    loss = head(encoder(x.contiguous(memory_format=torch.channels_last)), y)
+                    emb = encoder(x.contiguous(memory_format=torch.channels_last))
+                    loss = head(emb, y)
+                    if influence is not None:
+                        loss = loss + influence(emb, y)
                     if not torch.isfinite(loss):
                         raise ConfigError(
                             f"loss became {loss.item()} at step {step}: lower the learning rate"
@@ -314,6 +329,8 @@ class Trainer:
                     step += 1
                     images += len(y)
                     rec = {"step": step, "loss": round(loss.item(), 5), "lr": opt.param_groups[0]["lr"]}
+                    if influence is not None:
+                        rec["influence"] = round(influence.last_, 5)
                     self.history_.append(rec)
                     bar.update(step, rec["loss"], images / (time.perf_counter() - started))
                     if c.checkpoint_every and step % c.checkpoint_every == 0:
@@ -340,6 +357,8 @@ class Trainer:
             record["init_from"] = self.init_report_.fingerprint
         if self.backbone_report_ is not None:
             record["backbone_weights"] = self.backbone_report_.fingerprint  # sha256 of the file, 16 hex
+        if c.compatible_with:
+            record["compatible_with"] = self.compatible_fingerprint_
         if c.freeze:
             record["freeze"] = list(c.freeze)
             if c.unfreeze_after is not None:
