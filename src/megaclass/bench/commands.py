@@ -225,8 +225,8 @@ def growth(out: Annotated[Path, typer.Option(help="Folder for growth.json and gr
            classes_per_round: Annotated[int, typer.Option(help="New classes per round (N).")] = 20,
            samples_per_class: Annotated[int, typer.Option(help="Samples of each new class (few-shot).")] = 5,
            strategies: Annotated[str, typer.Option(help="Comma-separated: enroll,imprint,finetune,retrain.")] = "enroll,imprint,finetune,retrain",
-           base_steps: Annotated[int, typer.Option(help="Training steps of the base model (retrain scales them with its data).")] = 300,
-           finetune_steps: Annotated[int, typer.Option(help="finetune: steps per round.")] = 40,
+           base_steps: Annotated[int, typer.Option(help="Training steps of the base model (retrain scales them with its data).")] = 150,
+           finetune_steps: Annotated[int, typer.Option(help="finetune: steps per round.")] = 25,
            compat: Annotated[bool, typer.Option(help="Also compare a model upgrade with and without BCT (cross-model top-1).")] = False,
            threads: Annotated[int, typer.Option(help="torch threads (1 is stable on a shared box).")] = 1,
            as_json: JsonOpt = False) -> None:

@@ -56,12 +56,12 @@ class GrowthBenchConfig:
     queries_per_class: int = 3
     non_mated: int = 300
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
-    base_steps: int = 300
+    base_steps: int = 150
     batch: int = 128
     dim: int = 64
     widths: tuple[int, ...] = (16, 32, 64)
     imprint_steps: int = 50
-    finetune_steps: int = 40
+    finetune_steps: int = 25
     exemplars: int = 2
     fpir: float = 0.01
     threads: int = 1
