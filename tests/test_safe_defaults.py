@@ -199,3 +199,83 @@ def test_tampered_ciphertext_behind_a_snapshot_is_what_the_readme_says(tmp_path)
         assert not report["ok"] and any("cannot be read" in p for p in report["problems"])
     readme = (ROOT / "README.md").read_text()
     assert "tampered" in readme and "gallery check" in readme
+
+
+# ---------------------------------------------------------------- part 4: no silent accept
+def _glyph_gallery(tiny_encoder, path):
+    from megaclass import GlyphSource, Recognizer
+
+    rec = Recognizer(tiny_encoder, path)
+    rec.enroll("seven", GlyphSource.samples(7, n=3))
+    rec.enroll("eight", GlyphSource.samples(8, n=3))
+    return rec
+
+
+def test_an_uncalibrated_recognizer_refuses_to_decide_unless_told_how(tiny_encoder, tmp_path):
+    """Identify and verify on a never-calibrated gallery accepted every probe (threshold None)."""
+    import torch
+
+    from megaclass import GlyphSource, Recognizer
+    from megaclass.errors import NotCalibratedError
+
+    rec = _glyph_gallery(tiny_encoder, tmp_path / "g")
+    noise = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    probe = GlyphSource.samples(7, n=1, seed=5)
+    assert not rec.calibrated
+    with pytest.raises(NotCalibratedError, match="calibrate"):
+        rec.identify(noise)
+    with pytest.raises(NotCalibratedError, match="calibrate"):
+        rec.identify_vectors(np.ones((1, 32)))
+    with pytest.raises(NotCalibratedError, match="calibrate"):
+        rec.verify(noise, "seven")
+    only = rec.identify(probe, threshold=None)[0]  # candidates only, asked for explicitly
+    assert only.label == only.candidates[0].label == "seven"
+    assert rec.identify(noise, threshold=0.9999)[0].label is None
+    assert rec.verify(noise, "seven", threshold=0.9999).accepted is False
+    assert rec.verify(noise, "seven", threshold=None).threshold is None
+    fixed = Recognizer(tiny_encoder, rec.gallery, threshold=0.9999)  # a threshold given up front
+    assert fixed.calibrated and fixed.identify(noise)[0].label is None
+    with pytest.raises(Exception, match="finite number"):
+        rec.identify(probe, threshold=float("nan"))
+    rec.close()
+
+
+def test_calibrate_refuses_too_few_non_mated_searches(tiny_encoder, tmp_path):
+    """A 1 % FPIR "calibrated" on 50 searches rests on no false positive at all."""
+    rec = _glyph_gallery(tiny_encoder, tmp_path / "g")
+    rng = np.random.default_rng(0)
+    with pytest.raises(InvalidInputError, match=r"at least 1,000 non-mated searches.*got 50.*"
+                                                r"95% confidence interval of 0\.0000-0\.07"):
+        rec.calibrate_vectors(rng.normal(size=(50, 32)), target_fpir=0.01)
+    assert not rec.calibrated and rec.gallery.get_setting("threshold") is None
+    with pytest.warns(UserWarning, match="at least 1,000"):
+        rec.calibrate_vectors(rng.normal(size=(50, 32)), 0.01, allow_few=True, save=False)
+    cal = rec.calibrate_vectors(rng.normal(size=(1000, 32)), 0.01)
+    assert cal.n_non_mated == 1000 and rec.gallery.get_setting("threshold") == cal.threshold
+    rec.close()
+
+
+def test_cli_safe_defaults(tiny_model_dir, tmp_path):
+    """Uncalibrated identify/verify refuse; --no-threshold; errors name flags and follow --json;
+    calibrate says how many non-mated searches it needs; --version."""
+    g = tmp_path / "g"
+    run_cli("enroll", "-m", tiny_model_dir, "-g", g, "--from", "glyphs:7000-7003", "--per-class", "2",
+            check=True)
+    proc = run_cli("identify", "-m", tiny_model_dir, "-g", g, "glyph:7001")
+    assert proc.returncode == 2 and "calibrate" in proc.stderr and "--no-threshold" in proc.stderr
+    proc = run_cli("verify", "-m", tiny_model_dir, "-g", g, "glyph-7001", "glyph:7001", "--json")
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["error"] == "NotCalibratedError"
+    out = json.loads(run_cli("identify", "-m", tiny_model_dir, "-g", g, "glyph:7001", "--no-threshold",
+                             "--json", check=True).stdout)
+    assert out["threshold"] is None and out["results"][0]["label"] == "glyph-7001"
+    proc = run_cli("identify", "-m", tiny_model_dir, "-g", g, "glyph:7001", "--no-threshold",
+                   "--threshold", "0.5")
+    assert proc.returncode == 2 and "--threshold or --no-threshold" in proc.stderr
+    proc = run_cli("enroll", "-m", tiny_model_dir, "-g", g, "glyph-7001", "glyph:7001")
+    assert proc.returncode == 2 and "--replace" in proc.stderr and "replace=True" not in proc.stderr
+    proc = run_cli("calibrate", "-m", tiny_model_dir, "-g", g, "--non-mated", "glyphs:9000-9010",
+                   "--target-fpir", "0.01")
+    assert proc.returncode == 2 and "at least 1,000" in proc.stderr and "--allow-few" in proc.stderr
+    proc = run_cli("--version", check=True)
+    assert proc.stdout.startswith("megaclass ")

@@ -65,7 +65,8 @@ def test_enroll_identify_verify_get_erase(served):
     r = client.post("/v1/classes/class-12/samples", headers=auth(tokens, "enroller"),
                     files=files(glyph_pngs(12, 2, seed=9)))
     assert r.status_code == 200 and r.json()["samples"] == 2
-    assert client.get("/v1/classes/class-12", headers=auth(tokens, "reader")).json()["meta"]["_samples"] == 5
+    got = client.get("/v1/classes/class-12", headers=auth(tokens, "reader")).json()
+    assert got["samples"] == 5 and got["meta"] == {}  # internal meta keys never leak
     r = client.delete("/v1/classes/class-12", headers=auth(tokens, "enroller"))
     assert r.json() == {"label": "class-12", "templates_removed": 1, "gallery_classes": 2}
     assert client.get("/v1/classes/class-12", headers=auth(tokens, "reader")).status_code == 404

@@ -140,3 +140,111 @@ def test_writes_to_a_read_only_gallery_are_503_and_reads_work(tiny_encoder, tmp_
                         json={"vectors": [np.eye(DIM)[0].tolist()]})
         assert r.status_code == 200 and r.json()["results"][0]["label"] == "a"
         assert [row["status"] for row in audit_rows(client, tokens, operation="enroll")] == [503]
+
+
+# ---------------------------------------------------------------- part 4: safe defaults over HTTP
+def test_an_uncalibrated_service_refuses_decisions_and_says_so(served):
+    client, tokens, svc = served
+    h = auth(tokens, "reader")
+    assert client.post("/v1/classes", headers=auth(tokens, "enroller"), data={"label": "seven"},
+                       files=files(glyph_pngs(7, 3))).status_code == 201
+    assert client.get("/readyz").json()["calibrated"] is False
+    assert client.get("/v1/stats", headers=h).json()["calibrated"] is False
+    noise = [np.random.default_rng(0).normal(size=DIM).tolist()]
+    r = client.post("/v1/identify/vectors", headers=h, json={"vectors": noise})
+    assert r.status_code == 409 and r.json()["error"] == "NotCalibratedError", r.text
+    assert "calibrate" in r.json()["message"]
+    r = client.post("/v1/identify", headers=h, files=files(glyph_pngs(7, 1, seed=4)))
+    assert r.status_code == 409
+    r = client.post("/v1/verify", headers=h, data={"label": "seven"},
+                    files=files(glyph_pngs(7, 1, seed=4), "file"))
+    assert r.status_code == 409
+    assert [row["status"] for row in audit_rows(client, tokens, operation="identify")] == [409, 409]
+    r = client.post("/v1/identify/vectors", headers=h, params={"threshold": 0.99}, json={"vectors": noise})
+    assert r.status_code == 200 and r.json()["threshold"] == 0.99 and r.json()["results"][0]["label"] is None
+    r = client.post("/v1/identify/vectors", headers=h, params={"no_threshold": True}, json={"vectors": noise})
+    assert r.status_code == 200 and r.json()["results"][0]["label"] == "seven"
+    r = client.post("/v1/verify", headers=h, params={"threshold": 0.2}, data={"label": "seven"},
+                    files=files(glyph_pngs(7, 1, seed=4), "file"))
+    assert r.status_code == 200 and r.json()["threshold"] == 0.2
+    svc.gallery.set_setting("threshold", 0.5)
+    assert client.get("/readyz").json()["calibrated"] is True
+    assert client.get("/v1/stats", headers=h).json()["calibrated"] is True
+    assert client.post("/v1/identify/vectors", headers=h, json={"vectors": noise}).status_code == 200
+
+
+def test_identify_vectors_honours_k_in_the_query(served):
+    """``?k=1`` used to be ignored (the body's default 5 won)."""
+    client, tokens, svc = served
+    for i in range(3):
+        svc.gallery.enroll(f"c{i}", np.eye(DIM)[i])
+    h = auth(tokens, "reader")
+    q = {"vectors": [np.eye(DIM)[0].tolist()]}
+    r = client.post("/v1/identify/vectors", headers=h, params={"k": 1, "no_threshold": True}, json=q)
+    assert r.status_code == 200 and len(r.json()["results"][0]["candidates"]) == 1
+    r = client.post("/v1/identify/vectors", headers=h, params={"no_threshold": True}, json={**q, "k": 2})
+    assert len(r.json()["results"][0]["candidates"]) == 2
+    r = client.post("/v1/identify/vectors", headers=h, params={"k": 1, "no_threshold": True},
+                    json={**q, "k": 2})
+    assert r.status_code == 422 and "k given twice" in r.json()["message"]
+
+
+def test_no_internal_meta_and_no_object_reprs_in_answers(served):
+    client, tokens, svc = served
+    h = auth(tokens, "enroller")
+    r = client.post("/v1/classes", headers=h, data={"label": "m", "meta": '{"site": "x"}'},
+                    files=files(glyph_pngs(3, 2)))
+    assert r.status_code == 201
+    got = client.get("/v1/classes/m", headers=auth(tokens, "reader")).json()
+    assert got["meta"] == {"site": "x"} and got["samples"] == 2 and "_sum_norm" not in str(got)
+    bad = [("files", ("junk.png", b"this is not an image at all", "image/png"))]
+    for r in (client.post("/v1/classes", headers=h, data={"label": "j"}, files=bad),
+              client.post("/v1/identify", headers=auth(tokens, "reader"), params={"no_threshold": True},
+                          files=bad)):
+        assert r.status_code == 400, r.text
+        assert "object at 0x" not in r.text and "junk.png" in r.json()["message"]
+
+
+def test_openapi_lists_every_4xx_a_route_returns(served):
+    client, _, _ = served
+    paths = client.get("/openapi.json").json()["paths"]
+    expected = {
+        ("/v1/classes", "post"): {400, 401, 403, 409, 413, 422, 503},
+        ("/v1/classes/from-vectors", "post"): {401, 403, 409, 413, 422, 503},
+        ("/v1/classes/{label}/samples", "post"): {400, 401, 403, 404, 413, 422, 503},
+        ("/v1/classes/{label}/templates", "post"): {401, 403, 404, 413, 422, 503},
+        ("/v1/classes/{label}", "get"): {401, 403, 404, 422},
+        ("/v1/classes/{label}", "delete"): {401, 403, 404, 422, 503},
+        ("/v1/identify", "post"): {400, 401, 403, 409, 413, 422},
+        ("/v1/identify/vectors", "post"): {401, 403, 409, 413, 422},
+        ("/v1/verify", "post"): {400, 401, 403, 404, 409, 413, 422},
+        ("/v1/stats", "get"): {401, 403},
+        ("/v1/keys", "post"): {401, 403, 422},
+        ("/v1/audit", "get"): {401, 403, 422},
+    }
+    for (path, method), codes in expected.items():
+        documented = {int(c) for c in paths[path][method]["responses"] if c.startswith("4") or c == "503"}
+        assert codes <= documented, (path, method, sorted(codes - documented))
+
+
+def test_an_erased_label_leaves_no_byte_in_any_gallery_file(served):
+    """The op log kept only a salted hash, but the audit table kept the label in clear."""
+    client, tokens, svc = served
+    label = "zelda-quintessential-7781"
+    h = auth(tokens, "enroller")
+    assert client.post("/v1/classes", headers=h, data={"label": label},
+                       files=files(glyph_pngs(5, 2))).status_code == 201
+    client.post("/v1/identify", headers=auth(tokens, "reader"), params={"no_threshold": True},
+                files=files(glyph_pngs(5, 1, seed=3)))
+    client.post("/v1/verify", headers=auth(tokens, "reader"), params={"no_threshold": True},
+                data={"label": label}, files=files(glyph_pngs(5, 1, seed=3), "file"))
+    client.delete(f"/v1/classes/{label}", headers=auth(tokens, "reader"))  # refused, but names it
+    assert client.delete(f"/v1/classes/{label}", headers=h).status_code == 200
+    rows = audit_rows(client, tokens, label=label)  # still found by the label (as its hash)
+    assert len(rows) == 5 and all(r["labels"] == [svc.gallery.erased_tag(label)] for r in rows)
+    svc.gallery.compact()
+    directory = svc.gallery.path
+    svc.close()
+    needle = label.encode()
+    leaks = [p.name for p in directory.iterdir() if p.is_file() and needle in p.read_bytes()]
+    assert leaks == []

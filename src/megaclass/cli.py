@@ -7,6 +7,7 @@ exit status 2.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -39,6 +40,35 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="megaclass: recognition among millions of classes that keep growing after training.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"megaclass {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _top(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    """megaclass: recognition among millions of classes that keep growing after training."""
+
+
+#: Python keyword arguments that error messages name, and the CLI flags that set them
+_CLI_FLAGS = {"replace=True": "--replace", "allow_few=True": "--allow-few",
+              "threshold=None": "--no-threshold"}
+
+
+def _cli_message(exc: BaseException) -> str:
+    """An error's message in CLI words (flags, not Python keyword arguments)."""
+    import re
+
+    text = re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "the data", str(exc))  # no object reprs
+    for python, flag in _CLI_FLAGS.items():
+        text = text.replace(python, flag)
+    return text
 
 
 @app.command()
@@ -229,17 +259,33 @@ def enroll(model: ModelOpt, gallery: GalleryOpt,
                       f"samples; gallery now holds {result['gallery_classes']:,} classes")
 
 
+NoThresholdOpt = Annotated[bool, typer.Option(
+    "--no-threshold", help="Candidates only: no accept/reject decision (the best candidate is the label). "
+                           "Needed on a gallery that was never calibrated, unless --threshold is given.")]
+
+
+def _threshold_choice(threshold: float | None, no_threshold: bool):
+    """What identify/verify decide with: --threshold, --no-threshold (None), or the calibrated one."""
+    from .recognizer import UNSET
+
+    if no_threshold and threshold is not None:
+        raise InvalidInputError("give --threshold or --no-threshold, not both")
+    return None if no_threshold else (UNSET if threshold is None else threshold)
+
+
 @app.command()
 def identify(model: ModelOpt, gallery: GalleryOpt, samples: SamplesArg,
              k: Annotated[int, typer.Option("-k", help="Candidates to list per sample.")] = 5,
              threshold: Annotated[float | None, typer.Option(help="Override the calibrated threshold.")] = None,
+             no_threshold: NoThresholdOpt = False,
              key_file: KeyOpt = None, seed: SeedOpt = 2, as_json: JsonOpt = False) -> None:
     """Identify each sample among the enrolled classes (1:N); unknown below the threshold."""
+    chosen = _threshold_choice(threshold, no_threshold)
     rec = _recognizer(model, gallery, threshold=threshold, key=key_file)
     with rec:
+        thr = rec.decision_threshold(chosen)  # an uncalibrated gallery fails here, before embedding
         batch, names, classes = _collect_samples(samples, rec.encoder.input_spec, seed)
-        decisions = rec.identify(batch, k=k)
-        thr = rec.threshold
+        decisions = rec.identify(batch, k=k, threshold=thr)
     rows = []
     for name, folder_class, d in zip(names, classes, decisions, strict=True):
         row = {"sample": name, "label": d.label, "score": d.score,
@@ -272,12 +318,15 @@ def verify(model: ModelOpt, gallery: GalleryOpt,
            label: Annotated[str, typer.Argument(help="The claimed class.")],
            sample: Annotated[str, typer.Argument(help="An image file, glyph:ID, or a folder (flat or root/<class>/<image>): each image is verified.")],
            threshold: Annotated[float | None, typer.Option(help="Override the calibrated threshold.")] = None,
+           no_threshold: NoThresholdOpt = False,
            key_file: KeyOpt = None, seed: SeedOpt = 2, as_json: JsonOpt = False) -> None:
     """Verify that SAMPLE belongs to LABEL (1:1). Exit 0 if accepted (every image of a folder), 1 if not."""
+    chosen = _threshold_choice(threshold, no_threshold)
     rec = _recognizer(model, gallery, threshold=threshold, key=key_file)
     with rec:
+        thr = rec.decision_threshold(chosen)  # an uncalibrated gallery fails here, before embedding
         batch, names, _ = _collect_samples([sample], rec.encoder.input_spec, seed)
-        verdicts = [rec.verify(batch[i : i + 1], label) for i in range(len(batch))]
+        verdicts = [rec.verify(batch[i : i + 1], label, threshold=thr) for i in range(len(batch))]
     accepted = all(v.accepted for v in verdicts)
     if len(verdicts) == 1:
         v = verdicts[0]
@@ -315,12 +364,14 @@ def calibrate(model: ModelOpt, gallery: GalleryOpt,
               non_mated: Annotated[str, typer.Option(help="Classes NOT enrolled: glyphs:START-END or a folder.")],
               target_fpir: Annotated[float, typer.Option(help="Target false-positive identification rate.")] = 0.01,
               per_class: Annotated[int, typer.Option(help="With glyphs: searches per class.")] = 2,
+              allow_few: Annotated[bool, typer.Option(
+                  "--allow-few", help="Accept fewer non-mated searches than 10/FPIR (with a warning).")] = False,
               key_file: KeyOpt = None, seed: SeedOpt = 3, as_json: JsonOpt = False) -> None:
-    """Set the gallery's threshold for a target FPIR from non-mated searches."""
+    """Set the gallery's threshold for a target FPIR from non-mated searches (at least 10/FPIR)."""
     rec = _recognizer(model, gallery, key=key_file)
     with rec:
         images, _ = _labelled(non_mated, rec.encoder.input_spec, per_class, seed)
-        cal = rec.calibrate(images, target_fpir)
+        cal = rec.calibrate(images, target_fpir, allow_few=allow_few)
     if as_json:
         _emit(cal.to_dict(), True)
     else:
@@ -365,7 +416,11 @@ def main() -> None:
     try:
         app(prog_name="megaclass")  # standalone: handles --help, usage errors and exit codes
     except (MegaclassError, FileNotFoundError, PermissionError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        message = _cli_message(exc)
+        if "--json" in sys.argv[1:]:  # machine readers get the error as JSON on stdout too
+            typer.echo(json.dumps({"error": type(exc).__name__, "message": message}))
+        else:
+            err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -63,3 +63,8 @@ class EncryptionKeyError(MegaclassError, PermissionError):
 class ReadOnlyGalleryError(MegaclassError, PermissionError):
     """A write to a gallery that is read-only: opened with ``read_only=True``, or whose
     directory or database this process may not write (a read-only mount, permissions)."""
+
+
+class NotCalibratedError(ConfigError):
+    """An accept/reject decision asked of a gallery that has no calibrated threshold, and
+    no threshold given (calibrate it, pass a threshold, or ask for candidates only)."""

@@ -22,6 +22,7 @@ Example
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +31,14 @@ import numpy as np
 import torch
 
 from .data.images import to_batch
-from .errors import ConfigError, DimensionMismatchError, InvalidInputError, UnknownLabelError
-from .evaluate.open_set import Calibration, calibrate_threshold
+from .errors import (
+    ConfigError,
+    DimensionMismatchError,
+    InvalidInputError,
+    NotCalibratedError,
+    UnknownLabelError,
+)
+from .evaluate.open_set import Calibration, calibrate_threshold, too_few_non_mated
 from .gallery import Gallery, Match
 from .models import Encoder, load_encoder
 
@@ -41,6 +48,22 @@ MODEL_KEY = "model_fingerprint"
 MODE_KEY = "template_mode"
 SAMPLES_META = "_samples"  # class meta kept by "mean" mode: number of samples averaged
 SUM_NORM_META = "_sum_norm"  # ... and the norm of their embedding sum (for exact updates)
+INTERNAL_META = (SAMPLES_META, SUM_NORM_META)  # never shown to users (public_meta drops them)
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: the default ``threshold`` of identify / verify: "not given", as opposed to an explicit
+#: None (candidates only, no rejection)
+UNSET = _Unset()
+
+
+def public_meta(meta: dict) -> dict:
+    """A class's meta without the keys the recognizer keeps for itself (``_samples``, ...)."""
+    return {k: v for k, v in meta.items() if k not in INTERNAL_META}
 
 
 @dataclass(frozen=True)
@@ -78,8 +101,10 @@ class Recognizer:
     encoder : an :class:`Encoder`, an imported ONNX encoder, or the path of a model directory
         of either kind.
     gallery : a :class:`Gallery` or a directory path (created when missing).
-    threshold : accept threshold on cosine scores; defaults to the gallery's
-        calibrated threshold, or no rejection (None) if it was never calibrated.
+    threshold : accept threshold on cosine scores; defaults to the gallery's calibrated
+        threshold. On a gallery never calibrated, identify and verify refuse
+        (NotCalibratedError) unless a threshold is given here or to the call, or the
+        call asks for candidates only (``threshold=None``).
     templates : ``"mean"`` (default) keeps one template per class, the L2-normalised
         mean of its samples' embeddings (weight imprinting, Qi et al. 2018); ``"each"``
         keeps one template per sample and scores a class by its best template. On
@@ -132,7 +157,7 @@ class Recognizer:
     # -- configuration ---------------------------------------------------------------
     @property
     def threshold(self) -> float | None:
-        """Explicit threshold, else the gallery's calibrated one, else None (no rejection)."""
+        """Explicit threshold, else the gallery's calibrated one, else None (not calibrated)."""
         if self._threshold is not None:
             return self._threshold
         value = self.gallery.get_setting(THRESHOLD_KEY)
@@ -242,17 +267,47 @@ class Recognizer:
             self.gallery.set_setting(MODE_KEY, self.templates)
 
     # -- recognition -----------------------------------------------------------------
-    def identify(self, samples, k: int = 5, *, where: dict | None = None) -> list[Decision]:
+    @property
+    def calibrated(self) -> bool:
+        """Whether a threshold is set (calibrated in the gallery, or given to the constructor)."""
+        return self.threshold is not None
+
+    def decision_threshold(self, threshold=UNSET) -> float | None:
+        """The threshold a decision uses: ``threshold`` when given (None: candidates only,
+        no rejection), else :attr:`threshold`; NotCalibratedError when there is none, so
+        that an uncalibrated gallery never silently accepts every probe."""
+        if threshold is not UNSET:
+            if threshold is None:
+                return None
+            if isinstance(threshold, bool) or not isinstance(threshold, int | float) \
+                    or not np.isfinite(threshold):
+                raise ConfigError(f"threshold must be a finite number or None, got {threshold!r}")
+            return float(threshold)
+        value = self.threshold
+        if value is None:
+            raise NotCalibratedError(
+                f"gallery {self.gallery.path} has no calibrated threshold, so identify/verify "
+                "cannot tell known from unknown: run `megaclass calibrate` (Recognizer.calibrate) "
+                "on non-mated samples, give a threshold, or ask for candidates only "
+                "(threshold=None)")
+        return value
+
+    def identify(self, samples, k: int = 5, *, where: dict | None = None,
+                 threshold=UNSET) -> list[Decision]:
         """1:N: the best class of each sample, or None (unknown) below the threshold.
 
         ``where`` restricts the search to classes whose meta matches (see Gallery.search).
+        ``threshold`` overrides the recognizer's; ``threshold=None`` asks for candidates
+        only (no rejection: the best candidate is the label). Without either, an
+        uncalibrated gallery raises NotCalibratedError.
         """
-        return self.identify_vectors(self.embed(samples), k=k, where=where)
+        thr = self.decision_threshold(threshold)  # before the (costly) embedding
+        return self.identify_vectors(self.embed(samples), k=k, where=where, threshold=thr)
 
     def identify_vectors(self, vectors: np.ndarray, k: int = 5, *,
-                         where: dict | None = None) -> list[Decision]:
+                         where: dict | None = None, threshold=UNSET) -> list[Decision]:
         """:meth:`identify` on embeddings that were already computed."""
-        threshold = self.threshold
+        threshold = self.decision_threshold(threshold)
         out = []
         for matches in self.gallery.search(vectors, k=k, where=where):
             if not matches:
@@ -263,35 +318,47 @@ class Recognizer:
             out.append(Decision(best.label if accepted else None, best.score, matches))
         return out
 
-    def verify(self, sample, label: str) -> Verdict:
-        """1:1: does ``sample`` belong to ``label``? Scores by the class's best template."""
+    def verify(self, sample, label: str, *, threshold=UNSET) -> Verdict:
+        """1:1: does ``sample`` belong to ``label``? Scores by the class's best template.
+
+        ``threshold`` as in :meth:`identify` (None: score only, always accepted).
+        """
+        threshold = self.decision_threshold(threshold)
         if label not in self.gallery:
             raise UnknownLabelError(f"cannot verify against {label!r}: it is not enrolled")
         vector = self.embed(sample)
         if len(vector) != 1:
             vector = vector[:1]
         score = float(np.max(self.gallery.templates(label) @ vector[0]))
-        threshold = self.threshold
         return Verdict(label, threshold is None or score >= threshold, score, threshold)
 
     def calibrate(self, non_mated_samples, target_fpir: float = 1e-3, *,
-                  save: bool = True) -> Calibration:
+                  save: bool = True, allow_few: bool = False) -> Calibration:
         """Set the threshold so that FPIR on these non-mated samples is <= ``target_fpir``.
 
         The samples must come from classes that are *not* enrolled. With
         ``save=True`` the threshold is stored in the gallery, so every later
         Recognizer on it uses it.
+
+        It needs at least ``10 / target_fpir`` non-mated samples (1,000 for 1 %): with
+        fewer it raises InvalidInputError saying how many and the achieved FPIR's 95 %
+        confidence interval; ``allow_few=True`` turns that into a warning.
         """
         vectors = self.embed(non_mated_samples)
-        return self.calibrate_vectors(vectors, target_fpir, save=save)
+        return self.calibrate_vectors(vectors, target_fpir, save=save, allow_few=allow_few)
 
     def calibrate_vectors(self, vectors: np.ndarray, target_fpir: float = 1e-3, *,
-                          save: bool = True) -> Calibration:
+                          save: bool = True, allow_few: bool = False) -> Calibration:
         """:meth:`calibrate` on embeddings that were already computed."""
         if len(self.gallery) == 0:
             raise ConfigError("calibration needs an enrolled gallery: enroll classes first")
         top = [m[0].score for m in self.gallery.search(vectors, k=1)]
         cal = calibrate_threshold(top, target_fpir)
+        few = too_few_non_mated(cal)
+        if few and not allow_few:
+            raise InvalidInputError(few + " (or pass allow_few=True)")
+        if few:
+            warnings.warn(few, stacklevel=2)
         self._threshold = None if save else cal.threshold
         if save:
             self.gallery.set_setting(THRESHOLD_KEY, cal.threshold)

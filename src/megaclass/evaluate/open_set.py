@@ -99,6 +99,30 @@ def calibrate_threshold(non_mated_scores, target_fpir: float) -> Calibration:
                        fpir_ci95=wilson_interval(false_pos, n))
 
 
+#: a calibration should let about this many non-mated searches pass, so it needs
+#: ``MIN_FALSE_POSITIVES / target_fpir`` searches: with fewer, the threshold rests on the
+#: one or two highest scores and the achieved FPIR's confidence interval spans several
+#: times the target (2 false positives in 200 searches: 95 % CI 0.3 %-3.6 % for 1 %)
+MIN_FALSE_POSITIVES = 10
+
+
+def min_non_mated(target_fpir: float) -> int:
+    """Non-mated searches a calibration for ``target_fpir`` needs (``10 / target_fpir``)."""
+    return math.ceil(MIN_FALSE_POSITIVES / target_fpir - 1e-9)
+
+
+def too_few_non_mated(cal: Calibration) -> str | None:
+    """Why ``cal`` rests on too few non-mated searches (with its confidence interval), or None."""
+    need = min_non_mated(cal.target_fpir)
+    if cal.n_non_mated >= need:
+        return None
+    lo, hi = cal.fpir_ci95
+    return (f"calibrating for FPIR {cal.target_fpir:g} needs at least {need:,} non-mated searches "
+            f"(~{MIN_FALSE_POSITIVES}/FPIR), got {cal.n_non_mated:,}: the FPIR achieved on them, "
+            f"{cal.achieved_fpir:.4f}, has a 95% confidence interval of {lo:.4f}-{hi:.4f}. Give "
+            f"{need - cal.n_non_mated:,} more non-mated samples or a higher target FPIR")
+
+
 def fnir_at_fpir(mated_scores, mated_correct, non_mated_scores,
                  target_fpir: float) -> dict[str, float]:
     """FNIR at the threshold calibrated on the same non-mated scores for ``target_fpir``."""

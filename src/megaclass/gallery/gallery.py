@@ -423,6 +423,11 @@ class Gallery(IndexUpkeep):
                     pass
             return len(change.removed)
 
+    def erased_tag(self, label: str) -> str:
+        """What the gallery's logs keep of an erased label: a salted hash (``erased:<hex>``)."""
+        with self._open() as store:
+            return store.erased_tag(_check_label(label))
+
     # ------------------------------------------------------------------ maintenance
     #: run :meth:`compact` (its light form) after this many erasures by one handle (0: never)
     auto_compact_after = 64

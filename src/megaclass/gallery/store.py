@@ -455,14 +455,18 @@ class Store:
             # erase for good: the op log keeps that *something* was erased, not whom
             tag = self.erased_tag(label)
             c.execute("UPDATE ops SET label = ? WHERE label = ?", (tag, label))
+            if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'").fetchone():
+                # the service's audit log (same database) names labels too: same rule, same commit
+                c.execute("UPDATE audit SET labels = (SELECT json_group_array(CASE WHEN value = ?1 "
+                          "THEN ?2 ELSE value END) FROM json_each(audit.labels)) "
+                          "WHERE EXISTS (SELECT 1 FROM json_each(audit.labels) WHERE value = ?1)",
+                          (label, tag))
             c.execute("INSERT INTO ops (op, label, ts) VALUES ('erase', ?, ?)", (tag, _now()))
         return Change([label], np.array([cid], dtype=np.int64), _NO_IDS, _NO_IDS, removed, erased=True)
 
     def erased_tag(self, label: str) -> str:
         """What the op log keeps of an erased label: a salted hash, not the label."""
-        import hashlib
-
-        return "erased:" + hashlib.sha256(f"{self.uuid}:{label}".encode()).hexdigest()[:16]
+        return erased_tag(self.uuid, label)
 
     # ------------------------------------------------------------------ maintenance
     def compact(self) -> None:
@@ -523,6 +527,13 @@ class Store:
     def _template_ids(c: sqlite3.Connection, cid: int) -> np.ndarray:
         rows = c.execute("SELECT id FROM templates WHERE class_id = ?", (cid,)).fetchall()
         return np.asarray([r[0] for r in rows], dtype=np.int64)
+
+
+def erased_tag(gallery_uuid: str, label: str) -> str:
+    """The salted hash that replaces an erased label in a gallery's logs (ops and audit)."""
+    import hashlib
+
+    return "erased:" + hashlib.sha256(f"{gallery_uuid}:{label}".encode()).hexdigest()[:16]
 
 
 def _connect(db_path: Path, mode: str, *, immutable: bool = False) -> sqlite3.Connection:

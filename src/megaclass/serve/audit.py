@@ -40,15 +40,21 @@ class AuditLog:
                          "VALUES (?, ?, ?, ?, ?, ?)",
                          (now(), key_id, operation, json.dumps(kept), decision[:500], int(status)))
 
-    def query(self, *, limit: int = 100, operation: str | None = None, label: str | None = None,
-              key_id: str | None = None, since: str | None = None) -> list[dict]:
-        """Newest rows first, filtered by operation, label involved, key id and time (ISO)."""
+    def query(self, *, limit: int = 100, operation: str | None = None,
+              label: str | list[str] | None = None, key_id: str | None = None,
+              since: str | None = None) -> list[dict]:
+        """Newest rows first, filtered by operation, label involved (any of a list: e.g. a
+        label and its erased tag), key id and time (ISO)."""
         if type(limit) is not int or not 1 <= limit <= 10_000:
             raise ConfigError(f"limit must be an int in 1..10000, got {limit!r}")
-        filters = (("operation = ?", operation), ("key_id = ?", key_id), ("ts >= ?", since),
-                   ("EXISTS (SELECT 1 FROM json_each(audit.labels) WHERE value = ?)", label))
+        labels = [label] if isinstance(label, str) else label
+        filters = [("operation = ?", operation), ("key_id = ?", key_id), ("ts >= ?", since)]
         where = [clause for clause, value in filters if value is not None]
-        params = [value for _, value in filters if value is not None]
+        params: list = [value for _, value in filters if value is not None]
+        if labels:
+            where.append("EXISTS (SELECT 1 FROM json_each(audit.labels) WHERE value IN ("
+                         + ", ".join("?" * len(labels)) + "))")
+            params += labels
         sql = ("SELECT id, ts, key_id, operation, labels, decision, status FROM audit"
                + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?")
         rows = self.db.query(sql, (*params, limit))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,16 +104,22 @@ def keys_revoke(gallery: GalleryOpt, key_id: Annotated[str, typer.Argument(help=
 
 def audit(gallery: GalleryOpt,
           limit: Annotated[int, typer.Option(help="Rows to show (newest first).")] = 50,
-          operation: Annotated[str | None, typer.Option(help="enroll | add | erase | identify | verify | keys")] = None,
+          operation: Annotated[str | None, typer.Option(help="enroll | add | erase | identify | verify | keys | read | request")] = None,
           label: Annotated[str | None, typer.Option(help="Only rows involving this label.")] = None,
           key_id: Annotated[str | None, typer.Option(help="Only rows of this key.")] = None,
           since: Annotated[str | None, typer.Option(help="Only rows at or after this ISO time (UTC).")] = None,
           as_json: JsonOpt = False) -> None:
     """Show the audit log of a served gallery."""
+    from ..gallery.store import erased_tag
     from .audit import AuditLog
 
     with _service_db(gallery) as db:
-        rows = AuditLog(db).query(limit=limit, operation=operation, label=label, key_id=key_id, since=since)
+        labels = None
+        if label is not None:  # an erased label is logged as its salted hash: find those rows too
+            uuid = json.loads(db.query("SELECT value FROM meta WHERE key = 'uuid'")[0][0])
+            labels = [label, erased_tag(uuid, label)]
+        rows = AuditLog(db).query(limit=limit, operation=operation, label=labels, key_id=key_id,
+                                  since=since)
     table = Table(title=f"audit log of {gallery}")
     for col in ("time", "key", "operation", "labels", "decision", "status"):
         table.add_column(col)

@@ -6,6 +6,7 @@
 | CorruptImageError (undecodable upload) | 400 |
 | UnknownLabelError | 404 |
 | DuplicateLabelError | 409 |
+| NotCalibratedError (a decision on a gallery never calibrated, no threshold given) | 409 |
 | InvalidInputError (NaN, wrong dimension, empty), ConfigError, body validation | 422 |
 | ReadOnlyGalleryError (a write to a read-only gallery) | 503 |
 | any other MegaclassError | 400 |
@@ -18,6 +19,7 @@ leaves an audit row with the operation when the route had one.
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -32,6 +34,7 @@ from ..errors import (
     DuplicateLabelError,
     InvalidInputError,
     MegaclassError,
+    NotCalibratedError,
     ReadOnlyGalleryError,
     UnknownLabelError,
 )
@@ -39,10 +42,10 @@ from .limits import PayloadTooLargeError
 
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (PayloadTooLargeError, 413), (CorruptImageError, 400), (UnknownLabelError, 404),
-    (DuplicateLabelError, 409), (InvalidInputError, 422), (ConfigError, 422),
+    (DuplicateLabelError, 409), (NotCalibratedError, 409), (InvalidInputError, 422), (ConfigError, 422),
     (ReadOnlyGalleryError, 503), (MegaclassError, 400),
 )
-_HTTP_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+_HTTP_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
                405: "MethodNotAllowed", 413: "PayloadTooLargeError", 422: "ValidationError",
                500: "InternalError", 503: "ServiceUnavailable"}
 log = logging.getLogger("megaclass.serve")
@@ -60,6 +63,15 @@ def mark_audited(exc: BaseException) -> None:
         setattr(exc, _AUDITED, True)
     except AttributeError:  # exceptions with __slots__: at worst a second row
         pass
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def clean_message(text: str) -> str:
+    """An error message without Python object reprs (``<_io.BytesIO object at 0x...>``, as
+    a decoder may put in its message): they say nothing to a caller and leak addresses."""
+    return _OBJECT_REPR.sub("the data", text)
 
 
 def status_of(exc: Exception) -> int:
@@ -82,7 +94,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(MegaclassError)
     async def _megaclass(request: Request, exc: MegaclassError):
-        return error_response(status_of(exc), type(exc).__name__, str(exc))
+        return error_response(status_of(exc), type(exc).__name__, clean_message(str(exc)))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):

@@ -79,7 +79,9 @@ class EraseOut(BaseModel):
 class ClassOut(BaseModel):
     label: str
     templates: int
-    meta: dict[str, Any]
+    samples: int | None = Field(None, description="Samples averaged into the template "
+                                                  "(templates mode \"mean\"); null if unknown.")
+    meta: dict[str, Any] = Field(description="The meta given at enrollment.")
 
 
 class ClassListOut(BaseModel):

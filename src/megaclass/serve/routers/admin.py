@@ -48,6 +48,10 @@ def audit(svc: Svc, key: Admin,
           key_id: Annotated[str | None, Query(max_length=64)] = None,
           since: Annotated[str | None, Query(max_length=64, description="ISO 8601 time (UTC).")] = None
           ) -> AuditOut:
-    """Audit rows, newest first, filtered by operation, label involved, key and time."""
-    rows = svc.audit.query(limit=limit, operation=operation, label=label, key_id=key_id, since=since)
+    """Audit rows, newest first, filtered by operation, label involved, key and time.
+
+    An erased label is kept in the log only as its salted hash (``erased:<hex>``); filtering
+    by the label finds those rows too."""
+    labels = None if label is None else [label, svc.gallery.erased_tag(label)]
+    rows = svc.audit.query(limit=limit, operation=operation, label=labels, key_id=key_id, since=since)
     return AuditOut(rows=[AuditRow(**r) for r in rows])

@@ -7,12 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from ...recognizer import SAMPLES_META, public_meta
 from ..deps import authorize, get_service
 from ..keys import KeyInfo
 from ..schemas import ClassListOut, ClassOut, EnrollOut, EnrollVectorsIn, EraseOut, ErrorOut, TemplatesIn
 from ..service import Service
 from ._uploads import decode_all, parse_meta, read_uploads
 
+_E = {"model": ErrorOut}
 router = APIRouter(prefix="/v1/classes", tags=["classes"],
                    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 413: {"model": ErrorOut},
                               422: {"model": ErrorOut}})
@@ -29,8 +31,7 @@ def list_classes(svc: Svc, key: Annotated[KeyInfo, Depends(authorize("reader"))]
     return ClassListOut(total=len(labels), labels=labels[offset:offset + limit])
 
 
-@router.post("", response_model=EnrollOut, status_code=201,
-             responses={400: {"model": ErrorOut}, 409: {"model": ErrorOut}})
+@router.post("", response_model=EnrollOut, status_code=201, responses={400: _E, 409: _E, 503: _E})
 async def enroll_images(svc: Svc, key: Annotated[KeyInfo, Depends(authorize("enroller", "enroll"))],
                         label: Annotated[str, Form(min_length=1, max_length=256)],
                         files: Annotated[list[UploadFile], File(description="The class's images.")],
@@ -48,8 +49,7 @@ async def enroll_images(svc: Svc, key: Annotated[KeyInfo, Depends(authorize("enr
     return EnrollOut(label=label, samples=n, gallery_classes=len(svc.gallery))
 
 
-@router.post("/from-vectors", response_model=EnrollOut, status_code=201,
-             responses={409: {"model": ErrorOut}})
+@router.post("/from-vectors", response_model=EnrollOut, status_code=201, responses={409: _E, 503: _E})
 def enroll_vectors(body: EnrollVectorsIn, svc: Svc,
                    key: Annotated[KeyInfo, Depends(authorize("enroller", "enroll"))]) -> EnrollOut:
     """Enroll a new class whose templates are the given embeddings (validated by the gallery)."""
@@ -60,8 +60,7 @@ def enroll_vectors(body: EnrollVectorsIn, svc: Svc,
     return EnrollOut(label=body.label, samples=n, gallery_classes=len(svc.gallery))
 
 
-@router.post("/{label:path}/samples", response_model=EnrollOut,
-             responses={400: {"model": ErrorOut}, 404: {"model": ErrorOut}})
+@router.post("/{label:path}/samples", response_model=EnrollOut, responses={400: _E, 404: _E, 503: _E})
 async def add_samples(label: LabelPath, svc: Svc,
                       key: Annotated[KeyInfo, Depends(authorize("enroller", "add"))],
                       files: Annotated[list[UploadFile], File(description="More images of the class.")]
@@ -79,7 +78,7 @@ async def add_samples(label: LabelPath, svc: Svc,
     return EnrollOut(label=label, samples=n, gallery_classes=len(svc.gallery))
 
 
-@router.post("/{label:path}/templates", response_model=EnrollOut, responses={404: {"model": ErrorOut}})
+@router.post("/{label:path}/templates", response_model=EnrollOut, responses={404: _E, 503: _E})
 def add_templates(label: LabelPath, body: TemplatesIn, svc: Svc,
                   key: Annotated[KeyInfo, Depends(authorize("enroller", "add"))]) -> EnrollOut:
     """Add embeddings as extra templates of an enrolled class."""
@@ -97,10 +96,12 @@ def add_templates(label: LabelPath, body: TemplatesIn, svc: Svc,
 def get_class(label: LabelPath, svc: Svc, key: Annotated[KeyInfo, Depends(authorize("reader"))]) -> ClassOut:
     """A class's metadata and template count (never its vectors)."""
     meta = svc.gallery.class_meta(label)
-    return ClassOut(label=label, templates=len(svc.gallery.templates(label)), meta=meta)
+    samples = meta.get(SAMPLES_META)
+    return ClassOut(label=label, templates=len(svc.gallery.templates(label)), meta=public_meta(meta),
+                    samples=samples if isinstance(samples, int) else None)
 
 
-@router.delete("/{label:path}", response_model=EraseOut, responses={404: {"model": ErrorOut}})
+@router.delete("/{label:path}", response_model=EraseOut, responses={404: _E, 503: _E})
 def erase(label: LabelPath, svc: Svc, key: Annotated[KeyInfo, Depends(authorize("enroller", "erase"))]
           ) -> EraseOut:
     """Erase a class and all its templates (store and index)."""
@@ -109,5 +110,7 @@ def erase(label: LabelPath, svc: Svc, key: Annotated[KeyInfo, Depends(authorize(
         with svc.class_write_lock:
             return svc.recognizer.erase(label)
 
-    n = svc.audited(key, "erase", [label], work, lambda n: ([label], f"erased {n} templates"))
+    # the erase rewrote the label into its salted hash in the audit log: this row too
+    n = svc.audited(key, "erase", [label], work,
+                    lambda n: ([svc.gallery.erased_tag(label)], f"erased {n} templates"))
     return EraseOut(label=label, templates_removed=n, gallery_classes=len(svc.gallery))

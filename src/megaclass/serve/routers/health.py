@@ -21,14 +21,18 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "not ready"}})
 def readyz(svc: Annotated[Service, Depends(get_service)]):
-    """Readiness: 200 when the gallery answers and the model is loaded, else 503."""
+    """Readiness: 200 when the gallery answers and the model is loaded, else 503.
+
+    ``calibrated: false`` says that identify/verify will refuse (409) until the gallery is
+    calibrated or callers give a threshold; the service is still ready (enroll works)."""
     try:
         if svc.closed:
             raise RuntimeError("service is shutting down")
         classes = len(svc.gallery)
+        calibrated = svc.recognizer.calibrated
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
         return JSONResponse({"status": "not ready", "reason": str(exc)}, status_code=503)
-    return {"status": "ready", "classes": classes}
+    return {"status": "ready", "classes": classes, "calibrated": calibrated}
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
