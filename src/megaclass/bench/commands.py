@@ -108,13 +108,14 @@ def data(out: Annotated[Path, typer.Option(help="Folder for data_bench.json and 
          steps: Annotated[int | None, typer.Option(help="Total steps per arm (overrides --epochs).")] = None,
          batch: Annotated[int, typer.Option(help="Batch size (every arm).")] = 128,
          widths: Annotated[str, typer.Option(help="Encoder stage widths (every arm).")] = "16,32,64",
+         threads: Annotated[int, typer.Option(help="torch threads of the training process (0 = torch's default; 1 is stable on a shared box).")] = 1,
          as_json: JsonOpt = False) -> None:
     """Training images/s from a folder (cached, uncached) vs the same images in memory."""
     from .data import DataBenchConfig, run_data_bench
 
     cfg = DataBenchConfig(images=images, classes=classes, jpeg_size=_ints(jpeg_size, "--jpeg-size", "x"),
                           size=size, png_images=png_images, png_size=png_size, epochs=epochs, rounds=rounds, steps=steps,
-                          batch=batch, widths=_ints(widths, "--widths"))
+                          batch=batch, widths=_ints(widths, "--widths"), threads=threads or None)
     if len(cfg.jpeg_size) != 2:
         raise ConfigError(f"--jpeg-size takes WIDTHxHEIGHT, got {jpeg_size!r}")
     log = None if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
@@ -124,7 +125,8 @@ def data(out: Annotated[Path, typer.Option(help="Folder for data_bench.json and 
         return
     load = report["machine"]
     table = Table(title=f"bench data: training images/s, same model and batch ({cfg.batch}) per arm; "
-                        f"{load['cpus']} CPUs, load average {load['load_average_before'][0]:.1f} at start")
+                        f"{load['cpus']} CPUs, {load['torch_threads']} torch thread(s), "
+                        f"load average {load['load_average_before'][0]:.1f} at start")
     for col in ("data", "arm", "workers", "cache", "epoch 1 img/s", "steady img/s", "steady vs memory",
                 "epoch 1 vs memory"):
         table.add_column(col, justify="left" if col in ("data", "arm") else "right")

@@ -10,7 +10,9 @@ Two generated, deterministic folders (reused when ``data`` names a folder that h
   1-channel PNGs of ``png_size`` px, trained as a 1-channel model of that size.
 
 For each, the same model (``widths``, ``dim``), head (CosFace), batch and seed are trained
-through :class:`~megaclass.train.Trainer` with its default workers from:
+through :class:`~megaclass.train.Trainer` with its default workers, the main process using
+``threads`` torch threads (default 1: on this 2-core box shared with other work, 2 threads
+trained 3-5x *slower* than 1, spin-waiting; measured 2026-11-30), from:
 
 * ``memory``: an :class:`~megaclass.data.arrays.ArraySource` holding the decoded images
   as float tensors (the baseline: no loading cost but indexing and collating);
@@ -67,6 +69,7 @@ class DataBenchConfig:
     m_per_class: int = 4
     widths: tuple[int, ...] = (16, 32, 64)
     dim: int = 128
+    threads: int | None = 1
     seed: int = 0
 
     def validate(self) -> None:
@@ -313,6 +316,9 @@ def run_data_bench(out: str | os.PathLike, cfg: DataBenchConfig | None = None, *
     base = Path(data if data is not None else tmp)
     started = time.perf_counter()
     load_before = os.getloadavg()
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:
         w, h = cfg.jpeg_size
         log and log(f"writing {cfg.images:,} {w}x{h} JPEGs and {cfg.png_images:,} {cfg.png_size}-px PNGs "
@@ -328,11 +334,12 @@ def run_data_bench(out: str | os.PathLike, cfg: DataBenchConfig | None = None, *
             _dataset("png", pngs, InputSpec.preset("handwriting", size=cfg.png_size), cfg, log),
         ]
     finally:
+        torch.set_num_threads(threads_before)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     report = {"config": {**asdict(cfg), "jpeg_size": list(cfg.jpeg_size), "widths": list(cfg.widths),
                          "head": "cosface", "data": str(data) if data is not None else None},
-              "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+              "machine": {"cpus": os.cpu_count(), "torch_threads": cfg.threads or threads_before,
                           "load_average_before": list(load_before),
                           "load_average_after": list(os.getloadavg())},
               "generate_seconds": generate_s, "datasets": datasets,
