@@ -28,8 +28,10 @@ import numpy as np
 import torch
 
 from .data.glyphs import GlyphSource
+from .evaluate.baseline import NearestClassMean, pixel_summary, pixel_templates
 from .evaluate.closed_set import top_k_accuracy
 from .evaluate.open_set import calibrate_threshold, fnir, fpir
+from .evaluate.originals import Glyph, glyph_sources
 from .evaluate.pipeline import evaluate_recognizer
 from .evaluate.report import write_report
 from .gallery import Gallery
@@ -69,33 +71,6 @@ class DemoConfig:
 def _embed(rec: Recognizer, ids: range, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     images, cls = GlyphSource.batch(np.asarray(ids), n, seed=seed)
     return rec.embed(images), cls, images.reshape(len(images), -1).numpy()
-
-
-def _pixel_templates(pixels: np.ndarray, per_class: int) -> np.ndarray:
-    t = pixels.reshape(-1, per_class, pixels.shape[1]).mean(axis=1)
-    return t / np.linalg.norm(t, axis=1, keepdims=True)
-
-
-def _normed(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _pixel_baseline(templates: np.ndarray, queries: np.ndarray, non_mated: np.ndarray,
-                    calib: np.ndarray, truth: np.ndarray, target: float, extra: float) -> dict:
-    """Raw-pixel nearest class mean: the same protocol without a learned embedding."""
-    q = _normed(queries) @ templates.T
-    top5 = np.argsort(-q, axis=1)[:, :5]
-    ranks_ok1 = top5[:, 0] == truth
-    ranks_ok5 = (top5 == truth[:, None]).any(axis=1)
-    calib_best = (_normed(calib) @ templates.T).max(axis=1)
-    cal = calibrate_threshold(calib_best, target)
-    nm = (_normed(non_mated) @ templates.T).max(axis=1)
-    best = q.max(axis=1)
-    return {"top1": float(ranks_ok1.mean()), "top5": float(ranks_ok5.mean()),
-            "threshold": cal.threshold, "fpir": fpir(nm, cal.threshold),
-            "fnir": fnir(best, ranks_ok1, cal.threshold),
-            "fnir_at_extra_fpir": fnir(best, ranks_ok1,
-                                       calibrate_threshold(calib_best, extra).threshold)}
 
 
 def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None, *,
@@ -157,8 +132,9 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None, 
              "fnir": fnir(m_scores, m_correct, cal.threshold),
              "fnir_at_extra_fpir": fnir(m_scores, m_correct, extra_threshold)}
     truth_idx = (q_cls - c.enroll_start).astype(np.int64)
-    baseline = _pixel_baseline(_pixel_templates(pixels_enrolled, c.per_class), q_pix, nm_pix,
-                               calib_pix, truth_idx, c.target_fpir, c.extra_fpir)
+    pix_templates = pixel_templates(pixels_enrolled, c.per_class)
+    baseline = pixel_summary(pix_templates, q_pix, nm_pix, calib_pix, truth_idx, c.target_fpir,
+                             c.extra_fpir)
     report = {
         "config": c.__dict__,
         "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
@@ -172,9 +148,20 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None, 
                    "total_seconds": time.perf_counter() - t0},
     }
     t = time.perf_counter()
-    ev = evaluate_recognizer(rec, q_vec, truth, nm_vec, fpirs=(c.target_fpir, c.extra_fpir, 0.003, 0.001))
+    fpirs = (c.target_fpir, c.extra_fpir, 0.003, 0.001)
+    ev = evaluate_recognizer(rec, q_vec, truth, nm_vec, fpirs=fpirs)
     size = int(round(np.sqrt(q_pix.shape[1])))  # the rendered side
+    # the same raw-pixel baseline, measured by the same evaluation, beside the model in the report
+    pix_rec = NearestClassMean(pix_templates, [f"glyph-{i}" for i in enroll_ids],
+                               samples=[c.per_class] * c.enrolled, threshold=baseline["threshold"])
+    ev_pix = evaluate_recognizer(pix_rec, q_pix.reshape(-1, 1, size, size), truth,
+                                 nm_pix.reshape(-1, 1, size, size), fpirs=fpirs)
+    enrolled_sample = {f"glyph-{i}": (Glyph(i, 0, seed=1), "an enrolled sample") for i in enroll_ids}
     html = write_report(out, ev, images=q_pix.reshape(-1, 1, size, size), labels=truth,
+                        baseline=ev_pix, baseline_name="raw pixels",
+                        sources=glyph_sources(enroll_ids, c.queries_per_class, seed=2),
+                        non_mated_sources=glyph_sources(nm_ids, c.non_mated_queries, seed=2),
+                        class_sample=enrolled_sample.get,
                         title="megaclass demo: unseen glyph classes",
                         context={"trained on": f"glyph classes 0..{c.train_classes - 1}",
                                  "enrolled (never seen in training)": f"{c.enrolled:,} classes x "

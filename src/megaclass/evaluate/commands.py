@@ -49,6 +49,62 @@ def _embed_chunks(rec, images, bar, chunk: int = 1024):
     return np.concatenate(out)
 
 
+def _baseline_name(spec: str | None) -> str:
+    from .baseline import PIXELS
+
+    return "raw pixels" if spec == PIXELS else f"model {spec}"
+
+
+def _sources(spec: str | None, files, per_class: int, seed: int):
+    """The original of each query: its file, or the glyph drawing (id, index, seed) it is."""
+    from ..data.spec import parse_glyph_range
+    from .originals import glyph_sources
+
+    if spec is None:
+        return None
+    if files is not None:
+        return files
+    ids = parse_glyph_range(spec)
+    return glyph_sources(ids, per_class, seed) if ids is not None else None
+
+
+def _class_samples(spec: str | None, per_class: int):
+    """Where the report finds an image of a gallery class (see ``class_sample_finder``)."""
+    from ..data.spec import parse_glyph_range
+    from .originals import ENROLL_GLYPH_SEED, class_sample_finder, glyph_sources
+
+    if spec is None:
+        return class_sample_finder()
+    ids = parse_glyph_range(spec)
+    if ids is not None:
+        return class_sample_finder(glyph_sources(ids, per_class, ENROLL_GLYPH_SEED),
+                                   [f"glyph-{i}" for i in ids for _ in range(per_class)])
+    return class_sample_finder(folder=spec)
+
+
+def _baseline(spec: str, samples_spec: str, samples_per_class: int, rec, images, nm_images,
+              query_args: tuple, truth, fpirs: tuple):
+    """The baseline's Evaluation on the same queries, and a note on what it could enroll."""
+    from .baseline import PIXELS, check_classes, model_baseline, pixel_baseline, resolve
+    from .originals import ENROLL_GLYPH_SEED
+    from .pipeline import evaluate_recognizer
+
+    spec = resolve(spec)
+
+    def load(input_spec):  # enrolled samples by a model's input contract
+        return _labelled(samples_spec, input_spec, samples_per_class, ENROLL_GLYPH_SEED)
+
+    if spec == PIXELS:  # the model's own input tensors, as pixels
+        base = pixel_baseline(*load(rec.encoder.input_spec))
+    else:
+        base, input_spec = model_baseline(spec, load)
+        queries, non_mated, per_class, seed = query_args
+        images = _labelled(queries, input_spec, per_class, seed)[0]
+        nm_images = _labelled(non_mated, input_spec, per_class, seed)[0] if non_mated else None
+    note = check_classes(base, rec.gallery.labels(), truth)
+    return evaluate_recognizer(base, images, truth, nm_images, fpirs=fpirs), note
+
+
 def _pct(v) -> str:
     return "undefined" if v is None else f"{v:.2%}"
 
@@ -68,9 +124,22 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
                  "$MEGACLASS_GALLERY_KEY). With --gallery-sizes the templates are copied into a scratch "
                  "gallery in a temporary folder, removed at the end, that is NOT encrypted unless the "
                  "key comes from the environment."))] = None,
+             baseline: Annotated[str | None, typer.Option(help=(
+                 "Measure a baseline on the same queries beside the model: 'pixels' (nearest class "
+                 "mean on L2-normalised model-input pixels) or a model directory (nearest class mean "
+                 "of its embeddings). Needs --gallery-samples."))] = None,
+             gallery_samples: Annotated[str | None, typer.Option(help=(
+                 "The samples the gallery was enrolled from (glyphs:START-END, drawn like enroll "
+                 "--from: --gallery-per-class per class, seed 1; or a folder root/<class>/<img>): the "
+                 "baseline enrolls them, and the report shows one beside each confusion."))] = None,
+             gallery_per_class: Annotated[int, typer.Option(help="With --gallery-samples glyphs: samples per class.")] = 5,
              seed: SeedOpt = 4, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """Closed-set, open-set 1:N, verification 1:1 metrics; optional HTML report and gallery-size curve."""
     from .pipeline import evaluate_recognizer
+
+    if baseline is not None and not gallery_samples:
+        raise ConfigError("--baseline needs --gallery-samples: the samples the gallery was enrolled "
+                          "from, which the baseline enrolls its own way")
 
     sizes = _sizes(gallery_sizes)
     rec = _recognizer(model, gallery, key=key_file)
@@ -85,6 +154,12 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
             q_vec = _embed_chunks(rec, images, bar)
             nm_vec = _embed_chunks(rec, nm_images, bar) if nm_images is not None else None
         ev = evaluate_recognizer(rec, q_vec, truth, nm_vec, fpirs=tuple(target_fpir), seed=seed)
+        base_ev, notes = None, []
+        if baseline is not None:
+            base_ev, note = _baseline(baseline, gallery_samples, gallery_per_class, rec, images,
+                                      nm_images, (queries, non_mated, per_class, seed), truth,
+                                      tuple(target_fpir))
+            notes += [note] if note else []
         scaling = None
         if sizes:
             from .scaling import gallery_size_curve, glyph_distractors
@@ -104,6 +179,8 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
                   "verification": m["verification"]}
         if scaling:
             result["gallery_size"] = scaling
+        if base_ev is not None:
+            result["baseline"] = {"name": _baseline_name(baseline), "notes": notes, **base_ev.metrics}
         if files is not None:  # queries from a folder: which file each result belongs to
             result["mated_by_file"] = [
                 {"file": f, "class": t, "rank1": p, "rank": int(r) or None,
@@ -117,7 +194,15 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
 
             path = write_report(report, ev, images=images, labels=truth, scaling=scaling,
                                 context={"model": str(model), "gallery": str(gallery),
-                                         "queries": queries, "non-mated": non_mated or "none"})
+                                         "queries": queries, "non-mated": non_mated or "none",
+                                         **({"baseline": baseline} if baseline else {}),
+                                         **({"gallery samples": gallery_samples}
+                                            if gallery_samples else {})},
+                                baseline=base_ev, baseline_name=_baseline_name(baseline),
+                                sources=_sources(queries, files, per_class, seed),
+                                non_mated_sources=_sources(non_mated, nm_files, per_class, seed),
+                                class_sample=_class_samples(gallery_samples, gallery_per_class),
+                                notes=notes)
             result["report"] = str(path)
     cs, os_, vf = result["closed_set"], result["identification"], result["verification"]
     table = Table(title="evaluation")
@@ -128,13 +213,17 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
     for k, v in cs["top_k"].items():
         table.add_row(k.replace("top", "top-"), _pct(v))
     table.add_row("macro F1", _pct(cs["macro"]["f1"]))
-    for r in os_["fnir_at_fpir"]:
+    for r in sorted(os_["fnir_at_fpir"], key=lambda r: r["target_fpir"]):
         note = f" (T={r['threshold']:.3f})" if r["threshold"] is not None else f" ({r['reason']})"
         table.add_row(f"FNIR @ FPIR {r['target_fpir']:g}{note}", _pct(r["fnir"]))
-    for r in vf["tar_at_far"]:
+    for r in sorted(vf["tar_at_far"], key=lambda r: r["far"]):
         table.add_row(f"TAR @ FAR {r['far']:g}" + (f" ({r['reason']})" if r["reason"] else ""),
                       _pct(r["tar"]))
     table.add_row("EER", _pct(vf["eer"]))
+    if "baseline" in result:
+        bs = result["baseline"]
+        table.add_row(f"baseline ({bs['name']}): top-1 / macro F1",
+                      f"{_pct(bs['closed_set']['top_k']['top1'])} / {_pct(bs['closed_set']['macro']['f1'])}")
     for p in (scaling or {}).get("points", []):
         table.add_row(f"gallery {p['gallery_size']:,}: top-1 / FNIR", f"{_pct(p['top1'])} / {_pct(p['fnir'])}")
     if report is not None:

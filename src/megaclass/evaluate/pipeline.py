@@ -44,6 +44,7 @@ class Evaluation:
     verification: VerificationStream | None = None
     confusions: list = field(default_factory=list)
     predictions: list = field(default_factory=list)  # rank-1 label of each mated query
+    non_mated_predictions: list = field(default_factory=list)  # rank-1 label of each non-mated one
 
 
 def _search(rec, vectors: np.ndarray, k: int, chunk: int = 4096):
@@ -151,9 +152,11 @@ def evaluate_recognizer(rec, images, truth: Sequence[str], non_mated=None, *,
     freq = {t: int(rec.gallery.class_meta(t).get("_samples", len(rec.gallery.templates(t))))
             for t in set(truth)}
     nm_vec = vecs(non_mated) if non_mated is not None and len(non_mated) else None
-    nm_scores = None
+    nm_scores, nm_pred = None, []
     if nm_vec is not None:
-        nm_scores = np.array([m[0].score if m else -np.inf for m in _search(rec, nm_vec, 1)])
+        nm_best = [m[0] if m else None for m in _search(rec, nm_vec, 1)]
+        nm_scores = np.array([-np.inf if m is None else m.score for m in nm_best])
+        nm_pred = [None if m is None else m.label for m in nm_best]
     stream, vinfo = _verification(rec, q, truth, nm_vec, verification_classes, seed)
     threshold = rec.threshold
     open_set = {
@@ -185,4 +188,5 @@ def evaluate_recognizer(rec, images, truth: Sequence[str], non_mated=None, *,
     det = det_curve(scores, correct, nm_scores) if nm_scores is not None else None
     return Evaluation(metrics=metrics, mated_scores=scores, mated_correct=correct, ranks=ranks,
                       non_mated_scores=nm_scores, f1=report.f1, cmc=cmc, det=det,
-                      verification=stream, confusions=conf, predictions=pred)
+                      verification=stream, confusions=conf, predictions=pred,
+                      non_mated_predictions=nm_pred)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Collection
 from statistics import NormalDist
 
 import numpy as np
@@ -55,16 +56,18 @@ def _thin(x: np.ndarray, y: np.ndarray, n: int = 2000) -> tuple[np.ndarray, np.n
 
 
 def det_plot(curves: dict[str, tuple], xlabel: str = "FPIR", ylabel: str = "FNIR",
-             title: str = "DET (normal-deviate axes)", marks: list[tuple] = ()) -> bytes:
+             title: str = "DET (normal-deviate axes)", marks: list[tuple] = (),
+             dashed: Collection[str] = ()) -> bytes:
     """DET curves ``{name: (false_positive_rates, false_negative_rates)}`` on probit axes.
 
-    ``marks`` are ``(x, y, text)`` points to annotate (e.g. the operating threshold).
+    ``marks`` are ``(x, y, text)`` points to annotate (e.g. the operating threshold);
+    curves named in ``dashed`` (a baseline) are drawn dashed.
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for name, (fp, fn) in curves.items():
         fp, fn = _thin(np.asarray(fp), np.asarray(fn))
-        ax.plot(probit(fp), probit(fn), label=name)
+        ax.plot(probit(fp), probit(fn), "--" if name in dashed else "-", label=name)
     for x, y, text in marks:
         ax.plot(probit(x), probit(y), "ko")
         ax.annotate(text, (float(probit(x)), float(probit(y))), textcoords="offset points",
@@ -122,7 +125,8 @@ def _thin_log(x: np.ndarray, y: np.ndarray, n: int = 2000) -> tuple[np.ndarray, 
 
 def roc_plot(curves: dict[str, tuple], marks: list[tuple] = (), eer: dict[str, float] | None = None,
              title: str = "ROC (log FAR axis)", xlabel: str = "false accept rate (FMR / FPIR)",
-             ylabel: str = "true accept rate (1 - FNMR / 1 - FNIR)") -> bytes:
+             ylabel: str = "true accept rate (1 - FNMR / 1 - FNIR)",
+             dashed: Collection[str] = ()) -> bytes:
     """ROC curves on a log-x axis from 1e-6 (or 1 / the negatives available) to 1.
 
     Parameters
@@ -135,6 +139,7 @@ def roc_plot(curves: dict[str, tuple], marks: list[tuple] = (), eer: dict[str, f
     marks : ``(far, tar, text)`` operating points to annotate (e.g. TAR @ FAR 1e-3).
     eer : ``{name: equal error rate}``: drawn at ``(EER, 1 - EER)`` on the curve, with the
         line ``TAR = 1 - FAR`` where every curve meets its EER.
+    dashed : names of curves drawn dashed (a baseline beside the model).
 
     Returns
     -------
@@ -153,14 +158,16 @@ def roc_plot(curves: dict[str, tuple], marks: list[tuple] = (), eer: dict[str, f
     left = max(1e-6, 10.0 ** math.floor(math.log10(min(floors)))) if floors else 1e-6
     low = 1.0
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    floors_drawn: set = set()
     for (name, (fp, fn, n, *unit)), color in zip(curves.items(), colors, strict=False):
         x, y = roc_points(fp, fn)
         vis = x >= left
         if vis.any():
             low = min(low, float(y[vis].min()))
         x, y = _thin_log(x[x > 0], y[x > 0])
-        ax.plot(x, y, color=color, label=name)
-        if n and 1.0 / n >= left:
+        ax.plot(x, y, "--" if name in dashed else "-", color=color, label=name)
+        if n and 1.0 / n >= left and (n, *unit) not in floors_drawn:  # once per count
+            floors_drawn.add((n, *unit))
             ax.axvline(1.0 / n, color=color, linestyle=":", linewidth=1.2,
                        label=f"smallest measurable: 1 / {n:,} {unit[0] if unit else 'negatives'}")
         if eer and eer.get(name) is not None:
@@ -190,14 +197,20 @@ def roc_plot(curves: dict[str, tuple], marks: list[tuple] = (), eer: dict[str, f
     return _png(fig)
 
 
-def cmc_plot(cmc: np.ndarray) -> bytes:
-    """Rank-k identification rate for k = 1..len(cmc)."""
+def cmc_plot(cmc: np.ndarray, baseline: np.ndarray | None = None,
+             names: tuple[str, str] = ("model", "baseline")) -> bytes:
+    """Rank-k identification rate for k = 1..len(cmc), with a baseline's curve dashed."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
     k = np.arange(1, len(cmc) + 1)
-    ax.plot(k, cmc, "o-")
+    ax.plot(k, cmc, "o-", label=names[0])
+    low = float(np.min(cmc))
+    if baseline is not None:
+        ax.plot(np.arange(1, len(baseline) + 1), baseline, "s--", label=names[1])
+        low = min(low, float(np.min(baseline)))
+        ax.legend(fontsize=8)
     ax.set_xticks(k)
-    ax.set_ylim(min(0.9 * float(np.min(cmc)), 0.95), 1.0)
+    ax.set_ylim(min(0.9 * low, 0.95), 1.0)
     ax.set_xlabel("rank k")
     ax.set_ylabel("identification rate (true class in top k)")
     ax.set_title("CMC (mated searches)")
@@ -205,14 +218,11 @@ def cmc_plot(cmc: np.ndarray) -> bytes:
     return _png(fig)
 
 
-def score_plot(mated: np.ndarray, non_mated: np.ndarray | None, threshold: float | None,
-               label: str = "threshold") -> bytes:
-    """Histograms of rank-1 scores: mated correct vs non-mated, with the threshold line."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+def _score_axes(ax, mated, non_mated, threshold, label, title):
     parts = [s[np.isfinite(s)] for s in (mated, non_mated) if s is not None and len(s)]
-    lo = min(float(p.min()) for p in parts if p.size) if parts else -1.0
-    bins = np.linspace(lo, 1.0, 60)
+    parts = [p for p in parts if p.size]
+    lo = min(float(p.min()) for p in parts) if parts else -1.0
+    bins = np.linspace(min(lo, 0.999), 1.0, 60)
     ax.hist(mated[np.isfinite(mated)], bins=bins, alpha=0.6, density=True,
             label="mated, correct rank-1")
     if non_mated is not None and len(non_mated):
@@ -222,20 +232,48 @@ def score_plot(mated: np.ndarray, non_mated: np.ndarray | None, threshold: float
         ax.axvline(threshold, color="k", linestyle="--", label=label)
     ax.set_xlabel("rank-1 cosine score")
     ax.set_ylabel("density")
-    ax.set_title("Score distributions")
+    ax.set_title(title)
     ax.legend(fontsize=8)
+
+
+def score_plot(mated: np.ndarray, non_mated: np.ndarray | None, threshold: float | None,
+               label: str = "threshold", baseline: tuple | None = None,
+               names: tuple[str, str] = ("model", "baseline")) -> bytes:
+    """Histograms of rank-1 scores: mated correct vs non-mated, with the threshold line.
+
+    ``baseline`` = ``(mated, non_mated, threshold, label)`` of a baseline adds a second
+    panel below (its scores live on another scale, so they are not overlaid).
+    """
+    plt = _plt()
+    if baseline is None:
+        fig, ax = plt.subplots(figsize=(6.5, 4.0))
+        _score_axes(ax, mated, non_mated, threshold, label, "Score distributions")
+    else:
+        fig, (ax, bx) = plt.subplots(2, 1, figsize=(6.5, 7.0))
+        _score_axes(ax, mated, non_mated, threshold, label, f"Score distributions: {names[0]}")
+        _score_axes(bx, *baseline, f"Score distributions: {names[1]}")
     return _png(fig)
 
 
-def f1_histogram(f1: np.ndarray) -> bytes:
-    """Distribution of per-class F1 (undefined values left out, their count in the title)."""
+def f1_histogram(f1: np.ndarray, baseline: np.ndarray | None = None,
+                 names: tuple[str, str] = ("model", "baseline")) -> bytes:
+    """Distribution of per-class F1 (NaN values left out), a baseline's as an outline.
+
+    The title states no count of undefined values: the report's tables are the one
+    place that counts classes with an undefined precision (a class never predicted has
+    precision undefined but F1 = 0, so it is in the bar at 0 here).
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
-    ok = ~np.isnan(f1)
-    ax.hist(f1[ok], bins=np.linspace(0, 1, 21), color="tab:green", alpha=0.8)
+    bins = np.linspace(0, 1, 21)
+    ax.hist(f1[~np.isnan(f1)], bins=bins, color="tab:green", alpha=0.7, label=names[0])
+    if baseline is not None:
+        ax.hist(baseline[~np.isnan(baseline)], bins=bins, histtype="step", color="k",
+                linestyle="--", linewidth=1.5, label=names[1])
+        ax.legend(fontsize=8)
     ax.set_xlabel("per-class F1 (rank-1)")
     ax.set_ylabel("classes")
-    ax.set_title(f"F1 over {int(ok.sum()):,} classes ({int((~ok).sum())} undefined)")
+    ax.set_title(f"Per-class F1 ({int((~np.isnan(f1)).sum()):,} classes)")
     return _png(fig)
 
 
