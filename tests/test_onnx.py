@@ -264,7 +264,7 @@ def test_cli_export_import_enroll_identify(tiny_model_dir, tmp_path):
     _cli("enroll", "-m", tmp_path / "face", "-g", tmp_path / "g", "--from", "glyphs:7000-7030",
          "--per-class", "4", "--json")
     res = json.loads(_cli("identify", "-m", tmp_path / "face", "-g", tmp_path / "g", "glyph:7003",
-                          "-k", "3", "--json").stdout)
+                          "-k", "3", "--no-threshold", "--json").stdout)
     assert res["results"][0]["candidates"][0]["label"] == "glyph-7003"
 
 
