@@ -33,7 +33,7 @@ def test_enroll_identify_verify_erase_round_trip(tiny_model_dir, tmp_path):
                          "--per-class", "4", "--json").stdout)
     assert out == {"classes": 30, "samples": 120, "gallery_classes": 30}
     res = json.loads(run("identify", "-m", tiny_model_dir, "-g", g, "glyph:7003", "-k", "3",
-                         "--json").stdout)
+                         "--no-threshold", "--json").stdout)
     assert res["results"][0]["candidates"][0]["label"] == "glyph-7003"
     cal = json.loads(run("calibrate", "-m", tiny_model_dir, "-g", g, "--non-mated",
                          "glyphs:8000-8100", "--target-fpir", "0.05", "--json").stdout)
@@ -66,7 +66,7 @@ def test_enroll_single_label_from_image_files(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["erase", "-g", "{g}", "nobody"], "nobody"),
-    (["identify", "-m", "{m}", "-g", "{g}", "{bad}"], "bad.png"),
+    (["identify", "-m", "{m}", "-g", "{g}", "{bad}", "--no-threshold"], "bad.png"),
     (["identify", "-m", "{tmp}", "-g", "{g}", "glyph:1"], "not a megaclass model"),
     (["identify", "-m", "{m}", "-g", "{tmp}/nothing", "glyph:1"], "not a gallery"),
     (["train", "glyphs:5-2", "-m", "{tmp}/x"], "bad glyph spec"),

@@ -36,11 +36,11 @@ def _state(g: Gallery):
 
 def test_identify_unseen_classes(rec):
     images, cls = GlyphSource.batch(np.asarray(ENROLLED), 1, seed=2)
-    decisions = rec.identify(images, k=5)
+    decisions = rec.identify(images, k=5, threshold=None)  # candidates only: never calibrated
     top1 = np.mean([d.candidates[0].label == f"c{c}" for d, c in zip(decisions, cls, strict=False)])
     assert top1 > 0.5  # 40 unseen classes, tiny encoder: well above chance (2.5 %)
     assert all(len(d.candidates) == 5 for d in decisions)
-    assert all(d.label is not None for d in decisions)  # never calibrated: no rejection
+    assert all(d.label is not None for d in decisions)  # threshold=None: no rejection
 
 
 def test_calibrate_then_reject_unknowns(rec, tiny_model_dir):
@@ -70,7 +70,7 @@ def test_erase_removes_class(rec):
     q = GlyphSource.samples(5003, n=1, seed=2)
     assert rec.erase("c5003") == 1  # "mean" mode: one imprinted template per class
     assert "c5003" not in rec.gallery
-    assert all(m.label != "c5003" for m in rec.identify(q, k=40)[0].candidates)
+    assert all(m.label != "c5003" for m in rec.identify(q, k=40, threshold=None)[0].candidates)
     with pytest.raises(UnknownLabelError):
         rec.erase("c5003")
 
@@ -81,7 +81,7 @@ def test_gallery_persists_across_processes(rec, tiny_model_dir):
     code = (
         "import json,sys; from megaclass import Recognizer, GlyphSource;"
         "r=Recognizer(sys.argv[1], gallery=sys.argv[2]);"
-        "d=r.identify(GlyphSource.samples(5007, n=1, seed=1))[0];"
+        "d=r.identify(GlyphSource.samples(5007, n=1, seed=1), threshold=None)[0];"
         "print(json.dumps([len(r), d.candidates[0].label]))"
     )
     out = subprocess.run([sys.executable, "-c", code, str(tiny_model_dir), str(path)],

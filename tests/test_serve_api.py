@@ -49,13 +49,15 @@ def test_enroll_identify_verify_get_erase(served):
         assert r.status_code == 201, r.text
         assert r.json() == {"label": f"class-{c}", "samples": 3, "gallery_classes": i + 1}
     q = glyph_pngs(12, 2, seed=5)
-    r = client.post("/v1/identify", headers=auth(tokens, "reader"), files=files(q), params={"k": 2})
+    r = client.post("/v1/identify", headers=auth(tokens, "reader"), files=files(q),
+                    params={"k": 2, "no_threshold": True})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["threshold"] is None and len(body["results"]) == 2
     assert all(d["known"] and len(d["candidates"]) == 2 for d in body["results"])
     assert body["results"][0]["label"] == "class-12"
     r = client.post("/v1/verify", headers=auth(tokens, "reader"), data={"label": "class-12"},
+                    params={"no_threshold": True},
                     files=files(q[:1], "file"))
     assert r.status_code == 200 and r.json()["accepted"] is True
     r = client.get("/v1/classes/class-12", headers=auth(tokens, "reader"))
@@ -83,17 +85,18 @@ def test_vectors_enroll_add_identify(served):
     r = client.post("/v1/classes/vec/templates", headers=auth(tokens, "enroller"),
                     json={"vectors": [np.eye(32)[5].tolist()]})
     assert r.status_code == 200
-    r = client.post("/v1/identify/vectors", headers=auth(tokens, "reader"),
+    r = client.post("/v1/identify/vectors", headers=auth(tokens, "reader"), params={"no_threshold": True},
                     json={"vectors": [np.eye(32)[5].tolist()], "k": 1})
     assert r.json()["results"][0]["label"] == "vec"
     assert r.json()["results"][0]["score"] == pytest.approx(1.0)
     meta = client.get("/v1/classes/vec", headers=auth(tokens, "reader")).json()
-    assert meta == {"label": "vec", "templates": 3, "meta": {"source": "test"}}
+    assert meta == {"label": "vec", "templates": 3, "samples": None, "meta": {"source": "test"}}
 
 
 def test_identify_on_empty_gallery_is_unknown(served):
     client, tokens, _ = served
-    r = client.post("/v1/identify/vectors", headers=auth(tokens, "reader"), json={"vectors": [[1.0] * 32]})
+    r = client.post("/v1/identify/vectors", headers=auth(tokens, "reader"), json={"vectors": [[1.0] * 32]},
+                    params={"no_threshold": True})
     assert r.status_code == 200
     assert r.json()["results"] == [{"label": None, "known": False, "score": None, "candidates": []}]
 
@@ -142,6 +145,7 @@ def test_errors_map_to_statuses_and_write_nothing(served):
     assert enroll(client, tokens, "dup", 5).status_code == 409
     assert client.delete("/v1/classes/nobody", headers=h).status_code == 404
     r = client.post("/v1/verify", headers=auth(tokens, "reader"), data={"label": "nobody"},
+                    params={"no_threshold": True},
                     files=files(glyph_pngs(4, 1), "file"))
     assert r.status_code == 404 and r.json()["error"] == "UnknownLabelError"
     r = client.post("/v1/classes/nobody/samples", headers=h, files=files(glyph_pngs(4, 1)))
@@ -190,8 +194,10 @@ def test_keys_and_audit(served):
     assert client.delete("/v1/keys/ffffffff", headers=admin).status_code == 404
     # audit: enroll, identify, verify, erase, a denied attempt; filters
     enroll(client, tokens, "aud", 21)
-    client.post("/v1/identify", headers=auth(tokens, "reader"), files=files(glyph_pngs(21, 1, seed=3)))
+    client.post("/v1/identify", headers=auth(tokens, "reader"), files=files(glyph_pngs(21, 1, seed=3)),
+                params={"no_threshold": True})
     client.post("/v1/verify", headers=auth(tokens, "reader"), data={"label": "aud"},
+                params={"no_threshold": True},
                 files=files(glyph_pngs(21, 1, seed=3), "file"))
     client.delete("/v1/classes/aud", headers=auth(tokens, "reader"))  # denied
     client.delete("/v1/classes/aud", headers=auth(tokens, "enroller"))

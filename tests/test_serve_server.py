@@ -28,7 +28,8 @@ def test_real_server_enroll_identify_erase_restart(tiny_model_dir, tmp_path):
             for c in (31, 32, 33):
                 r = http.post("/v1/classes", data={"label": f"c{c}"}, files=files(glyph_pngs(c, 3)))
                 assert r.status_code == 201, r.text
-            r = http.post("/v1/identify", files=files(glyph_pngs(32, 1, seed=4)))
+            r = http.post("/v1/identify", files=files(glyph_pngs(32, 1, seed=4)),
+                          params={"no_threshold": True})
             assert r.json()["results"][0]["label"] == "c32"
             assert http.delete("/v1/classes/c31").status_code == 200
             assert 'route="/v1/identify",status="200"' in http.get("/metrics").text
@@ -37,7 +38,8 @@ def test_real_server_enroll_identify_erase_restart(tiny_model_dir, tmp_path):
     with ServerProcess(tiny_model_dir, gallery, log=log) as server:  # restart: the data is still there
         with httpx.Client(base_url=server.url, headers=h, timeout=30) as http:
             assert http.get("/v1/classes").json() == {"total": 2, "labels": ["c32", "c33"]}
-            r = http.post("/v1/identify", files=files(glyph_pngs(33, 1, seed=4)))
+            r = http.post("/v1/identify", files=files(glyph_pngs(33, 1, seed=4)),
+                          params={"no_threshold": True})
             assert r.json()["results"][0]["label"] == "c33"
             assert http.get("/v1/classes/c31").status_code == 404
     with ServiceDB(gallery) as db:

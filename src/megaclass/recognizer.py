@@ -15,7 +15,7 @@ Example
 >>> rec = Recognizer(enc, gallery=tempfile.mkdtemp())
 >>> rec.enroll("seven", GlyphSource.samples(7, n=5))
 5
->>> rec.identify(GlyphSource.samples(7, n=1, seed=1))[0].candidates[0].label
+>>> rec.identify(GlyphSource.samples(7, n=1, seed=1), threshold=None)[0].candidates[0].label
 'seven'
 """
 

@@ -56,7 +56,7 @@ async def drive(url: str, token: str, *, queries: list[bytes], enroll_sets: list
             if rng.random() < identify_share:
                 op = "identify"
                 files = [("files", ("q.png", rng.choice(queries), "image/png"))]
-                request = http.post("/v1/identify", files=files, params={"k": 5})
+                request = http.post("/v1/identify", files=files, params={"k": 5, "no_threshold": True})
             else:
                 op = "enroll"
                 imgs = rng.choice(enroll_sets)
