@@ -229,6 +229,7 @@ def growth(out: Annotated[Path, typer.Option(help="Folder for growth.json and gr
            strategies: Annotated[str, typer.Option(help="Comma-separated: enroll,imprint,finetune,retrain.")] = "enroll,imprint,finetune,retrain",
            base_steps: Annotated[int, typer.Option(help="Training steps of the base model (retrain scales them with its data).")] = 150,
            finetune_steps: Annotated[int, typer.Option(help="finetune: steps per round.")] = 25,
+           retrain_budget: Annotated[float, typer.Option(help="retrain: steps as a multiple of the base recipe's epochs.")] = 1.0,
            compat: Annotated[bool, typer.Option(help="Also compare a model upgrade with and without BCT (cross-model top-1).")] = False,
            threads: Annotated[int, typer.Option(help="torch threads (1 is stable on a shared box).")] = 1,
            as_json: JsonOpt = False) -> None:
@@ -238,7 +239,8 @@ def growth(out: Annotated[Path, typer.Option(help="Folder for growth.json and gr
 
     cfg = GrowthBenchConfig(base_classes=base_classes, rounds=rounds, classes_per_round=classes_per_round,
                             samples_per_class=samples_per_class, base_steps=base_steps,
-                            finetune_steps=finetune_steps, compat=compat, threads=threads,
+                            finetune_steps=finetune_steps, retrain_budget=retrain_budget, compat=compat,
+                            threads=threads,
                             strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()))
     log = None if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
     report = run_growth_bench(out, cfg, log=log)

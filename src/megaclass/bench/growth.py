@@ -62,6 +62,7 @@ class GrowthBenchConfig:
     widths: tuple[int, ...] = (16, 32, 64)
     imprint_steps: int = 50
     finetune_steps: int = 25
+    retrain_budget: float = 1.0
     exemplars: int = 2
     fpir: float = 0.01
     threads: int = 1
@@ -129,7 +130,8 @@ def _strategy(name: str, cfg: GrowthBenchConfig):
     from ..growth import make_strategy
 
     options = {"imprint": {"steps": cfg.imprint_steps},
-               "finetune": {"steps": cfg.finetune_steps, "seed": cfg.seed}}.get(name, {})
+               "finetune": {"steps": cfg.finetune_steps, "seed": cfg.seed},
+               "retrain": {"budget": cfg.retrain_budget}}.get(name, {})
     return make_strategy(name, **options)
 
 

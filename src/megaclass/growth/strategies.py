@@ -252,14 +252,23 @@ class Finetune(UpdateStrategy):
 
 class Retrain(UpdateStrategy):
     """Train encoder + head from scratch on every class so far (the state's recipe), then
-    re-make the gallery: the expensive reference. Its cost grows with the retained data."""
+    re-make the gallery: the expensive reference. Its cost grows with the retained data.
+
+    ``budget`` multiplies the recipe's steps (1: the same epochs as the base model)."""
 
     name = "retrain"
     changes_encoder = True
 
+    def __init__(self, budget: float = 1.0) -> None:
+        if not budget > 0:
+            raise ConfigError(f"retrain budget must be > 0, got {budget}")
+        self.budget = float(budget)
+
     def _update(self, state, fresh, replaced):
         state.labels = state.labels + fresh
-        state.encoder, state.head = state.recipe.train(state.samples, state.labels)
+        recipe = copy.deepcopy(state.recipe)
+        recipe.steps = max(1, round(recipe.steps * self.budget))
+        state.encoder, state.head = recipe.train(state.samples, state.labels)
         state.reembed()  # TODO(issue 15 part 3): the durable `gallery reembed` replaces this rebuild
         return state
 
