@@ -188,3 +188,19 @@ def test_bench_growth_cli_writes_json(tmp_path):
     assert (out / "growth.png").exists()
     bad = CliRunner().invoke(cli.app, ["bench", "growth", "--out", str(out), "--strategies", "grow"])
     assert bad.exit_code != 0 and "unknown strategies" in str(bad.exception or bad.output)
+
+
+def test_train_cli_compatible_with_records_the_old_model(tmp_path):
+    def train(name, *extra):
+        args = ["train", "glyphs:0-8", "-m", str(tmp_path / name), "--steps", "2", "--batch-size", "16",
+                "--samples-per-class", "4", "--json", *extra]
+        return CliRunner().invoke(cli.app, args if "--dim" in extra else [*args, "--dim", "16"])
+
+    old = train("old")
+    assert old.exit_code == 0, old.output
+    r = train("new", "--compatible-with", str(tmp_path / "old"))
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert cfg["extra"]["trained_with"]["compatible_with"] == json.loads(old.output)["fingerprint"]
+    bad = train("bad", "--compatible-with", str(tmp_path / "old"), "--dim", "32")
+    assert bad.exit_code != 0 and not (tmp_path / "bad").exists()
