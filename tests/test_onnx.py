@@ -273,3 +273,27 @@ def test_cli_import_errors_are_one_line_and_write_nothing(tmp_path):
     proc = _cli("import-encoder", tmp_path / "fm.onnx", "-o", tmp_path / "out", check=False)
     assert proc.returncode == 2 and "2-D" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_megaclass_serve_runs_an_imported_onnx_model_from_its_directory(tmp_path):
+    """`megaclass serve -m face/` with an imported encoder: a colour photo in, candidates out."""
+    from fastapi.testclient import TestClient
+
+    from _serve_helpers import files, png
+    from megaclass.serve import create_app
+
+    export_encoder(_photo_encoder(), tmp_path / "photo.onnx", samples=20)
+    OnnxEncoder.from_onnx(tmp_path / "photo.onnx").save(tmp_path / "face")
+    app = create_app(str(tmp_path / "face"), tmp_path / "g")  # a path, as the CLI passes it
+    svc = app.state.service
+    assert isinstance(svc.recognizer.encoder, OnnxEncoder)
+    token = svc.keys.add("t", "admin")[1]
+    head = {"Authorization": f"Bearer {token}"}
+    gen = torch.Generator().manual_seed(3)
+    photos = [png(torch.rand(1, 64, 80, generator=gen)) for _ in range(2)]
+    with TestClient(app) as client:
+        r = client.post("/v1/classes", headers=head, data={"label": "p"}, files=files(photos))
+        assert r.status_code == 201, r.text
+        r = client.post("/v1/identify?no_threshold=true", headers=head, files=files(photos[:1]))
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["candidates"][0]["label"] == "p"

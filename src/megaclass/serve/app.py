@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from ..gallery import Gallery
-from ..models import Encoder
+from ..models import Encoder, load_encoder
 from ..recognizer import Recognizer
 from . import http_errors
 from .db import ServiceDB
@@ -58,7 +58,7 @@ def create_app(model: str | os.PathLike | Encoder | Recognizer, gallery: str | o
     else:
         if gallery is None:
             raise TypeError("create_app needs a gallery directory")
-        encoder = model if isinstance(model, Encoder) else Encoder.load(Path(model))
+        encoder = load_encoder(Path(model)) if isinstance(model, str | os.PathLike) else model
         rec = Recognizer(encoder, Gallery.open(Path(gallery), dim=encoder.dim, key=key))
     try:
         service = Service(rec, ServiceDB(rec.gallery.path), limits or Limits())

@@ -21,9 +21,9 @@ def _service_db(gallery: Path, model: Path | None = None, key: Path | None = Non
 
     if model is not None and not (gallery / DB_NAME).exists():  # create the gallery for the model
         from ..gallery import Gallery
-        from ..models import Encoder
+        from ..models import load_encoder
 
-        Gallery.open(gallery, dim=Encoder.load(model).dim, key=_read_key_file(key)).close()
+        Gallery.open(gallery, dim=load_encoder(model).dim, key=_read_key_file(key)).close()
     return ServiceDB(gallery)
 
 
@@ -33,6 +33,9 @@ def serve(model: ModelOpt, gallery: GalleryOpt,
           max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 16 * 1024 * 1024,
           max_images: Annotated[int, typer.Option(help="Images per enroll / identify request.")] = 64,
           max_vectors: Annotated[int, typer.Option(help="Vectors per JSON request.")] = 1024,
+          max_pixels: Annotated[int, typer.Option(help="Pixels of one image (read from its header before decoding).")] = 4096 * 4096,
+          max_side: Annotated[int, typer.Option(help="Longest side of one image in pixels.")] = 16384,
+          max_request_pixels: Annotated[int, typer.Option(help="Decoded pixels of all images of one request.")] = 64 * 1024 * 1024,
           max_k: Annotated[int, typer.Option(help="Largest top-k.")] = 100,
           log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
           key_file: KeyOpt = None) -> None:
@@ -43,6 +46,7 @@ def serve(model: ModelOpt, gallery: GalleryOpt,
     from .limits import Limits
 
     limits = Limits(max_body_bytes=max_body_bytes, max_images=max_images, max_vectors=max_vectors,
+                    max_pixels=max_pixels, max_side=max_side, max_request_pixels=max_request_pixels,
                     max_k=max_k)
     app = create_app(model, gallery, limits=limits, key=_read_key_file(key_file))
     if not app.state.service.keys.list(include_revoked=False):

@@ -131,7 +131,7 @@ def run_against_server(model: str | Path, gallery: str | Path | None = None, *, 
     """
     from ..data.glyphs import GlyphSource
     from ..gallery import Gallery
-    from ..models import Encoder
+    from ..models import load_encoder
     from ..recognizer import Recognizer
     from .db import ServiceDB
     from .keys import KeyStore
@@ -139,7 +139,7 @@ def run_against_server(model: str | Path, gallery: str | Path | None = None, *, 
 
     with tempfile.TemporaryDirectory(prefix="megaclass-load-") as tmp:
         gallery = Path(gallery) if gallery is not None else Path(tmp) / "gallery"
-        encoder = Encoder.load(Path(model))
+        encoder = load_encoder(Path(model))
         size = encoder.input_size
         ids = np.arange(900_000, 900_000 + classes)
         with Recognizer(encoder, Gallery.open(gallery, dim=encoder.dim)) as rec:
