@@ -91,15 +91,25 @@ def test_cli_writes_report(tiny_model_dir, tmp_path):
     assert run("enroll", "-m", tiny_model_dir, "-g", g, "--from", "glyphs:7000-7040").returncode == 0
     p = run("evaluate", "-m", tiny_model_dir, "-g", g, "--queries", "glyphs:7000-7040",
             "--non-mated", "glyphs:9000-9200", "--report", tmp_path / "out", "--gallery-sizes", "40,100",
-            "--json")
+            "--baseline", "pixels", "--gallery-samples", "glyphs:7000-7040", "--json")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
+    # the baseline enrolled the gallery's samples (enroll --from's drawings) and sits beside the model
+    assert out["baseline"]["name"] == "raw pixels" and out["baseline"]["closed_set"]["queries"] == 40
+    assert out["baseline"]["gallery"]["classes"] == 40 and out["baseline"]["notes"] == []
+    page = _parse((tmp_path / "out" / "report.html").read_text())
+    assert "TAR (baseline: raw pixels)" in [c["text"] for c in _table(page, "far")[0]]
+    worst = _table(page, "worst")  # non-mated glyphs named by id, drawn at 96 px
+    assert all(re.fullmatch(r"glyph 9\d{3} #0", r[3]["text"]) and _size(r[3]["imgs"][0]) == (96, 96)
+               for r in worst[1:])
     assert out["mated_searches"] == 40 and out["open_set"][0]["target_fpir"] == 0.01
     assert [x["gallery_size"] for x in out["gallery_size"]["points"]] == [40, 100]
     assert (tmp_path / "out" / "report.html").is_file()
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["closed_set"]["queries"] == 40
     bad = run("evaluate", "-m", tiny_model_dir, "-g", g, "--queries", "glyphs:8000-8005")
     assert bad.returncode == 2 and "not enrolled" in (bad.stdout + bad.stderr)
+    bad = run("evaluate", "-m", tiny_model_dir, "-g", g, "-q", "glyphs:7000-7005", "--baseline", "pixels")
+    assert bad.returncode == 2 and "--baseline needs --gallery-samples" in (bad.stdout + bad.stderr)
 
 
 # -- the report read as a user would (issue 12 part 7) ---------------------------------------
@@ -245,19 +255,21 @@ def test_report_thumbnails_are_the_original_files_side_by_side(swapped, tmp_path
     ev = evaluate_recognizer(rec, q, truth, nm, fpirs=(0.1,))
     assert any(c["true"] == "glyph-5003" for c in ev.confusions)
     nm_src = glyph_sources(range(6000, 6150), 1, seed=2)
-    p = _parse(render_html(ev, images=q, labels=truth, sources=[str(f) for f in files],
-                           non_mated_sources=nm_src, class_sample=class_sample_finder()))
+    page = render_html(ev, images=q, labels=truth, sources=[str(f) for f in files],
+                       non_mated_sources=nm_src, class_sample=class_sample_finder())
+    p = _parse(page)
     rows = _table(p, "confusions")
     assert [c["text"] for c in rows[0]] == ["true class", "predicted as", "count",
                                             "queries (true class)", "the predicted class"]
     for r in rows[1:]:
         # queries: the files themselves, downscaled to 96 px on the long side, named by file
         assert r[3]["imgs"] and all(_size(s) == (96, 72) for s in r[3]["imgs"])
-        named = [f for f in files if str(f) in r[3]["text"]]
+        named = [f for f in files if str(f.relative_to(tmp_path)) in r[3]["text"]]
         assert len(named) == len(r[3]["imgs"]) and all(f.parent.name == r[0]["text"] for f in named)
         # beside them, a sample of the predicted class: glyph labels are drawn from their id at 96 px
         assert [_size(s) for s in r[4]["imgs"]] == [(96, 96)]
         assert r[1]["text"].replace("-", " ") in r[4]["text"]
+    assert f"Query files are named relative to {tmp_path}." in page
     row = next(r for r in rows[1:] if r[0]["text"] == "glyph-5003")
     assert row[1]["text"] == "glyph-5002" and "glyph 5002 #0" in row[4]["text"]
     # the worst non-mated searches, highest score first, named by glyph id, with the matched class
@@ -267,8 +279,9 @@ def test_report_thumbnails_are_the_original_files_side_by_side(swapped, tmp_path
     assert scores[0] == pytest.approx(ev.non_mated_scores.max(), abs=1e-4)
     for r in worst[1:]:
         i = int(r[0]["text"])
-        assert str(nm_src[i]) in r[2]["text"] and [_size(s) for s in r[2]["imgs"]] == [(96, 96)]
-        assert r[3]["text"] == ev.non_mated_predictions[i] and len(r[4]["imgs"]) == 1
+        assert r[2]["text"] == ev.non_mated_predictions[i]
+        assert str(nm_src[i]) in r[3]["text"] and [_size(s) for s in r[3]["imgs"]] == [(96, 96)]
+        assert len(r[4]["imgs"]) == 1 and "a drawing rendered from its id" in r[4]["text"]
     # a gallery without images and no other sample of the class: the query, the class named, and why
     p = _parse(render_html(ev, sources=[str(f) for f in files]))
     for r in _table(p, "confusions")[1:]:
@@ -307,4 +320,4 @@ def test_demo_hands_its_baseline_to_the_report(tmp_path):
         assert all(_size(s) == (96, 96) for s in r[3]["imgs"] + r[4]["imgs"])
         assert "an enrolled sample" in r[4]["text"]
     worst = _table(p, "worst")
-    assert len(worst) > 1 and all(re.search(r"glyph 3\d+ #[01]", r[2]["text"]) for r in worst[1:])
+    assert len(worst) > 1 and all(re.search(r"glyph 3\d+ #[01]", r[3]["text"]) for r in worst[1:])

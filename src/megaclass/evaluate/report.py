@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .originals import Source, name_of, thumbnail
+from .originals import Glyph, Source, name_of, thumbnail
 from .pipeline import Evaluation
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1150px;color:#222}
@@ -34,8 +35,8 @@ text-align:right;vertical-align:top}th{background:#f3f3f3}td.l,th.l,td.i{text-al
 .s{display:inline-block;vertical-align:top;text-align:center;margin:2px 4px;font-size:.75em;
 color:#444;max-width:140px;overflow-wrap:anywhere}.s img{display:block;margin:0 auto 2px;
 border:1px solid #ccc;background:#000}.pair{display:flex;gap:6px;align-items:flex-start}
-.sub{color:#666}figure{margin:0;max-width:650px}
-figcaption{font-size:.85em;color:#444;margin-top:4px;max-width:560px;line-height:1.35}"""
+.sub{color:#666}figure{margin:0;width:min-content}
+figcaption{font-size:.85em;color:#444;margin-top:4px;line-height:1.35}"""
 
 #: what a class's image means when the gallery has none (it stores templates, not images)
 NO_IMAGE = ("no image of this class: the gallery stores templates, not images "
@@ -63,10 +64,14 @@ def _fmt(v, pct: bool = False) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
-    h = "".join(f'<th class="{"l" if i == 0 else ""}">{html.escape(c)}</th>' for i, c in enumerate(header))
+    def kind(i: int, c: str) -> str:  # text and images left, numbers right
+        if i == 0 or (i < len(header) and header[i] == "note"):
+            return "l"
+        return "i" if c.startswith(("<img", "<div")) else ""
 
-    def kind(i: int, c: str) -> str:
-        return "l" if i == 0 else ("i" if c.startswith(("<img", "<div")) else "")
+    first = rows[0] if rows else []
+    h = "".join(f'<th class="{"l" if i == 0 or (i < len(first) and kind(i, first[i])) else ""}">'
+                f"{html.escape(c)}</th>" for i, c in enumerate(header))
 
     body = "".join("<tr>" + "".join(f'<td class="{kind(i, c)}">{c}</td>'
                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
@@ -92,19 +97,27 @@ class _Samples:
         self.class_sample = class_sample
         self._png: dict = {}
         self._first: dict | None = None
+        self.roots = {"Query": _root(sources), "Non-mated": _root(non_mated_sources)}
 
-    def _cell(self, src: Source, note: str = "") -> str:
+    def _cell(self, src: Source, note: str = "", root: str | None = None) -> str:
         if src not in self._png:
             self._png[src] = thumbnail(src)
         png, size = self._png[src]
-        name = html.escape(name_of(src))
+        full = name_of(src)
+        short = os.path.relpath(full, root) if root and not isinstance(src, Glyph) else full
         extra = f"<br>{html.escape(note)}" if note else ""
-        return f'<div class="s">{_img(png, name_of(src), "orig", size)}{name}{extra}</div>'
+        return (f'<div class="s" title="{html.escape(full)}">{_img(png, full, "orig", size)}'
+                f"{html.escape(short)}{extra}</div>")
+
+    def where(self) -> str:
+        """Where the file names shown are relative to."""
+        return " ".join(f"{k} files are named relative to {html.escape(v)}."
+                        for k, v in self.roots.items() if v)
 
     def query(self, i: int) -> str:
         """A mated query's original image and name (its model input when no original is known)."""
         if self.sources is not None:
-            return self._cell(self.sources[i])
+            return self._cell(self.sources[i], root=self.roots["Query"])
         if self.images is not None:
             return (f'<div class="s">{_img(plots.image_png(self.images[i]), f"query {i}", "thumb")}'
                     f"query {i} (model input)</div>")
@@ -112,14 +125,14 @@ class _Samples:
 
     def non_mated(self, i: int) -> str:
         if self.nm_sources is not None:
-            return self._cell(self.nm_sources[i])
+            return self._cell(self.nm_sources[i], root=self.roots["Non-mated"])
         return f'<div class="s">non-mated search {i}<br>(no image given)</div>'
 
     def of_class(self, label) -> str:
         """An image of a gallery class: an enrolled sample, a drawing, a query of the class, or a note."""
         found = self.class_sample(label) if self.class_sample is not None else None
         if found is not None:
-            return self._cell(found[0], f"{label}: {found[1]}")
+            return self._cell(found[0], found[1])
         if self.labels is not None and (self.sources is not None or self.images is not None):
             if self._first is None:
                 self._first = {}
@@ -128,10 +141,22 @@ class _Samples:
             j = self._first.get(label)
             if j is not None:
                 if self.sources is not None:
-                    return self._cell(self.sources[j], f"{label}: a query of this class")
+                    return self._cell(self.sources[j], "a query of this class", self.roots["Query"])
                 return (f'<div class="s">{_img(plots.image_png(self.images[j]), "class sample", "thumb")}'
                         f"{html.escape(str(label))}: a query of this class (model input)</div>")
         return f'<div class="s">{html.escape(str(label))}<br><span class="u">{NO_IMAGE}</span></div>'
+
+
+def _root(sources: Sequence | None) -> str | None:
+    """The folder all file sources lie under (their names are shown relative to it), or None."""
+    files = [str(x) for x in sources or () if not isinstance(x, Glyph)]
+    if not files:
+        return None
+    try:
+        root = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+    except ValueError:  # different drives
+        return None
+    return root if root != os.path.sep else None
 
 
 def _curves(ev: Evaluation, os_: dict, vf: dict, tag: str = "") -> tuple[dict, dict, list, list, dict]:
@@ -233,9 +258,11 @@ def render_html(ev: Evaluation, *, title: str = "megaclass evaluation", images=N
         g = os_.get("at_gallery_threshold", {})
         row = ["at the gallery's calibrated threshold", _fmt(g.get("fnir"), True),
                _fmt(os_["gallery_threshold"]), _fmt(g.get("fpir"), True)]
-        if b:
-            h = b["open_set"].get("at_gallery_threshold", {})
+        if b and "at_gallery_threshold" in b["open_set"]:
+            h = b["open_set"]["at_gallery_threshold"]
             row += [_fmt(h.get("fnir"), True), _fmt(h.get("fpir"), True)]
+        elif b:
+            row += ['<span class="u">not calibrated</span>'] * 2
         rows.append(row + ["FNIR / FPIR"])
     head = ["metric", "FNIR (model)", "threshold (model)", "FPIR achieved (model)"]
     if b:
@@ -275,7 +302,7 @@ def render_html(ev: Evaluation, *, title: str = "megaclass evaluation", images=N
                    "the false positive rate (FPIR / FMR) as the threshold moves, on normal-deviate "
                    "axes. Lower left is better; dots are the FNIR @ FPIR rows of the table." + tail)
     pngs["roc"] = plots.roc_plot(roc, rmarks, eer, dashed=dashed)
-    caps["roc"] = ("ROC: true accept rate against false accept rate (log axis, down to 1 / the "
+    caps["roc"] = ("ROC: true against false accept rate (log axis, down to 1 / the "
                    "non-matching comparisons, dotted), with the TAR@FAR and FNIR@FPIR points and the "
                    "EER. Up and left is better." + tail)
     kmax = len(ev.cmc)
@@ -326,7 +353,7 @@ def _confusions(ev: Evaluation, samples: _Samples) -> list[str]:
     if not ev.confusions:
         return parts + ["<p>No rank-1 confusions.</p>"]
     parts.append('<p class="sub">Each row: mated queries of the true class (named by file or glyph '
-                  "id) that ranked another class first, and an image of that class.</p>")
+                  f"id) that ranked another class first, and an image of that class. {samples.where()}</p>")
     rows = []
     for c in ev.confusions:
         rows.append([html.escape(str(c["true"])), html.escape(str(c["predicted"])), str(c["count"]),
@@ -355,14 +382,12 @@ def _worst_non_mated(ev: Evaluation, samples: _Samples, thr: float | None, label
     rows = []
     for i in order[:n].tolist():
         cls = ev.non_mated_predictions[i] if ev.non_mated_predictions else None
-        rows.append([str(i), _fmt(float(s[i])),
-                     '<div class="pair">' + samples.non_mated(i) + "</div>",
-                     html.escape(str(cls)) if cls is not None else "",
-                     samples.of_class(cls) if cls is not None else ""])
+        rows.append([str(i), _fmt(float(s[i])), html.escape(str(cls)) if cls is not None else "",
+                     samples.non_mated(i), samples.of_class(cls) if cls is not None else ""])
     return ["<h2>Worst non-mated searches</h2>",
             f'<p class="sub">Searches of classes not in the gallery: {html.escape(head)}, with the '
-            "class each one matched best.</p>",
-            _table(["search", "score", "non-mated query", "matched class", "the matched class"],
+            f"class each one matched best. {samples.where()}</p>",
+            _table(["search", "score", "matched class", "non-mated query", "the matched class"],
                    rows, "worst")]
 
 
