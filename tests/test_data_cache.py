@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,8 +19,8 @@ from megaclass.data.images import load_image
 from megaclass.data.input_spec import InputSpec
 from megaclass.errors import ConfigError, CorruptImageError
 from megaclass.train import Trainer
+from test_cli import run  # the CLI as a user runs it
 
-ROOT = Path(__file__).resolve().parents[1]
 SPEC = InputSpec.preset("photo", size=16)
 
 
@@ -184,13 +182,7 @@ def test_corrupt_file_aborts_by_default_and_is_skipped_on_request(tmp_path):
         ImageFolderSource(root, spec=SPEC, verify=False).__getitems__([bad])
 
 
-def run_cli(*args, check=True):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, "-m", "megaclass.cli", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+
 
 
 def test_train_cli_skip_bad_files(tmp_path):
@@ -198,10 +190,10 @@ def test_train_cli_skip_bad_files(tmp_path):
     (root / "c0" / "zz.png").write_bytes(b"garbage")
     args = ["train", root, "-m", tmp_path / "model", "--channels", "3", "--size", "16", "--steps", "1",
             "--batch-size", "6", "--m-per-class", "2", "--dim", "8", "--json"]
-    failed = run_cli(*args, check=False)
+    failed = run(*args, check=False)
     assert failed.returncode == 2 and "zz.png" in failed.stderr + failed.stdout
     assert not (tmp_path / "model").exists()
-    ok = run_cli(*args, "--skip-bad-files")
+    ok = run(*args, "--skip-bad-files")
     assert json.loads(ok.stdout)["classes"] == 3 and "zz.png" in ok.stderr
 
 
@@ -209,7 +201,7 @@ def test_bench_data_cli_writes_json(tmp_path):
     # widths 8,16: with 4-channel convolutions, channels_last and 1 torch thread (bench data's
     # default) torch 2.13 CPU aborts with "corrupted double-linked list" (seen 2026-11-30)
     out = tmp_path / "bench"
-    proc = run_cli("bench", "data", "--out", out, "--images", "16", "--classes", "4", "--jpeg-size", "64x48",
+    proc = run("bench", "data", "--out", out, "--images", "16", "--classes", "4", "--jpeg-size", "64x48",
                    "--size", "16", "--png-images", "16", "--png-size", "16", "--epochs", "2", "--batch", "8",
                    "--widths", "8,16", "--json")
     report = json.loads((out / "data_bench.json").read_text())
