@@ -69,3 +69,22 @@ def test_long_commands_show_progress_unless_quiet_or_json(tiny_model_dir, tmp_pa
     assert "4/4" not in as_json.stderr and json.loads(as_json.stdout)["classes"] == 4
     ev = run("evaluate", "-m", tiny_model_dir, "-g", tmp_path / "g1", "--mated", tmp_path / "enroll")
     assert "embed queries" in ev.stderr and "8/8" in ev.stderr
+
+
+def test_skip_bad_files_on_enroll_and_evaluate(tiny_model_dir, tmp_path):
+    _write(tmp_path / "enroll", 2, 0)
+    bad = tmp_path / "enroll" / "greek" / "glyph-13" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    g = tmp_path / "g"
+    refused = run("enroll", "-m", tiny_model_dir, "-g", g, "--from", tmp_path / "enroll", check=False)
+    assert refused.returncode == 2 and "broken.png" in refused.stderr
+    assert not (g / "gallery.db").exists() or json.loads(
+        run("stats", "-g", g, "--json").stdout)["classes"] == 0  # nothing enrolled
+    ok = run("enroll", "-m", tiny_model_dir, "-g", g, "--from", tmp_path / "enroll", "--skip-bad-files",
+             "--json")
+    assert json.loads(ok.stdout)["classes"] == 4 and "broken.png" in ok.stderr  # warned, skipped
+    ev = run("evaluate", "-m", tiny_model_dir, "-g", g, "--mated", tmp_path / "enroll", "--skip-bad-files",
+             "--json")
+    assert json.loads(ev.stdout)["mated_searches"] == 8
+    assert run("evaluate", "-m", tiny_model_dir, "-g", g, "--mated", tmp_path / "enroll",
+               check=False).returncode == 2

@@ -24,6 +24,7 @@ from .cli_common import (
     QuietOpt,
     SamplesArg,
     SeedOpt,
+    SkipBadOpt,
     _collect_samples,
     _emit,
     _fields_table,
@@ -145,7 +146,7 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
           class_balanced: Annotated[bool, typer.Option(help="Weight the loss by effective number of samples per class.")] = False,
           seed: int = 0,
           workers: Annotated[int | None, typer.Option(help="Data-loader worker processes (default: min(4, CPUs) for an image folder, 1 for glyphs).")] = None,
-          skip_bad_files: Annotated[bool, typer.Option(help="Image folder: warn about and leave out corrupt image files instead of stopping.")] = False,
+          skip_bad_files: SkipBadOpt = False,
           augment: Annotated[str | None, typer.Option(help="Augment training batches: none | default | handwriting | faces, a JSON pipeline or a .json file (see `megaclass augment-preview`).")] = None,
           backbone: Annotated[str | None, typer.Option(help="Architecture: 'resnet:widths=32,64,128;blocks=2;stem_stride=2' (built-in CNN; quote the ';') or timm:NAME (needs timm). Default: the built-in CNN, or the --init-from model's architecture.")] = None,
           backbone_weights: Annotated[Path | None, typer.Option(help="Local .safetensors file of backbone weights (nothing is downloaded).")] = None,
@@ -223,7 +224,7 @@ def enroll(model: ModelOpt, gallery: GalleryOpt,
            per_class: Annotated[int, typer.Option(help="With --from glyphs: samples per class.")] = 5,
            replace: Annotated[bool, typer.Option(help="Replace a class that is already enrolled.")] = False,
            key_file: KeyOpt = None, seed: SeedOpt = 1, quiet: QuietOpt = False,
-           as_json: JsonOpt = False) -> None:
+           skip_bad_files: SkipBadOpt = False, as_json: JsonOpt = False) -> None:
     """Enroll LABEL from SAMPLES, or every class of --from, into the gallery (no retraining)."""
     from .data.spec import parse_glyph_range
     from .progress import ItemProgress
@@ -242,7 +243,8 @@ def enroll(model: ModelOpt, gallery: GalleryOpt,
             else:
                 from .data.folder import ImageFolderSource
 
-                source = ImageFolderSource(Path(from_data), spec=spec, cache=False)
+                source = ImageFolderSource(Path(from_data), spec=spec, cache=False,
+                                           skip_bad_files=skip_bad_files)
                 items, n_classes = source.iter_classes(), source.num_classes  # streamed: bounded memory
             with ItemProgress(n_classes, "enroll", unit="classes", enabled=not (quiet or as_json)) as bar:
                 n = rec.enroll_many(items, replace=replace, progress=bar.advance)

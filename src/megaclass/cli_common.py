@@ -24,6 +24,7 @@ ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model directory (
 GalleryOpt = Annotated[Path, typer.Option("--gallery", "-g", help="Gallery directory (created on first enroll).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-files", help="Image folders: warn about and leave out corrupt image files instead of stopping (default: stop, nothing written).")]
 SeedOpt = Annotated[int, typer.Option(help="Drawing stream for glyph:ID samples (0 = training stream).")]
 KeyOpt = Annotated[Path | None, typer.Option(
     "--key-file", help="Encryption key file of the gallery (32 raw bytes, 64 hex characters or base64; "
@@ -139,7 +140,8 @@ def _open_gallery(gallery: Path, key: Path | None = None):
     return Gallery.open(gallery, create=False, key=key_bytes)
 
 
-def _labelled(spec: str, size, per_class: int, seed: int, *, with_files: bool = False):
+def _labelled(spec: str, size, per_class: int, seed: int, *, with_files: bool = False,
+              skip_bad_files: bool = False):
     """Images and their labels for a data spec (glyph labels are glyph-<id>).
 
     With ``with_files`` a third item lists each image's file (``None`` for glyphs).
@@ -161,7 +163,7 @@ def _labelled(spec: str, size, per_class: int, seed: int, *, with_files: bool = 
         return (*out, None) if with_files else out
     from .data.folder import ImageFolderSource
 
-    src = ImageFolderSource(Path(spec), spec=input_spec, cache=False)
+    src = ImageFolderSource(Path(spec), spec=input_spec, cache=False, skip_bad_files=skip_bad_files)
     pairs = [src[i] for i in range(len(src))]
     images, labels = torch.stack([p[0] for p in pairs]), [src.class_names[p[1]] for p in pairs]
     return (images, labels, [str(p) for p in src.paths]) if with_files else (images, labels)

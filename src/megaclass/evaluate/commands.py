@@ -14,6 +14,7 @@ from ..cli_common import (
     ModelOpt,
     QuietOpt,
     SeedOpt,
+    SkipBadOpt,
     _emit,
     _labelled,
     _recognizer,
@@ -133,7 +134,8 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
                  "--from: --gallery-per-class per class, seed 1; or a folder root/<class>/<img>): the "
                  "baseline enrolls them, and the report shows one beside each confusion."))] = None,
              gallery_per_class: Annotated[int, typer.Option(help="With --gallery-samples glyphs: samples per class.")] = 5,
-             seed: SeedOpt = 4, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
+             seed: SeedOpt = 4, quiet: QuietOpt = False, skip_bad_files: SkipBadOpt = False,
+             as_json: JsonOpt = False) -> None:
     """Closed-set, open-set 1:N, verification 1:1 metrics; optional HTML report and gallery-size curve."""
     from .pipeline import evaluate_recognizer
 
@@ -144,11 +146,12 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
     sizes = _sizes(gallery_sizes)
     rec = _recognizer(model, gallery, key=key_file)
     with rec:
-        images, truth, files = _labelled(queries, rec.encoder.input_spec, per_class, seed, with_files=True)
+        images, truth, files = _labelled(queries, rec.encoder.input_spec, per_class, seed, with_files=True,
+                                         skip_bad_files=skip_bad_files)
         nm_images = nm_files = None
         if non_mated:
             nm_images, _, nm_files = _labelled(non_mated, rec.encoder.input_spec, per_class, seed,
-                                               with_files=True)
+                                               with_files=True, skip_bad_files=skip_bad_files)
         n_all = len(images) + (0 if nm_images is None else len(nm_images))
         with ItemProgress(n_all, "embed queries", unit="images", enabled=not (quiet or as_json)) as bar:
             q_vec = _embed_chunks(rec, images, bar)
