@@ -34,6 +34,7 @@ def test_real_server_enroll_identify_erase_restart(tiny_model_dir, tmp_path):
             assert http.delete("/v1/classes/c31").status_code == 200
             assert 'route="/v1/identify",status="200"' in http.get("/metrics").text
     assert server.proc is None  # stopped (SIGTERM: graceful shutdown)
+    assert "the gallery is not calibrated" in log.read_text()  # said at start, with the way out
 
     with ServerProcess(tiny_model_dir, gallery, log=log) as server:  # restart: the data is still there
         with httpx.Client(base_url=server.url, headers=h, timeout=30) as http:

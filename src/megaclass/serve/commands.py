@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..cli_common import GalleryOpt, JsonOpt, KeyOpt, ModelOpt, _emit, _read_key_file, console
+from ..cli_common import GalleryOpt, JsonOpt, KeyOpt, ModelOpt, _emit, _read_key_file, console, err_console
 
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys of a served gallery.")
 
@@ -52,6 +52,10 @@ def serve(model: ModelOpt, gallery: GalleryOpt,
     if not app.state.service.keys.list(include_revoked=False):
         console.print("[yellow]no API keys yet:[/yellow] create one with "
                       f"`megaclass keys add -g {gallery} --role admin --name me`")
+    if not app.state.service.recognizer.calibrated:
+        err_console.print("[yellow]the gallery is not calibrated:[/yellow] identify and verify answer 409 "
+                          "unless a request gives ?threshold= or ?no_threshold=true; set one with "
+                          f"`megaclass calibrate -m {model} -g {gallery} --non-mated DATA`")
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
