@@ -6,6 +6,8 @@ function swapped on the live recognizer, since no valid request should cause one
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -248,3 +250,20 @@ def test_an_erased_label_leaves_no_byte_in_any_gallery_file(served):
     needle = label.encode()
     leaks = [p.name for p in directory.iterdir() if p.is_file() and needle in p.read_bytes()]
     assert leaks == []
+
+
+def test_api_docs_render_offline_from_packaged_assets(tiny_encoder, tmp_path):
+    """/docs and /redoc load their scripts from this server, never from a CDN (issue 12 part 3)."""
+    from fastapi.testclient import TestClient
+
+    from megaclass.serve import create_app
+
+    with TestClient(create_app(tiny_encoder, tmp_path / "g")) as client:
+        for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+            html = client.get(page)
+            assert html.status_code == 200 and asset in html.text
+            assert "cdn." not in html.text and "https://" not in html.text.split("<body")[0]
+            src = re.search(r'src="([^"]*' + re.escape(asset) + ')"', html.text).group(1)
+            js = client.get(src)
+            assert js.status_code == 200 and len(js.content) > 100_000  # the real bundle, served here
+        assert client.get("/openapi.json").json()["info"]["title"] == "megaclass"

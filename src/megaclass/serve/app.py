@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from ..gallery import Gallery
 from ..models import Encoder, load_encoder
@@ -71,7 +72,9 @@ def create_app(model: str | os.PathLike | Encoder | Recognizer, gallery: str | o
         yield
         service.close()
 
-    app = FastAPI(title="megaclass", version="1", description=API_DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc with assets served from the package (fastapi-offline): no CDN, so they
+    # render on a machine without internet access
+    app = FastAPIOffline(title="megaclass", version="1", description=API_DESCRIPTION, lifespan=lifespan)
     app.state.service = service
     http_errors.install(app)
     for module in (health, classes, recognition, gallery_router, admin):
