@@ -39,17 +39,6 @@ def _sizes(text: str | None) -> list[int]:
         raise ConfigError(f"bad --gallery-sizes {text!r}: use e.g. 1000,10k,100k,1m") from None
 
 
-def _embed_chunks(rec, images, bar, chunk: int = 1024):
-    """``rec.embed`` a chunk at a time, advancing the progress bar."""
-    import numpy as np
-
-    out = []
-    for a in range(0, len(images), chunk):
-        out.append(rec.embed(images[a:a + chunk]))
-        bar.advance(len(out[-1]))
-    return np.concatenate(out)
-
-
 def _baseline_name(spec: str | None) -> str:
     from .baseline import PIXELS
 
@@ -137,7 +126,7 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
              seed: SeedOpt = 4, quiet: QuietOpt = False, skip_bad_files: SkipBadOpt = False,
              as_json: JsonOpt = False) -> None:
     """Closed-set, open-set 1:N, verification 1:1 metrics; optional HTML report and gallery-size curve."""
-    from .pipeline import evaluate_recognizer
+    from .pipeline import _embed, evaluate_recognizer
 
     if baseline is not None and not gallery_samples:
         raise ConfigError("--baseline needs --gallery-samples: the samples the gallery was enrolled "
@@ -154,8 +143,8 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
                                                with_files=True, skip_bad_files=skip_bad_files)
         n_all = len(images) + (0 if nm_images is None else len(nm_images))
         with ItemProgress(n_all, "embed queries", unit="images", enabled=not (quiet or as_json)) as bar:
-            q_vec = _embed_chunks(rec, images, bar)
-            nm_vec = _embed_chunks(rec, nm_images, bar) if nm_images is not None else None
+            q_vec = _embed(rec, images, 1024, bar.advance)
+            nm_vec = _embed(rec, nm_images, 1024, bar.advance) if nm_images is not None else None
         ev = evaluate_recognizer(rec, q_vec, truth, nm_vec, fpirs=tuple(target_fpir), seed=seed)
         base_ev, notes = None, []
         if baseline is not None:

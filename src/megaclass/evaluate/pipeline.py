@@ -52,8 +52,14 @@ def _search(rec, vectors: np.ndarray, k: int, chunk: int = 4096):
         yield from rec.gallery.search(vectors[a:a + chunk], k=k)
 
 
-def _embed(rec, images, chunk: int = 2048) -> np.ndarray:
-    return np.concatenate([rec.embed(images[a:a + chunk]) for a in range(0, len(images), chunk)])
+def _embed(rec, images, chunk: int = 2048, progress=None) -> np.ndarray:
+    """``rec.embed`` a chunk at a time; ``progress(n)`` is told each chunk's size."""
+    out = []
+    for a in range(0, len(images), chunk):
+        out.append(rec.embed(images[a:a + chunk]))
+        if progress is not None:
+            progress(len(out[-1]))
+    return np.concatenate(out)
 
 
 def _verification(rec, q: np.ndarray, truth: Sequence[str], nm: np.ndarray | None,
