@@ -65,6 +65,11 @@ class ReadOnlyGalleryError(MegaclassError, PermissionError):
     directory or database this process may not write (a read-only mount, permissions)."""
 
 
+class ModelMismatchError(ConfigError):
+    """Queries of one model searched against templates another model made (e.g. a gallery
+    re-embedded with a new model while a process still runs the old one)."""
+
+
 class NotCalibratedError(ConfigError):
     """An accept/reject decision asked of a gallery that has no calibrated threshold, and
     no threshold given (calibrate it, pass a threshold, or ask for candidates only)."""

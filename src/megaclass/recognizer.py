@@ -66,6 +66,25 @@ def public_meta(meta: dict) -> dict:
     return {k: v for k, v in meta.items() if k not in INTERNAL_META}
 
 
+def class_templates(vectors: np.ndarray, mode: str, meta: dict | None,
+                    previous_sum: np.ndarray | None = None, count: int = 0) -> tuple[np.ndarray, dict]:
+    """Templates and class meta to store for a class's sample embeddings ``vectors``:
+    ``mode`` "each" keeps them all; "mean" one unit mean (plus ``previous_sum`` of ``count``
+    earlier samples), with the sample count and sum norm in the meta for exact updates."""
+    meta = dict(meta or {})
+    if mode == "each":
+        return vectors, meta
+    total = vectors.astype(np.float64).sum(axis=0)
+    if previous_sum is not None:
+        total = total + previous_sum
+    norm = float(np.linalg.norm(total))
+    if not np.isfinite(norm) or norm < 1e-12:
+        raise InvalidInputError("the samples' embeddings cancel out: cannot form a template")
+    meta[SAMPLES_META] = count + len(vectors)
+    meta[SUM_NORM_META] = norm
+    return (total / norm).astype(np.float32)[None, :], meta
+
+
 @dataclass(frozen=True)
 class Decision:
     """Outcome of identifying one sample.
@@ -137,6 +156,7 @@ class Recognizer:
                 f"holds {self.gallery.dim}-d templates"
             )
         self.fingerprint = self.encoder.fingerprint()
+        self._search_model = None if allow_model_mismatch else self.fingerprint
         stored = self.gallery.get_setting(MODEL_KEY)
         if stored and stored != self.fingerprint and len(self.gallery) and not allow_model_mismatch:
             raise ConfigError(
@@ -243,18 +263,7 @@ class Recognizer:
     def _templates(self, vectors: np.ndarray, meta: dict | None,
                    previous_sum: np.ndarray | None = None, count: int = 0):
         """Templates and class meta to store for these sample embeddings."""
-        meta = dict(meta or {})
-        if self.templates == "each":
-            return vectors, meta
-        total = vectors.astype(np.float64).sum(axis=0)
-        if previous_sum is not None:
-            total = total + previous_sum
-        norm = float(np.linalg.norm(total))
-        if not np.isfinite(norm) or norm < 1e-12:
-            raise InvalidInputError("the samples' embeddings cancel out: cannot form a template")
-        meta[SAMPLES_META] = count + len(vectors)
-        meta[SUM_NORM_META] = norm
-        return (total / norm).astype(np.float32)[None, :], meta
+        return class_templates(vectors, self.templates, meta, previous_sum, count)
 
     def erase(self, label: str) -> int:
         """Remove a class and all its templates; returns the number of templates removed."""
@@ -309,7 +318,7 @@ class Recognizer:
         """:meth:`identify` on embeddings that were already computed."""
         threshold = self.decision_threshold(threshold)
         out = []
-        for matches in self.gallery.search(vectors, k=k, where=where):
+        for matches in self.gallery.search(vectors, k=k, where=where, model=self._search_model):
             if not matches:
                 out.append(Decision(None, float("-inf"), []))
                 continue
@@ -352,7 +361,7 @@ class Recognizer:
         """:meth:`calibrate` on embeddings that were already computed."""
         if len(self.gallery) == 0:
             raise ConfigError("calibration needs an enrolled gallery: enroll classes first")
-        top = [m[0].score for m in self.gallery.search(vectors, k=1)]
+        top = [m[0].score for m in self.gallery.search(vectors, k=1, model=self._search_model)]
         cal = calibrate_threshold(top, target_fpir)
         few = too_few_non_mated(cal)
         if few and not allow_few:

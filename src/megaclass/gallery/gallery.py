@@ -26,6 +26,7 @@ from ..errors import (
     DuplicateLabelError,
     InvalidInputError,
     MegaclassError,
+    ModelMismatchError,
     NotAGalleryError,
     ReadOnlyGalleryError,
 )
@@ -33,6 +34,7 @@ from .concurrency import IndexWhileCommitting, ReadWriteLock
 from .crypto import resolve_key
 from .index import ClassIndex, resolve_spec
 from .labels import LabelTable
+from .provenance import MODEL_KEY
 from .store import DB_NAME, RESERVED_KEYS, Change, Store
 from .upkeep import IndexUpkeep
 from .vectors import as_rows, as_unit_vectors, unit_rows_of_items
@@ -206,6 +208,9 @@ class Gallery(IndexUpkeep):
         store = self._store
         requested = store.get_meta(INDEX_SETTING) or "auto"
         with store.reading(), ThreadPoolExecutor(1) as pool:  # one consistent view of the store
+            # a re-embed's switch may have changed the model and the dim (see reembed.py)
+            self.dim = store.dim = int(store.get_meta("dim"))
+            model = store.get_meta(MODEL_KEY)
             # the snapshot is hashed and parsed (C code, GIL released) while SQLite is read
             loading = pool.submit(ClassIndex.load, self.path, gallery_uuid=store.uuid, dim=self.dim,
                                   requested=requested, cipher=store.cipher)
@@ -230,6 +235,7 @@ class Gallery(IndexUpkeep):
         index.set_map(tids, cids)
         self._index = index
         self._labels = labels
+        self._model = model
 
 
     @contextmanager
@@ -326,6 +332,7 @@ class Gallery(IndexUpkeep):
             else:
                 self._labels.update(change.class_ids.tolist(), change.labels)
             self._seq = store.seq_after
+            self._model = store.get_meta(MODEL_KEY)
         except BaseException:
             self._load_state_locked()  # the store committed: rebuild the derived state from it
             raise
@@ -478,13 +485,16 @@ class Gallery(IndexUpkeep):
         return import_gallery(export_dir, path, key=key)
 
     # ------------------------------------------------------------------ reads
-    def search(self, vectors, k: int = 5, *, where: dict | None = None) -> list[list[Match]]:
+    def search(self, vectors, k: int = 5, *, where: dict | None = None,
+               model: str | None = None) -> list[list[Match]]:
         """Best ``k`` distinct classes per query row, best first (one FAISS call per batch).
 
         A class scores by its best template's cosine similarity. Rows get fewer than ``k``
         matches when the gallery holds fewer classes (none when it is empty). ``where``
         keeps only classes whose meta has all the given key/value pairs (exact match),
-        e.g. ``where={"site": "berlin"}``; the filter runs inside FAISS.
+        e.g. ``where={"site": "berlin"}``; the filter runs inside FAISS. ``model``: the
+        fingerprint of the model that made ``vectors``; if the gallery's templates are of
+        another model (e.g. re-embedded meanwhile), ModelMismatchError instead of an answer.
 
         Examples
         --------
@@ -499,10 +509,32 @@ class Gallery(IndexUpkeep):
             if where:
                 allowed = store.classes_where(_check_meta(where))
         with self._rw.read():  # searches run in parallel; writers wait for them
+            if model is not None and self._model not in (None, model):
+                raise ModelMismatchError(
+                    f"gallery {self.path} holds templates of model {self._model}, the queries come "
+                    f"from model {model}: load the gallery's model (it was re-embedded?)")
             found = self._index.search(q, k, allowed)
             label = self._labels.get
             return [[Match(label(c), min(1.0, max(-1.0, s))) for c, s in zip(cids, sc, strict=True)]
                     for cids, sc in found]
+
+    @property
+    def model(self) -> str | None:
+        """Fingerprint of the model that made the templates (None: not recorded)."""
+        with self._open():
+            return self._model
+
+    def template_models(self) -> dict[str, int]:
+        """Templates per model fingerprint as recorded row by row (one entry when consistent)."""
+        with self._open() as store:
+            return store.template_models()
+
+    def reembed(self, model, source=None, **options) -> dict:
+        """Re-make every template with another model, beside the live ones, then switch in one
+        commit (resumable). See :func:`megaclass.gallery.reembed.reembed`."""
+        from .reembed import reembed
+
+        return reembed(self, model, source, **options)
 
     def templates(self, label: str) -> np.ndarray:
         """The class's templates as a ``(n, dim)`` float32 array (unit rows)."""

@@ -37,6 +37,7 @@ from ..errors import (
     ReadOnlyGalleryError,
     UnknownLabelError,
 )
+from . import provenance
 from .crypto import ALGORITHM, KEY_ENV, TemplateCipher
 
 FORMAT_VERSION = 1
@@ -186,6 +187,7 @@ class Store:
             cipher = _cipher_for(meta, key, db_path)
             if not read_only:
                 conn.execute(_OPS_LABEL_INDEX)  # galleries made before it get it once
+                provenance.migrate(conn)  # per-template model, re-embed and sample tables
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in a thread
                 conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: bulk inserts touch many pages
@@ -372,13 +374,31 @@ class Store:
             part = keys[i: i + 500]
             yield from c.execute(sql.format(", ".join("?" * len(part))), part)
 
-    def _template_rows(self, ids: np.ndarray, cids: np.ndarray, vecs: np.ndarray) -> Iterator[tuple]:
+    def _template_rows(self, ids: np.ndarray, cids: np.ndarray, vecs: np.ndarray,
+                       model: int) -> Iterator[tuple]:
+        """``(id, class id, blob, model)`` rows: blobs sealed with the key when there is one."""
+        return zip(ids.tolist(), cids.tolist(), self.template_blobs(ids, vecs),
+                   [model] * len(ids), strict=True)
+
+    def template_blobs(self, ids: np.ndarray, vecs: np.ndarray) -> Iterator[bytes]:
+        """The stored bytes of templates ``vecs`` with ids ``ids`` (float32 LE, encrypted and
+        bound to the gallery and the id when the gallery has a key)."""
         data = np.ascontiguousarray(vecs, dtype=_VEC_DTYPE)
         blobs = (r.tobytes() for r in data)
         if self.cipher is not None:
             c, u = self.cipher, self.uuid
             blobs = (c.encrypt(b, c.row_aad(u, i)) for i, b in zip(ids.tolist(), blobs, strict=True))
-        return zip(ids.tolist(), cids.tolist(), blobs, strict=True)
+        return blobs
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The SQLite connection, for the gallery's side modules (:mod:`.provenance`,
+        :mod:`.reembed`) that keep their own tables in the same database and commits."""
+        return self._conn
+
+    def template_models(self) -> dict[str, int]:
+        """Live templates per model fingerprint (see :mod:`.provenance`)."""
+        return provenance.template_models(self._conn)
 
     def enroll(self, labels: list[str], counts: np.ndarray, vectors: np.ndarray, metas: list[dict],
                replace: bool, on_ids=None) -> Change:
@@ -423,8 +443,8 @@ class Store:
             owner = np.repeat(cids, counts)
             if on_ids is not None:
                 on_ids(tids)
-            c.executemany("INSERT INTO templates (id, class_id, vector) VALUES (?, ?, ?)",
-                          self._template_rows(tids, owner, vectors))
+            c.executemany("INSERT INTO templates (id, class_id, vector, model) VALUES (?, ?, ?, ?)",
+                          self._template_rows(tids, owner, vectors, provenance.current_model_id(c)))
             c.executemany("INSERT INTO ops (op, label, ts) VALUES ('enroll', ?, ?)",
                           [(label, now) for label in labels])
         return Change(labels, cids, tids, owner, removed)
@@ -437,8 +457,8 @@ class Store:
             start = self._next_id(c, "templates")
             added = np.arange(start, start + len(vecs), dtype=np.int64)
             owner = np.full(len(vecs), cid, dtype=np.int64)
-            c.executemany("INSERT INTO templates (id, class_id, vector) VALUES (?, ?, ?)",
-                          self._template_rows(added, owner, vecs))
+            c.executemany("INSERT INTO templates (id, class_id, vector, model) VALUES (?, ?, ?, ?)",
+                          self._template_rows(added, owner, vecs, provenance.current_model_id(c)))
             now = _now()
             c.execute("UPDATE classes SET updated_at = ? WHERE id = ?", (now, cid))
             c.execute("INSERT INTO ops (op, label, ts) VALUES ('add', ?, ?)", (label, now))
