@@ -29,7 +29,6 @@ from .cli_common import (
     _emit,
     _fields_table,
     _labelled,
-    _load_samples,
     _open_gallery,
     _recognizer,
     console,
@@ -223,6 +222,9 @@ def enroll(model: ModelOpt, gallery: GalleryOpt,
            from_data: Annotated[str | None, typer.Option("--from", help="Enroll every class of a folder or glyphs:START-END spec.")] = None,
            per_class: Annotated[int, typer.Option(help="With --from glyphs: samples per class.")] = 5,
            replace: Annotated[bool, typer.Option(help="Replace a class that is already enrolled.")] = False,
+           retain_samples: Annotated[bool, typer.Option(
+               "--retain-samples", help="Also keep the samples in the gallery (encrypted with its key, if any) "
+                                        "so `megaclass gallery reembed` can re-make templates with a new model.")] = False,
            key_file: KeyOpt = None, seed: SeedOpt = 1, quiet: QuietOpt = False,
            skip_bad_files: SkipBadOpt = False, as_json: JsonOpt = False) -> None:
     """Enroll LABEL from SAMPLES, or every class of --from, into the gallery (no retraining)."""
@@ -248,11 +250,23 @@ def enroll(model: ModelOpt, gallery: GalleryOpt,
                 items, n_classes = source.iter_classes(), source.num_classes  # streamed: bounded memory
             with ItemProgress(n_classes, "enroll", unit="classes", enabled=not (quiet or as_json)) as bar:
                 n = rec.enroll_many(items, replace=replace, progress=bar.advance)
+            if retain_samples:
+                from .gallery.sample_sources import retain
+
+                kept = (items if ids is not None else
+                        ((name, source.class_paths(i)) for i, name in enumerate(source.class_names)))
+                retain(rec.gallery, kept)
             result = {"classes": n_classes, "samples": n, "gallery_classes": len(rec)}
         else:
             if not label or not samples:
                 raise InvalidInputError("give LABEL and SAMPLES, or --from DATA")
-            n = rec.enroll(label, _load_samples(samples, spec, seed), replace=replace)
+            batch, names, _ = _collect_samples(samples, spec, seed)
+            n = rec.enroll(label, batch, replace=replace)
+            if retain_samples:
+                from .gallery.sample_sources import retain
+
+                retain(rec.gallery, [(label, [name if not name.startswith("glyph:") else batch[k]
+                                              for k, name in enumerate(names)])])
             result = {"label": label, "samples": n, "gallery_classes": len(rec)}
     if as_json:
         _emit(result, True)

@@ -1,4 +1,4 @@
-"""CLI commands of the gallery area: ``megaclass gallery check|compact|tune|export|import|keygen``."""
+"""CLI commands of the gallery area: ``megaclass gallery check|compact|tune|export|import|keygen|reembed``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from ..cli_common import (
     GalleryOpt,
     JsonOpt,
     KeyOpt,
+    QuietOpt,
+    SkipBadOpt,
     _emit,
     _fields_table,
     _open_gallery,
@@ -26,6 +28,9 @@ gallery_app = typer.Typer(help="Gallery maintenance: integrity check, compaction
 def register(app: typer.Typer) -> None:
     """Add the ``gallery`` command group to the ``megaclass`` app."""
     app.add_typer(gallery_app, name="gallery")
+    from ..bench.commands import bench_app
+
+    bench_app.command("reembed")(bench_reembed)
 
 
 @gallery_app.command()
@@ -109,3 +114,91 @@ def keygen(out: Annotated[Path, typer.Argument(help="Where to write the new key 
     with os.fdopen(fd, "w") as f:
         f.write(generate_key().hex() + "\n")
     console.print(f"wrote {out}; set MEGACLASS_GALLERY_KEY_FILE={out} or pass --key-file")
+
+
+@gallery_app.command()
+def reembed(gallery: GalleryOpt,
+            model: Annotated[Path | None, typer.Option("--model", "-m", help="The NEW model directory.")] = None,
+            from_data: Annotated[str | None, typer.Option(
+                "--from", help="Original samples: a folder of class folders, glyphs:START-END, or 'retained' "
+                               "(default: the samples kept by `enroll --retain-samples`).")] = None,
+            per_class: Annotated[int, typer.Option(help="With --from glyphs: samples per class (as enrolled).")] = 5,
+            seed: Annotated[int, typer.Option(help="With --from glyphs: drawing stream (as enrolled).")] = 1,
+            allow_missing: Annotated[bool, typer.Option(
+                "--allow-missing", help="Erase classes the source lacks at the switch (default: refuse, naming them).")] = False,
+            abort: Annotated[bool, typer.Option("--abort", help="Discard a re-embed in progress.")] = False,
+            status: Annotated[bool, typer.Option("--status", help="Show the re-embed in progress, if any.")] = False,
+            key_file: KeyOpt = None, quiet: QuietOpt = False, skip_bad_files: SkipBadOpt = False,
+            as_json: JsonOpt = False) -> None:
+    """Re-make every template with a new model beside the live ones, then switch atomically (resumable)."""
+    from ..progress import ItemProgress
+    from . import reembed as rb
+
+    with _open_gallery(gallery, key_file) as g:
+        if status or abort:
+            result = rb.status(g) if status else {"aborted": True, "staged_classes": rb.abort(g)}
+            _emit(result, as_json, _fields_table(f"re-embed of {gallery}", result))
+            return
+        if model is None:
+            raise InvalidInputError("give the new model with --model (or --status / --abort)")
+        source = from_data
+        if from_data:
+            from ..data.spec import parse_glyph_range
+
+            ids = parse_glyph_range(from_data)
+            if ids is not None:
+                from ..models import load_encoder
+                from .sample_sources import GlyphSamples
+
+                model = load_encoder(model)
+                source = GlyphSamples(ids, model.input_spec, per_class=per_class, seed=seed)
+        bar: list[ItemProgress] = []
+
+        def progress(done: int, total: int) -> None:
+            if not bar:
+                bar.append(ItemProgress(total, "re-embed", unit="classes", enabled=not (quiet or as_json)).__enter__())
+            bar[0].advance(done - bar[0].done)
+
+        try:
+            result = g.reembed(model, source, allow_missing=allow_missing, progress=progress,
+                               skip_bad_files=skip_bad_files)
+        finally:
+            if bar:
+                bar[0].__exit__(None, None, None)
+    if as_json:
+        _emit(result, True)
+    elif result["status"] == "already":
+        console.print(f"{gallery}: its templates are already from model {result['model']}: nothing to do")
+    else:
+        console.print(f"re-embedded {result['classes']:,} classes of {gallery} with model {result['model']} "
+                      f"({result['dim']}-d, {result['templates']:,} templates, index {result['index']}) "
+                      f"in {result['seconds']:.1f} s")
+        if result["dim"] != result["dim_before"]:
+            console.print(f"the new model makes {result['dim']}-d embeddings (the gallery held "
+                          f"{result['dim_before']}-d): a new {result['dim']}-d index was built")
+        if result["dropped_classes"]:
+            console.print(f"[yellow]erased {len(result['dropped_classes'])} classes the source lacks[/yellow]")
+        if result["dropped_settings"]:
+            console.print("[yellow]the old threshold was dropped (it fits the old model's scores): "
+                          "run `megaclass calibrate`[/yellow]")
+
+
+def bench_reembed(out: Annotated[Path, typer.Option(help="Folder for reembed_bench.json (and the work gallery).")] = Path("bench-output/reembed"),
+                  classes: Annotated[int, typer.Option(help="Glyph classes in the gallery.")] = 5000,
+                  cycles: Annotated[int, typer.Option(help="kill -9 cycles before the final resume.")] = 20,
+                  seed: int = 0, as_json: JsonOpt = False) -> None:
+    """kill -9 a re-embed at random points CYCLES times, check one model after each kill, resume."""
+    import json
+    import shutil
+
+    from ..bench.reembed import torture
+
+    work = out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    result = torture(work, classes=classes, cycles=cycles, seed=seed,
+                     log=(lambda *a: None) if as_json else console.print)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reembed_bench.json").write_text(json.dumps(result, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    summary = {k: v for k, v in result.items() if k != "record"}
+    _emit(summary if not as_json else result, as_json, _fields_table("bench reembed", summary))
