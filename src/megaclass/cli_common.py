@@ -40,7 +40,7 @@ def _fields_table(title: str, data: dict, *, justify: str = "left") -> Table:
     table.add_column("field")
     table.add_column("value", justify=justify)
     for key, value in data.items():
-        table.add_row(key, "; ".join(value) if isinstance(value, list) else str(value))
+        table.add_row(key, "; ".join(map(str, value)) if isinstance(value, list) else str(value))
     return table
 
 

@@ -35,6 +35,7 @@ from .crypto import resolve_key
 from .index import ClassIndex, resolve_spec
 from .labels import LabelTable
 from .provenance import MODEL_KEY
+from .recall import RecallWatch
 from .store import DB_NAME, RESERVED_KEYS, Change, Store
 from .upkeep import IndexUpkeep
 from .vectors import as_rows, as_unit_vectors, unit_rows_of_items
@@ -118,7 +119,9 @@ class Gallery(IndexUpkeep):
         self.maintenance_log: list[dict] = []  # what background rebuilds did (or why they failed)
         self._last_write = time.monotonic()
         self._busy = False  # a write is in progress (a due rebuild waits for quiet)
+        self._recall = RecallWatch(self)  # live recall monitor, query reservoir, tuning probes
         try:
+            self._recall.configure(store)
             self._load_state()
         except BaseException:
             store.close()
@@ -284,17 +287,21 @@ class Gallery(IndexUpkeep):
                 raise kind(f"cannot write the index snapshot of {self.path}: "
                            f"{exc.strerror or exc}") from None
             self._snapshot_seq = self._seq
+            self._recall.save()
 
     def close(self) -> None:
         """Save the snapshot if it is out of date and close the database. Idempotent."""
         self._cancel.set()  # an unfinished background rebuild is dropped (redone on next open)
         self.wait_for_index()
+        self._recall.stop()
         with self._lock:
             if self._store is None:
                 return
             try:
                 if self._snapshot_seq != self._store.last_seq() and not self.read_only:
                     self.save()
+                elif not self.read_only:
+                    self._recall.save()
             finally:
                 self._store.close()
                 self._store = None
@@ -461,15 +468,38 @@ class Gallery(IndexUpkeep):
 
         return check(self)
 
-    def tune(self, queries) -> dict:
+    def tune(self, queries=None) -> dict:
         """Re-fit nprobe / efSearch (and re-ranked candidates) so that the best class of
-        ``queries`` (100 to 100k real probe vectors, not stored) matches exact search on
-        >= 99 % of them; returns the knobs and recall. See
-        :func:`~megaclass.gallery.maintenance.tune`."""
+        probes matches exact search on >= 99 % of them; returns the knobs, the recall, which
+        probes (``tuned_by``), how many and its 95 % interval. ``queries``: 100 to 100k real
+        probe vectors (not stored); None: the kept queries (:meth:`keep_queries`), else
+        leave-one-out or calibrated probes. See :func:`~megaclass.gallery.maintenance.tune`."""
         from .maintenance import tune
 
         self._check_writable()
         return tune(self, queries)
+
+    def monitor_recall(self, enabled: bool = True, *, rate: float | None = None) -> None:
+        """Turn the live recall monitor on or off (on by default) and set the share of
+        searched rows it re-runs exactly (default 0.01); kept as gallery settings. See
+        :mod:`megaclass.gallery.recall`."""
+        self._check_writable()
+        with self._open() as store:
+            self._recall.set_monitor(store, enabled, rate)
+
+    def keep_queries(self, capacity: int) -> None:
+        """Opt in to keeping the last ``capacity`` searched query vectors (encrypted with
+        the gallery key when there is one; never returned by any API) for re-tuning; see
+        :mod:`megaclass.gallery.reservoir`. :meth:`drop_queries` forgets them."""
+        self._check_writable()
+        with self._open() as store:
+            self._recall.set_reservoir(store, capacity)
+
+    def drop_queries(self) -> None:
+        """Forget the kept queries (memory zeroed, file deleted) and stop keeping them."""
+        self._check_writable()
+        with self._open() as store:
+            self._recall.set_reservoir(store, None)
 
     def export(self, out) -> Path:
         """Export to a folder (manifest.json + .npy files, templates in clear; no pickle)."""
@@ -515,8 +545,11 @@ class Gallery(IndexUpkeep):
                     f"from model {model}: load the gallery's model (it was re-embedded?)")
             found = self._index.search(q, k, allowed)
             label = self._labels.get
-            return [[Match(label(c), min(1.0, max(-1.0, s))) for c, s in zip(cids, sc, strict=True)]
-                    for cids, sc in found]
+            out = [[Match(label(c), min(1.0, max(-1.0, s))) for c, s in zip(cids, sc, strict=True)]
+                   for cids, sc in found]
+        if allowed is None:  # the live recall monitor samples unfiltered searches
+            self._recall.observe(q, [c[0] if c else -1 for c, _ in found])
+        return out
 
     @property
     def model(self) -> str | None:
@@ -601,7 +634,7 @@ class Gallery(IndexUpkeep):
                     "max_templates_per_class": self._index.max_per_class(),
                     **self._index.describe(), "encrypted": store.cipher is not None,
                     "disk_bytes": store.disk_bytes(), "index_memory_bytes": self._index.memory_bytes(),
-                    "rebuilding": self.rebuilding,
+                    "rebuilding": self.rebuilding, **self._recall.live(),
                     "last_seq": store.last_seq()}
 
     def __repr__(self) -> str:

@@ -22,6 +22,7 @@ index is rebuilt. Only FAISS's binary format and JSON are written: nothing is pi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -32,10 +33,10 @@ import numpy as np
 
 from ..errors import ConfigError, MegaclassError
 from .class_search import _threads_for, search_classes
+from .probes import ProbeMaker, Probes, default_probes, wilson
 from .purge import can_remove_in_place, remove_positions, scrub_positions
 from .snapshot import read_snapshot, write_snapshot
-from .tuning import TARGET_RECALL, exact_top1, smallest_knob, uniform_sample
-from .vectors import unit_rows
+from .tuning import TUNE_TARGET, smallest_knob, uniform_sample
 
 INDEX_TYPE = "Flat"  # the default spec
 AUTO_EXACT_MAX = 200_000  # "auto" uses exact search up to this many templates
@@ -288,15 +289,20 @@ class ClassIndex:
     # ------------------------------------------------------------------ build / tune
     @classmethod
     def build(cls, dim: int, read: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], n: int, *,
-              spec: str = "Flat", progress=None) -> ClassIndex:
+              spec: str = "Flat", progress=None,
+              owners: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+              probes: ProbeMaker | None = None) -> ClassIndex:
         """Build from the store: ``read()`` yields ``(template ids, vectors)`` chunks of all
         ``n`` templates (called once per pass; every pass must see the same templates).
 
         Memory stays at the index plus one chunk plus a training sample: ``Flat`` is
         filled in one pass; a trainable spec takes one pass to draw a uniform sample of
-        :data:`TRAIN_SAMPLE` templates, one to add, one to measure exact recall while
-        tuning. With too few templates to train, exact ``Flat`` is used and
-        ``info["fallback"]`` says why. ``progress(done, total)`` follows the add pass.
+        :data:`TRAIN_SAMPLE` templates, one to add, and a few to make tuning probes and
+        their exact answers (see :meth:`tune_on`). With too few templates to train, exact
+        ``Flat`` is used and ``info["fallback"]`` says why. ``progress(done, total)``
+        follows the add pass. ``owners()`` gives ``(template ids, class ids)`` (the map
+        is set from it; without it each template is its own class); ``probes`` makes the
+        tuning probes (default :func:`~megaclass.gallery.probes.default_probes`).
         """
         concrete = resolve_spec(spec, n, dim)
         info: dict = {}
@@ -309,7 +315,7 @@ class ClassIndex:
         if not self.index.is_trained or not self.exact:
             sample = uniform_sample(read(), n, TRAIN_SAMPLE, np.random.default_rng(0), dim)
             if not self.index.is_trained:
-                self.index.train(sample)
+                self.index.train(sample[1])
         done = 0
         for tids, vecs in read():
             self.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), tids)
@@ -319,50 +325,69 @@ class ClassIndex:
         if int(self.index.ntotal) != n:
             raise MegaclassError(f"the store changed while the index was built ({done} of {n} templates)")
         if sample is not None and n:
-            self.tune(sample, read)
+            tids, cids = owners() if owners is not None else (self.template_ids(), self.template_ids())
+            order = np.argsort(tids)
+            tids, cids = tids[order], cids[order]
+            self.set_map(tids, cids)
+            self.tune_on((probes or default_probes)(sample[0], sample[1], tids, cids, read))
         return self
 
-    def tune(self, sample: np.ndarray, read: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], *,
-             queries: int = 500, seed: int = 0) -> None:
-        """Raise nprobe / efSearch until recall@1 vs exact search reaches TARGET_RECALL.
-
-        Queries are noisy copies of ``sample`` templates (cosine ~0.8 to their source), the
-        situation of a fresh sample of an enrolled class; exact answers come from one
-        streamed pass over ``read()`` (no second copy of the vectors in memory).
-        """
-        rng = np.random.default_rng(seed)
-        pick = rng.choice(len(sample), min(queries, len(sample)), replace=False)
-        q = sample[pick] + rng.normal(scale=0.75 / math.sqrt(self.dim), size=(len(pick), self.dim))
-        q = np.ascontiguousarray(unit_rows(q.astype(np.float32)))
-        truth = exact_top1(q, read())
-        self.fit_knobs(lambda: self.index.search(q, 1)[1][:, 0] == truth, len(pick), "synthetic")
-
-    def fit_knobs(self, correct: Callable[[], np.ndarray], queries: int, tuned_by: str) -> None:
+    def tune_on(self, probes: Probes, lock=None) -> dict:
         """Smallest nprobe / efSearch (raising the re-ranked candidates of ``...,RFlat``
-        when the codes are too coarse) at which ``correct()`` (a boolean per query, for the
-        knobs applied now) averages at least TARGET_RECALL; records it and the recall
-        reached (below target only if even the largest knob misses) in :attr:`info`."""
+        when the codes are too coarse) at which the best class of ``probes`` agrees with
+        their exact answer on :data:`TUNE_TARGET` of them. Trials pass their knobs as
+        search parameters (live searches keep the current ones); the choice is applied
+        under ``lock`` (a context manager) at the end. Records the knobs, the recall
+        reached (below target only if even the largest knob misses), which probes
+        (``tuned_by``), how many (``recall_queries``) and the 95 % interval
+        (``recall_ci95``) in :attr:`info`; returns :meth:`describe`."""
         ivf = faiss.try_extract_index_ivf(self.index.index)
         knob = "nprobe" if ivf is not None else "efSearch"
         limit = ivf.nlist if ivf is not None else 4096
-
-        def recall_at(value: int) -> float:
-            self.info[knob] = value
-            self._apply_search_params()
-            return float(np.mean(correct()))
-
         refine = isinstance(faiss.downcast_index(self.index.index), faiss.IndexRefine)
         for k_factor in (REFINE_K_FACTOR, 32, 128, 512) if refine else (None,):
-            if k_factor is not None:  # re-ranked candidates: more when the codes are too coarse
-                self.info["k_factor"] = k_factor
-            value, recall = smallest_knob(recall_at, 8 if knob == "nprobe" else 32, limit)
-            if recall >= TARGET_RECALL:
+
+            def recall_at(value: int, k_factor=k_factor) -> float:
+                right = self.probe_answers(probes, self._params(knob, value, k_factor)) == probes.truth
+                return float(np.mean(right))
+
+            value, recall = smallest_knob(recall_at, 8 if knob == "nprobe" else 32, limit, TUNE_TARGET)
+            if recall >= TUNE_TARGET:
                 break
-        recall_at(value)  # leave the chosen value applied
-        self.info["recall_at_1"] = round(recall, 4)
-        self.info["recall_queries"] = queries
-        self.info["tuned_at"] = int(self.index.ntotal)
-        self.info["tuned_by"] = tuned_by
+        hits = round(recall * len(probes))
+        with lock if lock is not None else contextlib.nullcontext():
+            self.info[knob] = value
+            if k_factor is not None:
+                self.info["k_factor"] = k_factor
+            self._apply_search_params()
+            self.info.update(recall_at_1=round(recall, 4),
+                             recall_ci95=[round(x, 4) for x in wilson(hits, len(probes))],
+                             recall_queries=len(probes), tuned_by=probes.kind,
+                             tuned_at=int(self.index.ntotal))
+        return self.describe()
+
+    def _params(self, knob: str, value: int, k_factor: int | None) -> faiss.SearchParameters:
+        """Search parameters that set ``knob`` (and the re-ranked candidates) for one call."""
+        base = (faiss.SearchParametersIVF(nprobe=int(value)) if knob == "nprobe"
+                else faiss.SearchParametersHNSW(efSearch=int(value)))
+        if k_factor is None:
+            return base
+        params = faiss.IndexRefineSearchParameters(k_factor=float(k_factor), base_index_params=base)
+        params._keep = base  # the SWIG object must outlive the search
+        return params
+
+    def probe_answers(self, probes: Probes, params: faiss.SearchParameters | None = None) -> np.ndarray:
+        """Best class of each probe by this index (-1 if none), skipping ``probes.exclude``."""
+        extra = 1 if probes.exclude is not None else 0
+        kk = min(int(self.index.ntotal), 1 + extra + (4 if self.tombstones else 0))
+        _, ids = self.index.search(probes.queries, kk, params=params)
+        cids = self._tid2cid[np.maximum(ids, 0)]
+        skip = (ids < 0) | (cids < 0)
+        if probes.exclude is not None:
+            skip |= ids == probes.exclude[:, None]
+        first = np.argmax(~skip, axis=1)
+        found = cids[np.arange(len(ids)), first]
+        return np.where(skip.all(axis=1), -1, found)
 
     def _apply_search_params(self) -> None:
         inner = faiss.downcast_index(self.index.index)

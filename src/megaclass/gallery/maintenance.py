@@ -73,25 +73,31 @@ def compact(gallery: Gallery, *, full: bool = True) -> None:
 
 
 def tune(gallery: Gallery, queries) -> dict:
-    """Re-fit the search knobs to ``queries``, a sample of real probe vectors.
+    """Re-fit the search knobs to ``queries``, a sample of real probe vectors (None: the
+    gallery's own best probes, see :mod:`megaclass.gallery.probes`).
 
-    ``auto`` tunes on synthetic probes (noisy copies of enrolled templates, cosine ~0.8 to
-    their source); real probes may be harder (the benchmark's sit at ~0.64 and need more
-    of the index scanned). The best class of every query by exact search over the store is
-    the truth; nprobe / efSearch (and the re-ranked candidates of ``...,RFlat``) are set to
-    the smallest values whose best class agrees on >= 99 % of the queries. Searches wait
-    while it runs; the knobs are saved with the snapshot and kept until the index is next
-    re-fitted (when the gallery doubles), which tunes on synthetic probes again. The
+    The best class of every query by exact search over the store is the truth; nprobe /
+    efSearch (and the re-ranked candidates of ``...,RFlat``) are set to the smallest
+    values whose best class agrees on >= 99 % of the queries. Searches go on with the old
+    knobs while it runs; the new ones are saved with the snapshot and kept until the index
+    is next re-fitted (when the gallery doubles) or the live monitor re-tunes it. The
     queries are not stored. Returns ``{"index", "nprobe"/"efSearch", "k_factor",
-    "recall_at_1", "recall_queries", "tuned_by", ...}``.
+    "recall_at_1", "recall_ci95", "recall_queries", "tuned_by", ...}``.
     """
-    from .tuning import exact_top1
+    from .probes import real
     from .vectors import as_unit_vectors
 
+    if queries is None:  # the best probes the gallery has: kept queries, leave-one-out, calibrated
+        gallery.wait_for_index()
+        with gallery._open():
+            if gallery._index.exact:
+                return dict(gallery._index.describe(), recall_at_1=1.0, tuned_by="exact")
+            gallery._recall.retune("asked for (Gallery.tune)")
+            return gallery._index.describe()
     q = as_unit_vectors(queries, gallery.dim)
     if not TUNE_MIN_QUERIES <= len(q) <= TUNE_MAX_QUERIES:
-        raise InvalidInputError(f"tune needs {TUNE_MIN_QUERIES:,} to {TUNE_MAX_QUERIES:,} query vectors, "
-                                f"got {len(q):,}")
+        raise InvalidInputError(f"tune needs {TUNE_MIN_QUERIES:,} to {TUNE_MAX_QUERIES:,} query vectors "
+                                f"(fewer cannot measure recall 0.99: one miss is 1 %), got {len(q):,}")
     gallery.wait_for_index()
     with gallery._open() as store:
         index = gallery._index
@@ -99,15 +105,11 @@ def tune(gallery: Gallery, queries) -> dict:
             return dict(index.describe(), recall_at_1=1.0, recall_queries=len(q), tuned_by="exact")
         if not index.ntotal:
             raise InvalidInputError("tune needs an enrolled gallery: this one is empty")
-        truth = index._tid2cid[exact_top1(q, store.iter_templates())]
-
-        def correct() -> np.ndarray:
-            return np.array([c[0] if c else -1 for c, _ in index.search(q, 1)]) == truth
-
-        with gallery._rw.write():  # no search sees a knob half-way through the fit
-            index.fit_knobs(correct, len(q), "queries")
+        tids, cids = store.template_classes()
+        probes = real(q, tids, cids, store.iter_templates, "queries")
+        out = index.tune_on(probes, lock=gallery._rw.write())  # searches go on until the knobs change
         gallery._snapshot_seq = None  # the snapshot carries the knobs: rewrite it on close
-        return index.describe()
+        return out
 
 
 def check(gallery: Gallery) -> dict:

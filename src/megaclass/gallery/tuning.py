@@ -9,20 +9,24 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 TARGET_RECALL = 0.99  # "auto"/IVF/HNSW: recall@1 vs exact that nprobe/efSearch must reach
+TUNE_TARGET = TARGET_RECALL  # what the knobs are fitted to on probes
 
 
 def uniform_sample(chunks: Iterable[tuple[np.ndarray, np.ndarray]], n: int, m: int,
-                    rng: np.random.Generator, dim: int) -> np.ndarray:
-    """``min(n, m)`` rows drawn uniformly without replacement from a stream of ``n`` rows."""
+                   rng: np.random.Generator, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``min(n, m)`` rows drawn uniformly without replacement from a stream of ``n`` rows:
+    ``(their ids, the rows)``."""
     pick = np.sort(rng.choice(n, min(n, m), replace=False)) if n else np.empty(0, np.int64)
     out = np.empty((len(pick), dim), np.float32)
+    ids = np.empty(len(pick), np.int64)
     at = got = 0
-    for _, vecs in chunks:
+    for tids, vecs in chunks:
         lo, hi = np.searchsorted(pick, [at, at + len(vecs)])
         out[got: got + hi - lo] = vecs[pick[lo:hi] - at]
+        ids[got: got + hi - lo] = np.asarray(tids)[pick[lo:hi] - at]
         got += hi - lo
         at += len(vecs)
-    return out[:got]
+    return ids[:got], out[:got]
 
 
 def smallest_knob(recall_at: Callable[[int], float], start: int, limit: int,

@@ -52,13 +52,14 @@ class IndexUpkeep:
                     raise _Cancelled
                 yield chunk
 
+        tuning = {"owners": store.template_classes, "probes": self._recall.probe_maker()}
         if n < PROGRESS_MIN or not self.show_progress or cancel is not None:
-            return ClassIndex.build(self.dim, read, n, spec=requested)
+            return ClassIndex.build(self.dim, read, n, spec=requested, **tuning)
         from rich.progress import Progress
 
         with Progress(transient=True) as bar:
             task = bar.add_task(f"building index of {self.path.name}", total=n)
-            return ClassIndex.build(self.dim, read, n, spec=requested,
+            return ClassIndex.build(self.dim, read, n, spec=requested, **tuning,
                                     progress=lambda done, total: bar.update(task, completed=done))
 
     #: rebuild the index (auto upgrade, growth, tombstones) in a background thread; with
