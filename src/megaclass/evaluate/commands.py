@@ -95,6 +95,20 @@ def _baseline(spec: str, samples_spec: str, samples_per_class: int, rec, images,
     return evaluate_recognizer(base, images, truth, nm_images, fpirs=fpirs), note
 
 
+def _record_report(rec, path: Path) -> None:
+    """Note the report in the gallery (setting ``last_report``): the service's console shows
+    the latest one. A read-only gallery keeps no note (the report is written all the same)."""
+    from datetime import UTC, datetime
+
+    from ..errors import ReadOnlyGalleryError
+
+    try:
+        rec.gallery.set_setting("last_report", {"path": str(Path(path).resolve()), "model": rec.fingerprint,
+                                                "time": datetime.now(UTC).isoformat(timespec="seconds")})
+    except ReadOnlyGalleryError:
+        pass
+
+
 def _pct(v) -> str:
     return "undefined" if v is None else f"{v:.2%}"
 
@@ -196,6 +210,7 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
                                 class_sample=_class_samples(gallery_samples, gallery_per_class),
                                 notes=notes)
             result["report"] = str(path)
+            _record_report(rec, path)
     cs, os_, vf = result["closed_set"], result["identification"], result["verification"]
     table = Table(title="evaluation")
     table.add_column("metric")

@@ -481,6 +481,9 @@ class Store:
                           "THEN ?2 ELSE value END) FROM json_each(audit.labels)) "
                           "WHERE EXISTS (SELECT 1 FROM json_each(audit.labels) WHERE value = ?1)",
                           (label, tag))
+            if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'thumbnails'").fetchone():
+                # images the service kept of this class (serve/thumbnails.py): gone in the same commit
+                c.execute("DELETE FROM thumbnails WHERE class_id = ?", (cid,))
             c.execute("INSERT INTO ops (op, label, ts) VALUES ('erase', ?, ?)", (tag, _now()))
         return Change([label], np.array([cid], dtype=np.int64), _NO_IDS, _NO_IDS, removed, erased=True)
 

@@ -12,13 +12,14 @@ from fastapi_offline import FastAPIOffline
 from ..gallery import Gallery
 from ..models import Encoder, load_encoder
 from ..recognizer import Recognizer
-from . import http_errors
+from . import console, http_errors
 from .db import ServiceDB
 from .limits import BodySizeLimit, Limits
 from .metrics import MetricsMiddleware
-from .routers import admin, classes, health, recognition
+from .routers import admin, classes, health, recognition, reports
 from .routers import gallery as gallery_router
 from .service import Service
+from .thumbnails import open_thumbnails
 
 API_DESCRIPTION = """\
 Enroll classes from a few images (or embeddings) without retraining, identify images among
@@ -63,6 +64,7 @@ def create_app(model: str | os.PathLike | Encoder | Recognizer, gallery: str | o
         rec = Recognizer(encoder, Gallery.open(Path(gallery), dim=encoder.dim, key=key))
     try:
         service = Service(rec, ServiceDB(rec.gallery.path), limits or Limits())
+        service.thumbnails = open_thumbnails(service.db, key)
     except BaseException:
         rec.close()
         raise
@@ -77,8 +79,9 @@ def create_app(model: str | os.PathLike | Encoder | Recognizer, gallery: str | o
     app = FastAPIOffline(title="megaclass", version="1", description=API_DESCRIPTION, lifespan=lifespan)
     app.state.service = service
     http_errors.install(app)
-    for module in (health, classes, recognition, gallery_router, admin):
+    for module in (health, classes, recognition, gallery_router, admin, reports):
         app.include_router(module.router)
+    console.install(app)  # the operator console at / (static files shipped in the package)
     app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost: sees every request
     return app

@@ -1,6 +1,6 @@
 """The audit log: who did what to which labels, and what was decided (table ``audit``).
 
-One row per enroll, add, erase, identify and verify, per refused attempt at any route
+One row per enroll, add, erase, identify, verify and calibrate, per refused attempt at any route
 that needs a key (401 and 403, with the label it targeted; ``read`` for routes that only
 read) and per request that failed inside (500): time, key id, operation, the labels
 involved (JSON list), the decision and the HTTP status. Never images, vectors or scores
@@ -21,7 +21,7 @@ import json
 from ..errors import ConfigError
 from .db import ServiceDB, now
 
-OPERATIONS = ("enroll", "add", "erase", "identify", "verify", "keys", "read", "request")
+OPERATIONS = ("enroll", "add", "erase", "identify", "verify", "calibrate", "keys", "read", "request")
 _MAX_LABELS = 100  # labels kept per row (a batch identify may involve many)
 
 

@@ -47,6 +47,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
 )
 _HTTP_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
                405: "MethodNotAllowed", 413: "PayloadTooLargeError", 422: "ValidationError",
+               429: "TooManyRequests",
                500: "InternalError", 503: "ServiceUnavailable"}
 log = logging.getLogger("megaclass.serve")
 _AUDITED = "_megaclass_audited"

@@ -45,6 +45,12 @@ class Limits:
     max_request_pixels : decoded pixels of all images of one request (default 64 Mpx: four
         images at ``max_pixels``, or five 12-megapixel photos).
     max_k : largest top-k of an identify request (default 100).
+    max_calibration_images : images in one ``POST /v1/calibrate`` (default 1000, the
+        multipart parser's own file limit: enough for FPIR 1 %, which needs at least 10/FPIR
+        non-mated searches; the body and pixel limits still apply, so large photo sets are
+        calibrated with ``megaclass calibrate``).
+    max_refusals : refused (401) requests per client address and minute that are audited;
+        past it they get 429 (see ratelimit.py).
     """
 
     max_body_bytes: int = 16 * 1024 * 1024
@@ -54,6 +60,8 @@ class Limits:
     max_side: int = 16384
     max_request_pixels: int = 64 * 1024 * 1024
     max_k: int = 100
+    max_calibration_images: int = 1000
+    max_refusals: int = 30
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -61,9 +69,10 @@ class Limits:
                 raise ConfigError(f"limit {name} must be a positive int, got {value!r}")
 
     def check_count(self, what: str, n: int) -> None:
-        """Raise PayloadTooLargeError if ``n`` images / vectors exceed their limit."""
-        limit, name = (self.max_images, "max_images") if what == "images" else (self.max_vectors,
-                                                                                "max_vectors")
+        """Raise PayloadTooLargeError if ``n`` images / vectors / calibration images exceed their limit."""
+        name = {"images": "max_images", "vectors": "max_vectors",
+                "calibration images": "max_calibration_images"}[what]
+        limit = getattr(self, name)
         if n > limit:
             raise PayloadTooLargeError(f"{n} {what} in one request; the limit is {limit} ({name})")
 

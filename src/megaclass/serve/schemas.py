@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 Label = Field(min_length=1, max_length=256, description="Class label.")
+_absent = {"exclude_if": lambda value: value is None}  # optional extras: left out, not null
 
 
 class ErrorOut(BaseModel):
@@ -18,6 +19,8 @@ class ErrorOut(BaseModel):
 class MatchOut(BaseModel):
     label: str
     score: float
+    thumbnail: str | None = Field(None, **_absent, description=(
+        "With ?thumbnails=true: the class's first retained thumbnail (a JPEG data URL), if any."))
 
 
 class DecisionOut(BaseModel):
@@ -37,6 +40,7 @@ class VerifyOut(BaseModel):
     accepted: bool
     score: float
     threshold: float | None
+    thumbnail: str | None = Field(None, **_absent, description="With ?thumbnails=true, as in identify.")
 
 
 class _Vectors(BaseModel):
@@ -82,11 +86,45 @@ class ClassOut(BaseModel):
     samples: int | None = Field(None, description="Samples averaged into the template "
                                                   "(templates mode \"mean\"); null if unknown.")
     meta: dict[str, Any] = Field(description="The meta given at enrollment.")
+    thumbnails: list[str] | None = Field(None, **_absent,
+                                         description="With ?thumbnails=true: JPEG data URLs.")
+
+
+class ClassItem(BaseModel):
+    label: str
+    templates: int
+    samples: int | None
+    thumbnails: int = Field(description="Thumbnails retained for the class.")
 
 
 class ClassListOut(BaseModel):
-    total: int
+    total: int = Field(description="Classes matching (all of them without `q`).")
     labels: list[str]
+    items: list[ClassItem] | None = Field(None, **_absent,
+                                         description="With ?detail=true: counts per listed class.")
+
+
+class CalibrationOut(BaseModel):
+    threshold: float
+    target_fpir: float
+    achieved_fpir: float
+    n_non_mated: int
+    fpir_ci95: list[float]
+    warning: str | None = Field(None, description="Set when fewer non-mated searches than "
+                                                  "10/FPIR were allowed (allow_few).")
+
+
+class PreviewOut(BaseModel):
+    images: list[str] = Field(description="What the model sees of each upload: PNG data URLs of its "
+                                          "normalised input (before the model's own mean/std).")
+    size: int
+    channels: int
+
+
+class WhoAmIOut(BaseModel):
+    id: str
+    name: str
+    role: str
 
 
 class KeyIn(BaseModel):

@@ -20,6 +20,8 @@ from .http_errors import internal_decision, mark_audited, status_of
 from .keys import KeyInfo, KeyStore
 from .limits import Limits
 from .metrics import Metrics
+from .ratelimit import RefusalLimiter
+from .thumbnails import ThumbnailStore
 
 
 @dataclass
@@ -30,10 +32,12 @@ class Service:
     db: ServiceDB
     limits: Limits = field(default_factory=Limits)
     metrics: Metrics = field(default_factory=Metrics)
+    thumbnails: ThumbnailStore | None = None
 
     def __post_init__(self) -> None:
         self.keys = KeyStore(self.db)
         self.audit = AuditLog(self.db)
+        self.refusals = RefusalLimiter(max_refusals=self.limits.max_refusals, window_s=60.0)
         # add_samples reads then rewrites a class's mean template: serialise it with erase
         self.class_write_lock = threading.Lock()
         self.closed = False

@@ -1,30 +1,66 @@
-"""``/v1/stats``: the gallery's counts and sizes, and its threshold."""
+"""``/v1/stats`` (the gallery's counts, index, threshold) and ``/v1/calibrate`` (set the threshold)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from starlette.concurrency import run_in_threadpool
 
+from ...recognizer import CALIBRATION_KEY
 from ..deps import authorize, get_service
 from ..keys import KeyInfo
-from ..schemas import ErrorOut
+from ..schemas import CalibrationOut, ErrorOut
 from ..service import Service
+from ._uploads import decode_all
 
-router = APIRouter(prefix="/v1", tags=["gallery"],
-                   responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}})
+_E = {"model": ErrorOut}
+router = APIRouter(prefix="/v1", tags=["gallery"], responses={401: _E, 403: _E})
+Svc = Annotated[Service, Depends(get_service)]
 
 
 @router.get("/stats")
-def stats(svc: Annotated[Service, Depends(get_service)],
-          key: Annotated[KeyInfo, Depends(authorize("reader"))]) -> dict[str, Any]:
-    """Classes, templates, dimension, index, disk bytes, threshold (``calibrated: false`` when
-    there is none: identify and verify then need ``threshold`` or ``no_threshold``) and
-    model fingerprint."""
+def stats(svc: Svc, key: Annotated[KeyInfo, Depends(authorize("reader"))]) -> dict[str, Any]:
+    """Classes, templates, dimension, index (with its measured ``recall_at_1`` when tuned), disk
+    bytes, threshold (``calibrated: false`` when there is none: identify and verify then need
+    ``threshold`` or ``no_threshold``), the calibration it came from (target and achieved FPIR,
+    non-mated searches) and the model fingerprint."""
     info = svc.gallery.stats()
     info.pop("path", None)  # server-side file layout is not the caller's business
     info["threshold"] = svc.recognizer.threshold
     info["calibrated"] = info["threshold"] is not None
+    info["calibration"] = svc.gallery.get_setting(CALIBRATION_KEY)
     info["model"] = svc.recognizer.fingerprint
     info["templates_mode"] = svc.recognizer.templates
     return info
+
+
+@router.post("/calibrate", response_model=CalibrationOut,
+             responses={400: _E, 409: _E, 413: _E, 422: _E, 503: _E})
+async def calibrate(svc: Svc, key: Annotated[KeyInfo, Depends(authorize("admin", "calibrate"))],
+                    files: Annotated[list[UploadFile], File(description=(
+                        "Non-mated images: of classes that are NOT enrolled."))],
+                    target_fpir: Annotated[float, Form(gt=0, lt=1, description=(
+                        "Largest share of non-mated searches to accept."))] = 0.01,
+                    allow_few: Annotated[bool, Form(description=(
+                        "Accept fewer than 10/FPIR non-mated images (the answer warns, with the "
+                        "achieved FPIR's 95 % interval)."))] = False) -> CalibrationOut:
+    """Set the gallery's threshold so that at most ``target_fpir`` of these non-mated images
+    would be accepted (the same as ``megaclass calibrate``); admin only, audited. Every later
+    identify and verify uses it."""
+    svc.limits.check_count("calibration images", len(files))
+    uploads = [(f.filename or f"file {i}", await f.read()) for i, f in enumerate(files)]
+
+    def work():
+        images = decode_all(uploads, svc.limits, svc.recognizer.encoder.input_spec)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cal = svc.recognizer.calibrate(images, target_fpir, allow_few=allow_few)
+        return cal, (str(caught[0].message) if caught else None)
+
+    cal, warning = await run_in_threadpool(
+        svc.audited, key, "calibrate", [], work,
+        lambda r: ([], f"threshold {r[0].threshold:.4f} for FPIR {r[0].target_fpir:g} "
+                       f"from {r[0].n_non_mated} non-mated images"))
+    return CalibrationOut(**cal.to_dict(), warning=warning)

@@ -21,6 +21,7 @@ from ..deps import authorize, get_service
 from ..keys import KeyInfo
 from ..schemas import DecisionOut, ErrorOut, IdentifyOut, IdentifyVectorsIn, MatchOut, VerifyOut
 from ..service import Service
+from ..thumbnails import data_url
 from ._uploads import decode_all, read_uploads
 
 _E = {"model": ErrorOut}
@@ -34,6 +35,8 @@ ThresholdQ = Annotated[float | None, Query(
 KQuery = Annotated[int | None, Query(ge=1, description="Candidates per query (or `k` in the body).")]
 NoThresholdQ = Annotated[bool, Query(
     description="Candidates only: no accept/reject decision (the best candidate is the label).")]
+ThumbnailsQ = Annotated[bool, Query(
+    description="Add each candidate's first retained thumbnail (a JPEG data URL), when it has one.")]
 
 
 def _threshold(svc: Service, threshold: float | None, no_threshold: bool) -> float | None:
@@ -44,10 +47,14 @@ def _threshold(svc: Service, threshold: float | None, no_threshold: bool) -> flo
     return svc.recognizer.decision_threshold(chosen)
 
 
-def _out(decisions, threshold) -> IdentifyOut:
+def _out(decisions, threshold, thumbs: dict[str, bytes]) -> IdentifyOut:
+    def match(m) -> MatchOut:
+        thumb = thumbs.get(m.label)
+        return MatchOut(label=m.label, score=m.score, thumbnail=data_url(thumb) if thumb else None)
+
     return IdentifyOut(threshold=threshold, results=[
         DecisionOut(label=d.label, known=d.known, score=d.score if math.isfinite(d.score) else None,
-                    candidates=[MatchOut(label=m.label, score=m.score) for m in d.candidates])
+                    candidates=[match(m) for m in d.candidates])
         for d in decisions])
 
 
@@ -56,13 +63,14 @@ def _describe(decisions):
     return [d.label for d in decisions], f"{known} known, {len(decisions) - known} unknown"
 
 
-def _identify(svc: Service, key: KeyInfo, decide) -> IdentifyOut:
+def _identify(svc: Service, key: KeyInfo, decide, thumbnails: bool = False) -> IdentifyOut:
     """Run ``decide() -> (threshold, decisions)`` audited; count and shape the decisions."""
     threshold, decisions = svc.audited(key, "identify", [], decide, lambda r: _describe(r[1]))
     known = sum(d.known for d in decisions)
     svc.metrics.decision("identify", "known", known)
     svc.metrics.decision("identify", "unknown", len(decisions) - known)
-    return _out(decisions, threshold)
+    thumbs = svc.thumbnails.first([m.label for d in decisions for m in d.candidates]) if thumbnails else {}
+    return _out(decisions, threshold, thumbs)
 
 
 def _check_k(svc: Service, k: int) -> None:
@@ -74,8 +82,8 @@ def _check_k(svc: Service, k: int) -> None:
 async def identify_images(svc: Svc, key: Reader,
                           files: Annotated[list[UploadFile], File(description="Query images.")],
                           k: Annotated[int, Query(ge=1, description="Candidates per query.")] = 5,
-                          threshold: ThresholdQ = None, no_threshold: NoThresholdQ = False
-                          ) -> IdentifyOut:
+                          threshold: ThresholdQ = None, no_threshold: NoThresholdQ = False,
+                          thumbnails: ThumbnailsQ = False) -> IdentifyOut:
     """Identify each image among the enrolled classes; ``label`` is null below the threshold."""
     _check_k(svc, k)
     uploads = await read_uploads(files, svc.limits)
@@ -84,7 +92,7 @@ async def identify_images(svc: Svc, key: Reader,
         thr = _threshold(svc, threshold, no_threshold)  # refused before any decoding
         return thr, svc.recognizer.identify(decode_all(uploads, svc.limits), k=k, threshold=thr)
 
-    return await run_in_threadpool(_identify, svc, key, decide)
+    return await run_in_threadpool(_identify, svc, key, decide, thumbnails)
 
 
 @router.post("/identify/vectors", response_model=IdentifyOut)
@@ -110,7 +118,8 @@ def identify_vectors(body: IdentifyVectorsIn, svc: Svc, key: Reader,
 async def verify(svc: Svc, key: Annotated[KeyInfo, Depends(authorize("reader", "verify"))],
                  label: Annotated[str, Form(min_length=1, max_length=256)],
                  file: Annotated[UploadFile, File(description="One image.")],
-                 threshold: ThresholdQ = None, no_threshold: NoThresholdQ = False) -> VerifyOut:
+                 threshold: ThresholdQ = None, no_threshold: NoThresholdQ = False,
+                 thumbnails: ThumbnailsQ = False) -> VerifyOut:
     """Does the image belong to ``label`` (1:1)? Scored by the class's best template."""
     uploads = await read_uploads([file], svc.limits)
 
@@ -121,4 +130,6 @@ async def verify(svc: Svc, key: Annotated[KeyInfo, Depends(authorize("reader", "
     v = await run_in_threadpool(svc.audited, key, "verify", [label], work,
                                 lambda v: ([label], "accepted" if v.accepted else "rejected"))
     svc.metrics.decision("verify", "accepted" if v.accepted else "rejected")
-    return VerifyOut(label=v.label, accepted=v.accepted, score=v.score, threshold=v.threshold)
+    thumb = svc.thumbnails.first([v.label]).get(v.label) if thumbnails else None
+    return VerifyOut(label=v.label, accepted=v.accepted, score=v.score, threshold=v.threshold,
+                     thumbnail=data_url(thumb) if thumb else None)
