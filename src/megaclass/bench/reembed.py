@@ -1,17 +1,18 @@
 """``megaclass bench reembed``: kill -9 a gallery re-embed at random points, check, resume.
 
 A gallery of ``classes`` glyph classes is enrolled with model A; then ``megaclass gallery
-reembed`` runs in real subprocesses towards model B and is SIGKILLed at a random moment
-(or at a named point of the switch: ``staged``, ``before-switch``, ``after-switch``), once
-per cycle. After every kill the gallery is opened and checked: every template is exactly
-the template of its class under ONE model (the gallery's) - never a mix -, the integrity
-check passes, every class is there, searches of that model's templates find their class,
-and searches of the other model are refused. A run that completes flips the target
+reembed`` runs in real subprocesses towards model B and is SIGKILLed at a random moment,
+or at a named point (after the k-th staged chunk, just before or just after the switch's
+commit), until ``cycles`` kills have happened (a run that finishes first is not counted).
+After every kill the gallery is opened and checked: every template is exactly the
+template of its class under ONE model (the gallery's), never a mix; the integrity check
+passes; every class is there; searches of that model's templates find their class; and
+searches of the other model are refused. A run that completes flips the target
 (B -> A -> B ...), so kills keep landing in real work. At the end the re-embed is resumed
 to completion and checked once more. Both models are random-weight encoders of the same
 dim (a mixed gallery would be searchable, so it would show).
 
-Returns (and writes) the per-cycle record and the time of one uninterrupted re-embed.
+Returns the per-run record and the time of one uninterrupted re-embed.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-CRASH_POINTS = ("staged", "before-switch", "after-switch")
 
 
 def _models(root: Path, dim: int) -> dict[str, Path]:
@@ -139,11 +138,15 @@ def torture(work: Path, *, classes: int = 5000, cycles: int = 20, per_class: int
     startup_s = max(0.0, full_s - full["seconds"])  # interpreter + imports: kills aim past them
     assert check_one_model(g, expected, classes) == fps["B"]
     target, record = "A", []
-    for cycle in range(cycles):
-        how = rng.choice(("timer", "timer", *CRASH_POINTS))
+    chunks = -(-classes // 256)  # staged chunks of a full run (reembed.CHUNK_CLASSES)
+    kills = 0
+    while kills < cycles and len(record) < 3 * cycles:
+        how = rng.choice(("timer", "timer", "timer", "staged", "before-switch", "after-switch"))
+        if how == "staged":
+            how = f"staged:{rng.randint(1, chunks)}"
         env = {"MEGACLASS_REEMBED_CRASH_AT": how} if how != "timer" else None
         p = reembed(target, env)
-        delay = startup_s + rng.uniform(0.0, 1.1) * full["seconds"] if how == "timer" else None
+        delay = startup_s + rng.uniform(0.0, 1.0) * full["seconds"] if how == "timer" else None
         try:
             p.wait(timeout=delay if delay is not None else 600)
         except subprocess.TimeoutExpired:
@@ -152,12 +155,13 @@ def torture(work: Path, *, classes: int = 5000, cycles: int = 20, per_class: int
         p.communicate()
         killed = p.returncode == -9
         if p.returncode not in (0, -9):
-            raise RuntimeError(f"cycle {cycle}: reembed exited {p.returncode}: {p.stderr}")
+            raise RuntimeError(f"cycle {len(record)}: reembed exited {p.returncode}: {p.stderr}")
+        kills += killed
         model = check_one_model(g, expected, classes)
         done = model == fps[target]
-        record.append({"cycle": cycle, "target": target, "kill": how if killed else "none (finished)",
+        record.append({"cycle": len(record), "target": target, "kill": how if killed else "none (finished)",
                        "delay_s": delay, "model_after": "A" if model == fps["A"] else "B", "switched": done})
-        log(f"cycle {cycle + 1}/{cycles}: kill {record[-1]['kill']}, gallery on model "
+        log(f"run {len(record)} (kill {kills}/{cycles}): kill {record[-1]['kill']}, gallery on model "
             f"{record[-1]['model_after']}, one-model check passed")
         if done:
             target = "B" if target == "A" else "A"
@@ -170,7 +174,7 @@ def torture(work: Path, *, classes: int = 5000, cycles: int = 20, per_class: int
     assert check_one_model(g, expected, classes) == fps[target]
     switches = sum(r["switched"] for r in record)
     return {"classes": classes, "samples_per_class": per_class, "dim": dim, "cycles": cycles,
-            "kills": sum(r["kill"] != "none (finished)" for r in record), "switches_during_cycles": switches,
+            "runs": len(record), "kills": kills, "switches_during_cycles": switches,
             "enroll_seconds": enroll_s, "reembed_seconds": full_s,
             "reembed_in_process_seconds": full["seconds"],
             "reembed_classes_per_second": classes / full["seconds"],

@@ -59,6 +59,7 @@ LOCK_NAME = "reembed.lock"
 CHUNK_CLASSES = 256  # classes embedded and staged per commit (a kill loses at most one chunk)
 CHUNK_IMAGES = 4096  # images per forward pass
 CRASH_ENV = "MEGACLASS_REEMBED_CRASH_AT"  # test hook: SIGKILL self at a named point
+# (``staged:<k>`` after the k-th staged chunk, ``before-switch``, ``after-switch``)
 
 
 def _now() -> str:
@@ -196,7 +197,7 @@ def _pending(gallery: Gallery, skip: set[str]) -> list[tuple[int, str]]:
 def _stage_all(gallery: Gallery, encoder, samples, skip: set[str], mode: str, chunk: int,
                progress) -> int:
     """Embed and stage pending classes until none is left (enrolls meanwhile add more)."""
-    done = 0
+    done = chunks = 0
     while pending := _pending(gallery, skip):
         total = done + len(pending)
         for at in range(0, len(pending), chunk):
@@ -205,7 +206,8 @@ def _stage_all(gallery: Gallery, encoder, samples, skip: set[str], mode: str, ch
             done += len(part)
             if progress is not None:
                 progress(done, total)
-            _crash_point("staged")
+            chunks += 1
+            _crash_point(f"staged:{chunks}")
     return done
 
 

@@ -181,28 +181,24 @@ class GrowthState:
         return torch.stack([imprint(self.encoder, self.samples[lb]) for lb in labels]).numpy()
 
     def reembed(self) -> None:
-        """Re-make every template with the current encoder into a fresh gallery, then switch.
-
-        This is the hook for the durable re-embed (issue 15 part 3, ``megaclass gallery
-        reembed``): here the new gallery is built beside the old one from the retained
-        samples and the old one is closed and removed afterwards.
-        """
+        """Re-make every template with the current encoder and switch (the durable
+        :func:`megaclass.gallery.reembed.reembed`, reading the retained samples), then
+        enroll the classes the gallery does not hold yet. The first call creates the gallery."""
         from ..gallery import Gallery
 
-        self.gallery_dir.mkdir(parents=True, exist_ok=True)
-        path = self.gallery_dir / f"gallery-{self.generation}"
-        if path.exists():
-            shutil.rmtree(path)
-        new = Gallery.open(path, dim=self.encoder.dim, index="Flat")
-        vectors = self.templates(self.labels)
-        new.enroll_many([(lb, vectors[i: i + 1]) for i, lb in enumerate(self.labels)])
-        new.set_setting(MODEL_SETTING, self.encoder.fingerprint())
-        old, self.gallery = self.gallery, new
-        self.generation += 1
-        if old is not None:
-            old_path = Path(old.path)
-            old.close()
-            shutil.rmtree(old_path, ignore_errors=True)
+        if self.gallery is None:
+            self.gallery_dir.mkdir(parents=True, exist_ok=True)
+            path = self.gallery_dir / f"gallery-{self.generation}"
+            if path.exists():
+                shutil.rmtree(path)
+            self.gallery = Gallery.open(path, dim=self.encoder.dim, index="Flat")
+            self.generation += 1
+        else:
+            self.gallery.reembed(self.encoder, _RetainedTensors(self.samples))
+        self.gallery.set_setting(MODEL_SETTING, self.encoder.fingerprint())  # before: templates record it
+        fresh = [lb for lb in self.labels if lb not in self.gallery]
+        if fresh:
+            self.enroll_templates(fresh, self.templates(fresh))
 
     def enroll_templates(self, labels: list[str], vectors: np.ndarray, *, replace: bool = False) -> None:
         """Add (or with ``replace`` swap) one template per class in one transaction."""
@@ -228,6 +224,22 @@ class GrowthState:
     def close(self) -> None:
         if self.gallery is not None:
             self.gallery.close()
+
+
+class _RetainedTensors:
+    """The state's retained samples as a re-embed source (ready tensors, label -> batch)."""
+
+    def __init__(self, samples: Mapping[str, torch.Tensor]) -> None:
+        self._samples = samples
+
+    def describe(self) -> str:
+        return "the growth state's retained samples"
+
+    def labels(self) -> set[str]:
+        return set(self._samples)
+
+    def batches(self, labels: list[str]) -> list[torch.Tensor]:
+        return [self._samples[lb] for lb in labels]
 
 
 def check_new_classes(classes: Mapping[str, object] | Iterable[tuple[str, object]], known: Iterable[str], *,

@@ -238,7 +238,7 @@ class Finetune(UpdateStrategy):
         freezer.release(encoder)
         encoder.eval()
         head.eval()
-        state.reembed()  # TODO(issue 15 part 3): the durable `gallery reembed` replaces this rebuild
+        state.reembed()  # the durable re-embed: beside the old templates, one switch
         return state
 
     def _distillation(self, teacher, teacher_rows, old_rows, head, x, emb) -> torch.Tensor:
@@ -269,7 +269,7 @@ class Retrain(UpdateStrategy):
         recipe = copy.deepcopy(state.recipe)
         recipe.steps = max(1, round(recipe.steps * self.budget))
         state.encoder, state.head = recipe.train(state.samples, state.labels)
-        state.reembed()  # TODO(issue 15 part 3): the durable `gallery reembed` replaces this rebuild
+        state.reembed()  # the durable re-embed: beside the old templates, one switch
         return state
 
 
