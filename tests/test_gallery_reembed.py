@@ -227,3 +227,26 @@ def test_kill_9_at_random_points_leaves_one_model_and_resumes(tmp_path):
     classes, cycles = (int(v) for v in size.lower().split("x"))
     result = torture(tmp_path / "w", classes=classes, cycles=cycles, seed=1, log=lambda *a: None)
     assert result["kills"] == cycles and result["final_model"] in ("A", "B")
+
+
+def test_folder_and_retained_image_files_give_the_same_templates(models, tmp_path):
+    """Image files are retained as their original bytes: a re-embed from them equals one
+    from the class folders (both read by the new model's input contract)."""
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (root / f"person-{c}").mkdir(parents=True)
+        for k in range(2):
+            pixels = rng.integers(0, 255, (40, 36), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"person-{c}" / f"{k}.png")
+    for name in ("kept", "folder"):
+        run("enroll", "-m", models["A"], "-g", tmp_path / name, "--from", root, "--quiet", "--retain-samples")
+    Gallery.open(tmp_path / "kept").reembed(models["C"])  # None: the retained samples
+    res = run("gallery", "reembed", "-g", tmp_path / "folder", "-m", models["C"], "--from", root, "--json")
+    assert json.loads(res.output)["source"] == str(root)
+    with Gallery.open(tmp_path / "kept") as a, Gallery.open(tmp_path / "folder") as b:
+        assert a.labels() == b.labels() == ["person-0", "person-1", "person-2"]
+        for lb in a.labels():
+            np.testing.assert_allclose(a.templates(lb), b.templates(lb), atol=1e-6)
