@@ -250,3 +250,20 @@ def test_folder_and_retained_image_files_give_the_same_templates(models, tmp_pat
         assert a.labels() == b.labels() == ["person-0", "person-1", "person-2"]
         for lb in a.labels():
             np.testing.assert_allclose(a.templates(lb), b.templates(lb), atol=1e-6)
+
+
+def test_a_class_enrolled_meanwhile_that_the_source_lacks_is_named(models, expected, tmp_path):
+    g = tmp_path / "g"
+    enroll(models["A"], g)
+    with Gallery.open(g) as gal:
+        def during(done, total):
+            if "stranger" not in gal:
+                gal.enroll("stranger", np.ones(16))
+
+        with pytest.raises(InvalidInputError, match="enrolled during the re-embed.*stranger"):
+            gal.reembed(models["B"], f"glyphs:0-{CLASSES}", chunk_classes=8, progress=during)
+        assert gal.model == expected["A"][0]  # still the old model, the staged work kept
+        assert gal._store.connection.execute("SELECT COUNT(*) FROM reembed_classes").fetchone()[0] > 0
+        report = gal.reembed(models["B"], f"glyphs:0-{CLASSES}", allow_missing=True)
+        assert report["dropped_classes"] == ["stranger"] and "stranger" not in gal
+        assert gal.template_models() == {expected["B"][0]: CLASSES}

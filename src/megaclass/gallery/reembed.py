@@ -146,12 +146,9 @@ def reembed(gallery: Gallery, model, source=None, *, allow_missing: bool = False
         if state is None and current == fp and not gallery.template_models().keys() - {fp}:
             return {"status": "already", "model": fp, "classes": len(gallery), "seconds": 0.0}
         samples = open_samples(source, gallery, encoder.input_spec, skip_bad_files=skip_bad_files)
-        missing = _missing(gallery, samples)
-        if missing and not allow_missing:
-            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            raise InvalidInputError(f"the source {samples.describe()} lacks {len(missing)} classes the "
-                                    f"gallery holds: {shown} (add their samples, or pass "
-                                    "allow_missing=True to erase them at the switch)")
+        have = samples.labels()
+        missing = [lb for lb in gallery.labels() if lb not in have]
+        _refuse_missing(missing, samples, allow_missing, "")
         if state is None:
             with gallery._open() as store:
                 store.set_meta(STATE_KEY, {"model": fp, "dim": dim, "source": samples.describe(),
@@ -159,7 +156,8 @@ def reembed(gallery: Gallery, model, source=None, *, allow_missing: bool = False
         mode = gallery.get_setting("template_mode") or "mean"
         staged, report = 0, None
         while report is None:  # a write between the last chunk and the switch: stage it, retry
-            staged += _stage_all(gallery, encoder, samples, set(missing), mode, chunk_classes, progress)
+            staged += _stage_all(gallery, encoder, samples, have, missing, allow_missing, mode,
+                                 chunk_classes, progress)
             for label in missing:  # allow_missing: they cannot stay beside new-model templates
                 if label in gallery:
                     gallery.erase(label)
@@ -180,9 +178,12 @@ def _load(model):
     return model.eval() if hasattr(model, "eval") else model
 
 
-def _missing(gallery: Gallery, samples) -> list[str]:
-    have = samples.labels()
-    return [lb for lb in gallery.labels() if lb not in have]
+def _refuse_missing(missing: list[str], samples, allow_missing: bool, when: str) -> None:
+    if missing and not allow_missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise InvalidInputError(f"the source {samples.describe()} lacks {len(missing)} classes the "
+                                f"gallery holds{when}: {shown} (add their samples, or pass "
+                                "allow_missing=True to erase them at the switch)")
 
 
 def _pending(gallery: Gallery, skip: set[str]) -> list[tuple[int, str]]:
@@ -194,11 +195,18 @@ def _pending(gallery: Gallery, skip: set[str]) -> list[tuple[int, str]]:
     return [(int(i), lb) for i, lb in rows if lb not in skip]
 
 
-def _stage_all(gallery: Gallery, encoder, samples, skip: set[str], mode: str, chunk: int,
-               progress) -> int:
-    """Embed and stage pending classes until none is left (enrolls meanwhile add more)."""
+def _stage_all(gallery: Gallery, encoder, samples, have: set[str], missing: list[str],
+               allow_missing: bool, mode: str, chunk: int, progress) -> int:
+    """Embed and stage pending classes until none is left (enrolls meanwhile add more).
+    A class enrolled meanwhile that the source lacks joins ``missing`` or is refused
+    (the staged work is kept for a resume)."""
     done = chunks = 0
-    while pending := _pending(gallery, skip):
+    while pending := _pending(gallery, set(missing)):
+        new = [lb for _, lb in pending if lb not in have]
+        if new:
+            _refuse_missing(new, samples, allow_missing, " (enrolled during the re-embed)")
+            missing += new
+            continue
         total = done + len(pending)
         for at in range(0, len(pending), chunk):
             part = pending[at: at + chunk]
