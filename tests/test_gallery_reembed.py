@@ -220,6 +220,7 @@ def test_old_gallery_is_migrated_with_its_fingerprint(models, expected, tmp_path
             gal.search(np.ones(16), model=expected["A"][0])
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_leaves_one_model_and_resumes(tmp_path):
     """Real subprocesses SIGKILLed during re-embeds; after each kill every template is one
     model's and searches answer from it; then resumed to completion."""
