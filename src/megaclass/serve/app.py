@@ -26,8 +26,9 @@ Enroll classes from a few images (or embeddings) without retraining, identify im
 them with rejection of unknowns, verify claimed identities.
 
 Send an API key as `Authorization: Bearer mck_...`. Roles: **reader** (identify, verify,
-stats, read classes), **enroller** (also enroll, add, erase), **admin** (also keys and audit).
-Errors are JSON `{"error": <type>, "message": <what was wrong>}`.
+stats, read classes), **enroller** (also enroll, add, erase), **admin** (also keys, audit and
+calibrate). Errors are JSON `{"error": <type>, "message": <what was wrong>}`. The operator
+console (a browser page over this API) is served at `/`.
 """
 
 

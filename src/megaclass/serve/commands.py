@@ -37,9 +37,12 @@ def serve(model: ModelOpt, gallery: GalleryOpt,
           max_side: Annotated[int, typer.Option(help="Longest side of one image in pixels.")] = 16384,
           max_request_pixels: Annotated[int, typer.Option(help="Decoded pixels of all images of one request.")] = 64 * 1024 * 1024,
           max_k: Annotated[int, typer.Option(help="Largest top-k.")] = 100,
+          max_calibration_images: Annotated[int, typer.Option(help="Images per POST /v1/calibrate (at most 1000, the multipart parser's own limit).")] = 1000,
+          max_refusals: Annotated[int, typer.Option(help="Refused (401) requests per client and minute that are audited; past it: 429.")] = 30,
           log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
           key_file: KeyOpt = None) -> None:
-    """Serve enroll / identify / verify / erase over HTTP (FastAPI + uvicorn), with API keys."""
+    """Serve enroll / identify / verify / erase over HTTP (FastAPI + uvicorn), with API keys, and
+    the operator console at / (open it in a browser and sign in with a key)."""
     import uvicorn
 
     from .app import create_app
@@ -47,7 +50,7 @@ def serve(model: ModelOpt, gallery: GalleryOpt,
 
     limits = Limits(max_body_bytes=max_body_bytes, max_images=max_images, max_vectors=max_vectors,
                     max_pixels=max_pixels, max_side=max_side, max_request_pixels=max_request_pixels,
-                    max_k=max_k)
+                    max_k=max_k, max_calibration_images=max_calibration_images, max_refusals=max_refusals)
     app = create_app(model, gallery, limits=limits, key=_read_key_file(key_file))
     if not app.state.service.keys.list(include_revoked=False):
         console.print("[yellow]no API keys yet:[/yellow] create one with "
@@ -56,6 +59,7 @@ def serve(model: ModelOpt, gallery: GalleryOpt,
         err_console.print("[yellow]the gallery is not calibrated:[/yellow] identify and verify answer 409 "
                           "unless a request gives ?threshold= or ?no_threshold=true; set one with "
                           f"`megaclass calibrate -m {model} -g {gallery} --non-mated DATA`")
+    err_console.print(f"console: http://{host}:{port}/  (API docs: /docs)")
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
@@ -112,7 +116,7 @@ def keys_revoke(gallery: GalleryOpt, key_id: Annotated[str, typer.Argument(help=
 
 def audit(gallery: GalleryOpt,
           limit: Annotated[int, typer.Option(help="Rows to show (newest first).")] = 50,
-          operation: Annotated[str | None, typer.Option(help="enroll | add | erase | identify | verify | keys | read | request")] = None,
+          operation: Annotated[str | None, typer.Option(help="enroll | add | erase | identify | verify | calibrate | keys | read | request")] = None,
           label: Annotated[str | None, typer.Option(help="Only rows involving this label.")] = None,
           key_id: Annotated[str | None, typer.Option(help="Only rows of this key.")] = None,
           since: Annotated[str | None, typer.Option(help="Only rows at or after this ISO time (UTC).")] = None,

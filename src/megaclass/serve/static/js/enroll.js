@@ -26,8 +26,7 @@ async function preview() {
   const out = await api("/v1/preview", { method: "POST", form: formOf({ files: chosen }) });
   $("enroll-preview").replaceChildren(
     el("p", { class: "muted", text: `What the model sees: ${out.size}×${out.size}, ${out.channels === 1 ? "grey" : "colour"} (before its own normalisation)` }),
-    ...out.images.map((src, i) => el("img", { src, alt: `model input of ${chosen[i].name}`, width: 96, height: 96,
-                                              "data-testid": "model-input" })));
+    ...out.images.map((src, i) => el("img", { src, alt: `model input of ${chosen[i].name}`, "data-testid": "model-input" })));
 }
 
 async function enroll() {
