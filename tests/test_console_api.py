@@ -227,6 +227,9 @@ def test_refused_requests_are_rate_limited_per_client(served):
     assert [r["status"] for r in rows][::-1] == [401, 401, 401, 429]  # then one row says it is limited
     assert "429, unaudited" in rows[0]["decision"]
     assert client.get("/v1/stats", headers=auth(tokens, "reader")).status_code == 200  # valid keys still work
+    paths = client.get("/openapi.json").json()["paths"]
+    keyed = [(path, m) for path, ops in paths.items() for m, op in ops.items() if op.get("security")]
+    assert len(keyed) >= 20 and all("429" in paths[p][m]["responses"] for p, m in keyed)  # documented
 
 
 def test_erase_of_an_unknown_label_is_audited_hashed(served):

@@ -16,6 +16,12 @@ class ErrorOut(BaseModel):
     detail: list[dict[str, Any]] | None = None
 
 
+#: answers every route that needs a key can give: 401 (no or bad key), 403 (role too low),
+#: 429 (the client's refused requests are over their budget, see ratelimit.py)
+REFUSALS: dict = {401: {"model": ErrorOut}, 403: {"model": ErrorOut},
+                  429: {"model": ErrorOut, "description": "too many refused requests from this client"}}
+
+
 class MatchOut(BaseModel):
     label: str
     score: float

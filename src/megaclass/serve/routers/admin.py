@@ -12,11 +12,11 @@ from starlette.responses import Response
 
 from ..deps import authorize, get_service
 from ..keys import KeyInfo
-from ..schemas import AuditOut, AuditRow, ErrorOut, KeyCreatedOut, KeyIn, KeyOut
+from ..schemas import REFUSALS, AuditOut, AuditRow, ErrorOut, KeyCreatedOut, KeyIn, KeyOut
 from ..service import Service
 
 router = APIRouter(prefix="/v1", tags=["admin"],
-                   responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}})
+                   responses={**REFUSALS, 422: {"model": ErrorOut}})
 Svc = Annotated[Service, Depends(get_service)]
 Admin = Annotated[KeyInfo, Depends(authorize("admin", "keys"))]
 AuditOperation = Literal["enroll", "add", "erase", "identify", "verify", "calibrate", "keys", "read",

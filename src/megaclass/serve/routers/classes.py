@@ -11,6 +11,7 @@ from ...recognizer import SAMPLES_META, public_meta
 from ..deps import audit_labels, authorize, get_service
 from ..keys import KeyInfo
 from ..schemas import (
+    REFUSALS,
     ClassItem,
     ClassListOut,
     ClassOut,
@@ -26,7 +27,7 @@ from ._uploads import decode_all, parse_meta, read_uploads
 
 _E = {"model": ErrorOut}
 router = APIRouter(prefix="/v1/classes", tags=["classes"],
-                   responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 413: {"model": ErrorOut},
+                   responses={**REFUSALS, 413: {"model": ErrorOut},
                               422: {"model": ErrorOut}})
 LabelPath = Annotated[str, Path(min_length=1, max_length=256, description="Class label.")]
 Svc = Annotated[Service, Depends(get_service)]

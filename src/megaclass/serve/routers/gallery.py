@@ -11,12 +11,12 @@ from starlette.concurrency import run_in_threadpool
 from ...recognizer import CALIBRATION_KEY
 from ..deps import authorize, get_service
 from ..keys import KeyInfo
-from ..schemas import CalibrationOut, ErrorOut
+from ..schemas import REFUSALS, CalibrationOut, ErrorOut
 from ..service import Service
 from ._uploads import decode_all
 
 _E = {"model": ErrorOut}
-router = APIRouter(prefix="/v1", tags=["gallery"], responses={401: _E, 403: _E})
+router = APIRouter(prefix="/v1", tags=["gallery"], responses=REFUSALS)
 Svc = Annotated[Service, Depends(get_service)]
 
 

@@ -19,14 +19,14 @@ from ...errors import ConfigError
 from ...recognizer import UNSET
 from ..deps import authorize, get_service
 from ..keys import KeyInfo
-from ..schemas import DecisionOut, ErrorOut, IdentifyOut, IdentifyVectorsIn, MatchOut, VerifyOut
+from ..schemas import REFUSALS, DecisionOut, ErrorOut, IdentifyOut, IdentifyVectorsIn, MatchOut, VerifyOut
 from ..service import Service
 from ..thumbnails import data_url
 from ._uploads import decode_all, read_uploads
 
 _E = {"model": ErrorOut}
 router = APIRouter(prefix="/v1", tags=["recognition"],
-                   responses={401: _E, 403: _E, 409: {"model": ErrorOut, "description": "not calibrated"},
+                   responses={**REFUSALS, 409: {"model": ErrorOut, "description": "not calibrated"},
                               413: _E, 422: _E, 503: _E})
 Svc = Annotated[Service, Depends(get_service)]
 Reader = Annotated[KeyInfo, Depends(authorize("reader", "identify"))]

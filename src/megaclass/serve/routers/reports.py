@@ -18,14 +18,14 @@ from ...data.images import to_batch
 from ...errors import UnknownLabelError
 from ..deps import authorize, get_service
 from ..keys import KeyInfo
-from ..schemas import ErrorOut, PreviewOut, WhoAmIOut
+from ..schemas import REFUSALS, ErrorOut, PreviewOut, WhoAmIOut
 from ..service import Service
 from ._uploads import decode_all, read_uploads
 
 #: the gallery setting where ``megaclass evaluate --report`` records its latest report
 REPORT_SETTING = "last_report"
 _E = {"model": ErrorOut}
-router = APIRouter(prefix="/v1", tags=["console"], responses={401: _E, 403: _E})
+router = APIRouter(prefix="/v1", tags=["console"], responses=REFUSALS)
 Svc = Annotated[Service, Depends(get_service)]
 Reader = Annotated[KeyInfo, Depends(authorize("reader"))]
 # the report is self-contained HTML (inline styles, data: images): it may run nothing and
