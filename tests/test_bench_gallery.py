@@ -6,7 +6,7 @@ from megaclass.bench.gallery import GalleryBenchConfig, run_bench
 
 
 def test_gallery_bench_tiny(tmp_path):
-    cfg = GalleryBenchConfig(classes=300, dim=16, queries=50, non_mated=10, single=10)
+    cfg = GalleryBenchConfig(classes=300, dim=16, queries=50, non_mated=10, single=10, data="random")
     report = run_bench(cfg, tmp_path, systems=("megaclass", "faiss", "numpy"), log=lambda *a: None)
     saved = json.loads((tmp_path / "gallery_bench.json").read_text())
     assert saved["results"].keys() == report["results"].keys() == {"megaclass", "faiss", "numpy"}
@@ -18,9 +18,34 @@ def test_gallery_bench_tiny(tmp_path):
 
 
 def test_a_system_over_its_time_budget_is_reported_not_waited_for(tmp_path):
-    cfg = GalleryBenchConfig(classes=300, dim=16, queries=50, non_mated=10, single=10, timeout=0.05)
+    cfg = GalleryBenchConfig(classes=300, dim=16, queries=50, non_mated=10, single=10, timeout=0.05,
+                             data="random")
     report = run_bench(cfg, tmp_path, systems=("megaclass",), log=lambda *a: None)
     assert report["results"]["megaclass"]["skipped"].startswith("timed out after")
+
+
+def test_gallery_bench_on_embeddings_reports_accuracy_and_caches_them(tmp_path, tiny_model_dir):
+    """The default data: glyph classes embedded by a model, cached (memory-mapped) for the next run."""
+    cfg = GalleryBenchConfig(classes=200, queries=40, non_mated=10, single=5, model=str(tiny_model_dir),
+                             cache=str(tmp_path / "cache"))
+    report = run_bench(cfg, tmp_path / "out", systems=("megaclass", "numpy"), log=lambda *a: None)
+    assert report["config"]["dim"] == 32 and report["data"]["model"] == str(tiny_model_dir)
+    for r in report["results"].values():
+        assert r["recall_at_1"] == 1.0 and 0 <= r["accuracy"] <= 1
+        assert r["accuracy"] == r["exact_accuracy"]  # exact search: the same answers
+    assert report["results"]["megaclass"]["recall_reported"] == 1.0
+    cached = list((tmp_path / "cache").glob("emb-*/templates.npy"))
+    assert len(cached) == 1 and np.load(cached[0], mmap_mode="r").shape == (400, 32)
+
+
+def test_the_reference_model_is_a_clear_hook_until_it_ships(tmp_path):
+    import pytest
+
+    from megaclass.errors import ConfigError
+
+    cfg = GalleryBenchConfig(classes=10, model="reference", cache=str(tmp_path))
+    with pytest.raises(ConfigError, match="no reference model"):
+        run_bench(cfg, tmp_path / "out", systems=("numpy",), log=lambda *a: None)
 
 
 def test_tuning_raises_the_rerank_depth_and_restarts_the_probe_search():

@@ -29,8 +29,8 @@ def data():
     groups = _unit(rng.normal(size=(N // 5, DIM)))
     centres = _unit(np.repeat(groups, 5, axis=0) + rng.normal(scale=0.12, size=(N, DIM)))
     tpl = _unit(np.repeat(centres, 2, axis=0) + rng.normal(scale=0.08, size=(2 * N, DIM)))
-    cls = rng.integers(0, N, 600)
-    queries = _unit(centres[cls] + rng.normal(scale=0.12, size=(600, DIM)))
+    cls = rng.integers(0, N, 1200)
+    queries = _unit(centres[cls] + rng.normal(scale=0.12, size=(1200, DIM)))
     return tpl, queries
 
 
@@ -57,11 +57,21 @@ def test_two_templates_per_class_tune_on_leave_one_out_probes(tmp_path, data):
     assert lo <= st["recall_at_1"] <= hi and hi - lo < 0.02
 
 
-def test_one_template_per_class_tunes_on_calibrated_probes(tmp_path, data):
-    tpl, _ = data
+def test_one_template_per_class_tunes_on_calibrated_probes_then_on_observed_searches(tmp_path, data):
+    tpl, queries = data
     with _gallery(tmp_path / "g", tpl, per=1) as g:
         st = g.stats()
-    assert st["tuned_by"] == "calibrated" and st["recall_at_1"] >= 0.99
+        assert st["tuned_by"] == "calibrated" and st["calibrated_to"] == "prior"
+        assert st["recall_at_1"] >= 0.99
+        g.monitor_recall(rate=1.0)
+        g._recall.interval, g._recall.batch = 0.0, 600
+        g.search(queries[:600], k=1)  # 600 observed searches: the prior gives way to them
+        st = g.stats()
+        assert st["calibrated_to"] == "600 observed searches" and st["recall_at_1"] >= 0.99
+        right = [m[0].label for m in g.search(queries[600:], k=1)]
+        exact = np.array([int(lab[1:]) for lab in right])
+    truth = ((queries[600:] @ tpl[0::2].T).argmax(axis=1))
+    assert np.mean(exact == truth) >= 0.98
 
 
 def test_live_monitor_detects_knobs_too_low_and_retunes(tmp_path, data):
@@ -72,7 +82,7 @@ def test_live_monitor_detects_knobs_too_low_and_retunes(tmp_path, data):
         g._index.info.update(nprobe=1, k_factor=1)  # deliberately far too low
         g._index._apply_search_params()
         for a in range(0, 600, 100):
-            g.search(queries[a:a + 100], k=1)
+            g.search(queries[a:a + 100], k=1)  # live traffic
         log = [e for e in g.maintenance_log if e.get("event") == "retune"]
         assert len(log) == 1 and "below the target 0.99" in log[0]["why"]
         assert g.stats()["nprobe"] > 1 and g.stats()["recall_at_1"] >= 0.99
@@ -102,18 +112,18 @@ def test_reservoir_is_opt_in_sealed_bounded_used_by_tune_and_dropped(tmp_path, d
     with _gallery(path, tpl, key=key) as g:
         g.search(queries[:50], k=1)
         assert not (path / FILE_NAME).exists()  # off by default
-        g.keep_queries(300)
+        g.keep_queries(1000)
         g.search(queries, k=3)
-        assert g.stats()["query_reservoir"] == {"capacity": 300, "kept": 300}
+        assert g.stats()["query_reservoir"] == {"capacity": 1000, "kept": 1000}
     raw = (path / FILE_NAME).read_bytes()
     assert queries[-1].tobytes()[:16] not in raw  # sealed, not in clear
     with pytest.raises(EncryptionKeyError):  # the file cannot be read without the key
-        QueryReservoir(path, DIM, 300, cipher=None, gallery_uuid="x", encrypted=False)
+        QueryReservoir(path, DIM, 1000, cipher=None, gallery_uuid="x", encrypted=False)
     with pytest.raises(EncryptionKeyError):  # nor kept on an encrypted gallery without it
         QueryReservoir(tmp_path, DIM, 300, cipher=None, gallery_uuid="x", encrypted=True)
     with Gallery.open(path, key=key) as g:
         out = g.tune()
-        assert out["tuned_by"] == "reservoir" and out["recall_queries"] == 300
+        assert out["tuned_by"] == "reservoir" and out["recall_queries"] == 1000
         assert all(not isinstance(v, np.ndarray) for v in g.stats().values())
         g.drop_queries()
         assert not (path / FILE_NAME).exists() and "query_reservoir" not in g.stats()

@@ -1,9 +1,11 @@
 """``megaclass bench gallery``: megaclass's gallery against the stores users would pick instead.
 
-Data: ``classes`` class centres on the unit sphere, ``templates`` noisy templates per
-class, mated queries (fresh noisy samples of enrolled classes) and non-mated queries
-(samples of classes never enrolled). Each system runs in its own subprocess (clean
-peak RSS, a crash cannot take the run down) on the same ``data.npz``:
+Data (:mod:`megaclass.bench.gallery_data`): by default real embeddings, glyph classes
+embedded by a trained encoder (``templates`` drawings per class as templates, another as
+the mated probe, never-enrolled classes as non-mated probes); ``data="random"`` is the
+stress test of clustered random unit vectors. Recall@1 is measured against exact search
+and identification accuracy against the true class, for every system. Each system runs
+in its own subprocess (clean peak RSS, a crash cannot take the run down) on the same files:
 
 - ``megaclass``: Gallery (SQLite + FAISS, durable batched enroll), index ``auto``;
 - ``faiss``: raw FAISS with the same index spec and search knob (the floor);
@@ -31,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
+
 SYSTEMS = ("megaclass", "faiss", "numpy", "hnswlib", "usearch", "milvus", "lancedb")
 TARGET = 0.99
 
@@ -45,49 +49,28 @@ class GalleryBenchConfig:
     single: int = 300  # single-query latency samples
     seed: int = 0
     index: str = "auto"  # megaclass's index spec; raw FAISS mirrors what it settles on
+    data: str = "embeddings"  # or "random" (the stress test)
+    model: str | None = None  # encoder for "embeddings" (None: the cached demo-recipe model)
+    cache: str = "bench-output/gallery-data"  # model + embeddings, reused by later runs
     timeout: float = 3600.0  # seconds per system; a system that takes longer is reported as such
     peer_timeout: float | None = None  # for hnswlib, usearch, milvus, lancedb (None: ``timeout``)
 
 
-def make_data(cfg: GalleryBenchConfig, path: Path, chunk: int = 1 << 18) -> None:
-    """Clustered unit vectors: templates cos ~0.8 to their centre, queries likewise.
+def make_data(cfg: GalleryBenchConfig, path: Path, log=print) -> Path:
+    """The benchmark's data folder for ``cfg`` (see :mod:`megaclass.bench.gallery_data`):
+    random vectors written to ``path``, or cached embeddings (their folder is returned)."""
+    from . import gallery_data
 
-    Written to ``path/<name>.npy``; the templates go straight into a memory-mapped file,
-    generated in chunks of classes (no copy in RAM: 10M x 128 is 5 GB), and the exact
-    answer of every mated query is found in one streamed pass.
-    """
-    from megaclass.gallery.tuning import exact_top1
-
-    rng = np.random.default_rng(cfg.seed)
-    d, n, per = cfg.dim, cfg.classes, cfg.templates
-
-    def unit(x):
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    def noisy(c):
-        return unit(c + rng.normal(scale=0.75 / np.sqrt(d), size=c.shape).astype(np.float32))
-
-    mated_cls = rng.integers(0, n, cfg.queries)
-    mated = np.empty((cfg.queries, d), np.float32)
-    path.mkdir(parents=True, exist_ok=True)
-    templates = np.lib.format.open_memmap(path / "templates.npy", mode="w+", dtype=np.float32,
-                                          shape=(per * n, d))  # template t of class c: row t * n + c
-    for a in range(0, n, chunk):
-        centres = unit(rng.normal(size=(min(chunk, n - a), d)).astype(np.float32))
-        for t in range(per):
-            templates[t * n + a: t * n + a + len(centres)] = noisy(centres)
-        hit = (mated_cls >= a) & (mated_cls < a + len(centres))
-        mated[hit] = noisy(centres[mated_cls[hit] - a])
-    owner = np.tile(np.arange(n), per)
-    non_mated = noisy(unit(rng.normal(size=(cfg.non_mated, d)).astype(np.float32)))
-    rows = ((np.arange(a, min(a + chunk, len(templates))), templates[a:a + chunk])
-            for a in range(0, len(templates), chunk))
-    truth = owner[exact_top1(mated, rows)]  # best class of each query by its best template
-    templates.flush()
-    del templates
-    for name, arr in (("owner", owner), ("mated", mated), ("mated_cls", mated_cls),
-                      ("non_mated", non_mated), ("truth", truth)):
-        np.save(path / f"{name}.npy", arr)
+    if cfg.data == "random":
+        gallery_data.random_data(cfg.classes, cfg.dim, cfg.templates, cfg.queries, cfg.non_mated,
+                                 cfg.seed, path)
+        return path
+    if cfg.data != "embeddings":
+        raise ConfigError(f"bench gallery data must be 'embeddings' or 'random', got {cfg.data!r}")
+    cache = Path(cfg.cache)
+    model = gallery_data.resolve_model(cfg.model, cache, log)
+    return gallery_data.embedding_data(model, cfg.classes, cfg.templates, cfg.queries, cfg.non_mated,
+                                       cfg.seed, cache, log)
 
 
 def _percentiles(samples: list[float]) -> dict:
@@ -136,13 +119,24 @@ def run_system(name: str, data_path: Path, work: Path, single: int) -> dict:
     owner, mated, truth = (np.load(data_path / f"{k}.npy") for k in ("owner", "mated", "truth"))
     runner = globals()[f"_run_{name}"]
     base = _current_rss_mb()  # interpreter + imports + the small arrays: same for every system
+    _LAST_PRED.clear()
     out = runner(tpl, owner, mated, truth, work, single)
+    if _LAST_PRED:  # identification accuracy: the best class against the probe's true class
+        pred = _LAST_PRED[-1]
+        true_cls = np.load(data_path / "mated_cls.npy")[: len(pred)]
+        out["accuracy"] = float(np.mean(pred == true_cls))
+        out["exact_accuracy"] = float(np.mean(truth[: len(pred)] == true_cls))
     out["peak_rss_mb"] = _rss_mb()
     out["rss_over_data_mb"] = out.pop("rss_after_mb", _current_rss_mb()) - base
     return out
 
 
+_LAST_PRED: list[np.ndarray] = []  # each system's last predictions (at its final knobs)
+
+
 def _recall(pred_cls: np.ndarray, truth: np.ndarray) -> float:
+    """Recall@1 against exact search; remembers the predictions for the accuracy."""
+    _LAST_PRED.append(np.asarray(pred_cls))
     return float(np.mean(pred_cls == truth))
 
 
@@ -156,6 +150,7 @@ def _tune(set_knob, search_cls, mated, truth, start: int, limit: int) -> tuple[i
 
     knob, recall = smallest_knob(recall_at, start, limit, TARGET)
     set_knob(knob)
+    _recall(search_cls(mated), truth)  # the predictions at the chosen knob, for the accuracy
     return knob, recall
 
 
@@ -216,6 +211,10 @@ def _run_megaclass(tpl, owner, mated, truth, work, single):
     def search_cls(q):
         return np.array([int(m[0].label[1:]) for m in g.search(q, k=1)])
 
+    own = {"recall_reported": info.get("recall_at_1", 1.0), "reported_ci95": info.get("recall_ci95"),
+           "tuned_by": info.get("tuned_by", "exact"), "calibrated_to": info.get("calibrated_to"),
+           "own_knobs": {k: info[k] for k in ("nprobe", "efSearch", "k_factor") if k in info},
+           "recall_at_own_knobs": float(np.mean(search_cls(mated) == truth))}
     if not ix.exact:
         knob_name = "nprobe" if "nprobe" in ix.info else "efSearch"
 
@@ -244,7 +243,7 @@ def _run_megaclass(tpl, owner, mated, truth, work, single):
     if "k_factor" in ix.info:
         knobs["k_factor"] = ix.info["k_factor"]
     (work / "megaclass.json").write_text(json.dumps({"index": info["index"], "knob": knobs}))
-    return {"index": info["index"], "knob": knobs,
+    return {"index": info["index"], "knob": knobs, **own,
             "recall_at_1": recall, "enroll_templates_per_s": len(tpl) / enroll_s,
             "index_ready_s": ready_s, "index_rebuilds": rebuilds,
             "single_enroll_per_s": 200 / single_s, **lat, "batch_qps": batch_qps,
@@ -472,10 +471,10 @@ def _how_far(err: str) -> str:
             f"({last['built'] / max(last['seconds'], 1e-9):,.0f} templates/s)")
 
 
-def _run_subprocess(name: str, work: Path, cfg: GalleryBenchConfig) -> dict:
+def _run_subprocess(name: str, work: Path, data: Path, cfg: GalleryBenchConfig) -> dict:
     """One system in its own process, killed after ``cfg.timeout`` seconds."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "MEGACLASS_BENCH_INDEX": cfg.index}
-    proc = subprocess.Popen([sys.executable, "-m", "megaclass.bench.gallery", name, str(work / "data"),
+    proc = subprocess.Popen([sys.executable, "-m", "megaclass.bench.gallery", name, str(data),
                              str(work), str(cfg.single)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     limit = cfg.timeout if name in ("megaclass", "faiss", "numpy") or cfg.peer_timeout is None \
@@ -503,8 +502,9 @@ def run_bench(cfg: GalleryBenchConfig, out: Path, systems=SYSTEMS, log=print) ->
     work = Path(tempfile.mkdtemp(prefix="mc-gbench-"))
     try:
         t = time.perf_counter()
-        make_data(cfg, work / "data")
-        log(f"data: {cfg.classes:,} classes x {cfg.templates} templates, D={cfg.dim} "
+        data = make_data(cfg, work / "data", log)
+        dim = int(np.load(data / "templates.npy", mmap_mode="r").shape[1])
+        log(f"data ({cfg.data}): {cfg.classes:,} classes x {cfg.templates} templates, D={dim} "
             f"({time.perf_counter() - t:.1f}s)")
         results: dict = {}
         order = ["megaclass"] + [s for s in systems if s != "megaclass"]  # faiss reuses its spec
@@ -512,9 +512,11 @@ def run_bench(cfg: GalleryBenchConfig, out: Path, systems=SYSTEMS, log=print) ->
             if name not in systems and name != "megaclass":
                 continue
             log(f"running {name} ...")
-            results[name] = _run_subprocess(name, work, cfg)
+            results[name] = _run_subprocess(name, work, data, cfg)
             log(f"  {name}: {results[name]}")
-        report = {"config": asdict(cfg), "target_recall": TARGET, "results": results}
+        report = {"config": dict(asdict(cfg), dim=dim), "target_recall": TARGET, "results": results}
+        if cfg.data == "embeddings":
+            report["data"] = json.loads((data / "model.json").read_text())
         (out / "gallery_bench.json").write_text(json.dumps(report, indent=2))
         _plot(report, out / "gallery_bench.png")
         return report
@@ -540,7 +542,8 @@ def _plot(report: dict, path: Path) -> None:
     axes[1].set_ylabel("enroll / build (templates/s)")
     axes[1].set_yscale("log")
     c = report["config"]
-    fig.suptitle(f"gallery bench: {c['classes']:,} classes x {c['templates']} templates, D={c['dim']}")
+    fig.suptitle(f"gallery bench ({c.get('data', 'random')}): {c['classes']:,} classes x "
+                 f"{c['templates']} templates, D={c['dim']}")
     for ax in axes:
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()

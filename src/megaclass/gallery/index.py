@@ -360,6 +360,9 @@ class ClassIndex:
             if k_factor is not None:
                 self.info["k_factor"] = k_factor
             self._apply_search_params()
+            self.info.pop("calibrated_to", None)
+            if probes.calibrated_to:
+                self.info["calibrated_to"] = probes.calibrated_to
             self.info.update(recall_at_1=round(recall, 4),
                              recall_ci95=[round(x, 4) for x in wilson(hits, len(probes))],
                              recall_queries=len(probes), tuned_by=probes.kind,

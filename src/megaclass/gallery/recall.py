@@ -43,6 +43,8 @@ PAIRS_MAX = 4096  # (best, gap) pairs kept to calibrate probes
 RATE = 0.01  # default share of searched rows re-run exactly
 BATCH = 64  # rows per exact pass
 INTERVAL = 30.0  # seconds between exact passes at most
+RECALIBRATE_PAIRS = 500  # observed searches that replace the prior of calibrated probes
+RESERVOIR_MIN = 1000  # kept queries that replace synthetic / leave-one-out probes
 CALIBRATION_SAMPLE = 20_000  # templates drawn to place calibrated probes on
 MONITOR_SETTING, RATE_SETTING, RESERVOIR_SETTING = "recall_monitor", "recall_sample_rate", "query_reservoir"
 
@@ -193,6 +195,11 @@ class RecallWatch:
     def _maybe_retune(self) -> dict | None:
         with self._lock:
             n, hits = len(self._outcomes), int(sum(self._outcomes))
+            pairs = len(self._pairs)
+        info = self._g._index.info
+        if info.get("calibrated_to") == "prior" and pairs >= RECALIBRATE_PAIRS:
+            return self.retune(f"calibrating the tuning probes to {pairs} observed searches "
+                               "(the index was tuned on the near-tie prior)")
         if n < min_probes(TARGET_RECALL):
             return None
         low, high = wilson(hits, n)
@@ -208,7 +215,8 @@ class RecallWatch:
     # ------------------------------------------------------------------ re-tuning
     def observed_pairs(self) -> np.ndarray | None:
         with self._lock:
-            return np.array(self._pairs, np.float32) if len(self._pairs) >= 100 else None
+            enough = len(self._pairs) >= min_probes(TARGET_RECALL)
+            return np.array(self._pairs, np.float32) if enough else None
 
     def probe_maker(self):
         """The probes an index (re)build tunes on: the reservoir's queries when it holds
@@ -224,7 +232,7 @@ class RecallWatch:
 
     def _reservoir_queries(self) -> np.ndarray | None:
         with self._lock:
-            if self.reservoir is None or len(self.reservoir) < min_probes(TARGET_RECALL):
+            if self.reservoir is None or len(self.reservoir) < RESERVOIR_MIN:
                 return None
             return self.reservoir._queries()
 
@@ -248,7 +256,7 @@ class RecallWatch:
         g._snapshot_seq = None  # the snapshot carries the knobs
         entry = {"event": "retune", "why": why, **{k: out.get(k) for k in (
             "index", "nprobe", "efSearch", "k_factor", "recall_at_1", "recall_ci95", "recall_queries",
-            "tuned_by") if k in out}}
+            "tuned_by", "calibrated_to") if k in out}}
         log.warning("gallery %s re-tuned its index: %s; now %s", g.path.name, why,
                     {k: v for k, v in entry.items() if k not in ("event", "why")})
         g.maintenance_log.append(entry)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 TARGET_RECALL = 0.99  # "auto"/IVF/HNSW: recall@1 vs exact that nprobe/efSearch must reach
-TUNE_TARGET = TARGET_RECALL  # what the knobs are fitted to on probes
+TUNE_TARGET = 0.995  # what knobs are fitted to on probes: headroom for their sampling noise (see probes.py)
 
 
 def uniform_sample(chunks: Iterable[tuple[np.ndarray, np.ndarray]], n: int, m: int,
