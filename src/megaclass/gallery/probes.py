@@ -10,8 +10,8 @@ produces. So probes come, best first, from:
 - ``reservoir``: recent real queries kept by an opt-in :class:`~megaclass.gallery.reservoir.QueryReservoir`;
 - ``leave-one-out``: templates of classes with two or more templates, each searched against
   the rest (a fresh drawing of an enrolled class, which is what a mated query is);
-- ``calibrated``: synthetic probes placed between a template and its nearest rival template
-  so that their (best score, gap) pairs follow those observed on real searches (the live
+- ``calibrated``: synthetic probes, templates plus noise shaped like the templates' own
+  spread, whose (best score, gap) pairs follow those observed on real searches (the live
   monitor's exact re-runs), or the :data:`PRIOR` near-tie pairs before any was observed.
 
 :func:`wilson` gives the 95 % interval reported with the recall; :func:`min_probes` says
@@ -202,16 +202,6 @@ def _match(have: np.ndarray, want: np.ndarray) -> np.ndarray:
         out.append(free.pop(j))
         values.pop(j)
     return np.sort(np.array(out, dtype=np.int64))
-
-
-def _noisy(sample: np.ndarray, tids: np.ndarray, cids: np.ndarray, read: Chunks, n: int,
-           rng: np.random.Generator) -> Probes:
-    """Noisy copies of templates (cosine ~0.8 to their source): the old synthetic probes."""
-    pick = rng.choice(len(sample), n, replace=len(sample) < n)
-    q = sample[pick] + rng.normal(scale=0.75 / math.sqrt(sample.shape[1]), size=(n, sample.shape[1]))
-    q = np.ascontiguousarray(unit_rows(q.astype(np.float32)))
-    best, _ = exact_topk(q, read(), 1)
-    return Probes("synthetic", q, _class_of(best[:, 0], tids, cids))
 
 
 def real(queries: np.ndarray, tids: np.ndarray, cids: np.ndarray, read: Chunks, kind: str) -> Probes:
