@@ -34,7 +34,7 @@ from .cli_common import (
     console,
     err_console,
 )
-from .errors import InvalidInputError, MegaclassError
+from .errors import ConfigError, InvalidInputError, MegaclassError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -89,17 +89,22 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for report.json, scores.
     m, b, t, c = report["model"], report["raw_pixel_baseline"], report["timing"], report["config"]
     table = Table(title=f"megaclass demo: {c['enrolled']:,} unseen classes enrolled, "
                         f"{c['non_mated']:,} never-enrolled classes as non-mated")
+    cols = [m, b] + ([report["reference_model"]] if report.get("reference_model") else [])
     table.add_column("metric")
-    table.add_column("trained encoder", justify="right")
+    table.add_column(f"trained encoder ({c['train_steps']} steps)", justify="right")
     table.add_column("raw-pixel baseline", justify="right")
-    table.add_row("top-1 (enrolled classes)", f"{m['top1']:.1%}", f"{b['top1']:.1%}")
-    table.add_row("top-5 (enrolled classes)", f"{m['top5']:.1%}", f"{b['top5']:.1%}")
-    table.add_row(f"FNIR @ FPIR {c['target_fpir']:.0%} (calibrated)", f"{m['fnir']:.1%}", f"{b['fnir']:.1%}")
-    table.add_row(f"FNIR @ FPIR {c['extra_fpir']:.0%} (calibrated)", f"{m['fnir_at_extra_fpir']:.1%}",
-                  f"{b['fnir_at_extra_fpir']:.1%}")
-    table.add_row(f"FPIR measured on held-out non-mated (target {c['target_fpir']:.0%})",
-                  f"{m['fpir']:.2%}", f"{b['fpir']:.2%}")
-    table.add_row("threshold", f"{m['threshold']:.3f}", f"{b['threshold']:.3f}")
+    if len(cols) == 3:
+        table.add_column("shipped reference model", justify="right")
+
+    def row(name: str, key: str, fmt: str = ".1%") -> None:
+        table.add_row(name, *(format(col[key], fmt) for col in cols))
+
+    row("top-1 (enrolled classes)", "top1")
+    row("top-5 (enrolled classes)", "top5")
+    row(f"FNIR @ FPIR {c['target_fpir']:.0%} (calibrated)", "fnir")
+    row(f"FNIR @ FPIR {c['extra_fpir']:.0%} (calibrated)", "fnir_at_extra_fpir")
+    row(f"FPIR measured on held-out non-mated (target {c['target_fpir']:.0%})", "fpir", ".2%")
+    row("threshold", "threshold", ".3f")
     console.print(table)
     timing = Table(title="time")
     timing.add_column("step")
@@ -116,8 +121,13 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for report.json, scores.
 
 
 @app.command()
-def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) or an image folder root/<class>/<image>.")],
+def train(ctx: typer.Context,
           model: Annotated[Path, typer.Option("--model", "-m", help="Output model directory.")],
+          data: Annotated[str | None, typer.Argument(help="glyphs:START-END (built-in) or an image folder root/<class>/<image>; optional with --recipe.")] = None,
+          recipe: Annotated[str | None, typer.Option(help="A named recipe (demo | reference): its data and options; options given here as well override it.")] = None,
+          device: Annotated[str, typer.Option(help="auto (CUDA when available, else CPU) | cpu | cuda | cuda:N.")] = "auto",
+          precision: Annotated[str, typer.Option(help="fp32 | bf16 (bfloat16 autocast of the encoder; slower on CPUs without bf16 units).")] = "fp32",
+          compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the encoder.")] = False,
           head: Annotated[str, typer.Option(help="softmax | cosface | arcface | normface")] = "cosface",
           epochs: int = 3,
           steps: Annotated[int | None, typer.Option(help="Total steps (overrides --epochs).")] = None,
@@ -159,10 +169,15 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
     from .data.spec import open_source
     from .train import Trainer
 
+    recipe_options: dict = {}
+    if recipe is not None:
+        data, samples_per_class, recipe_options = _apply_recipe(ctx, recipe, data, samples_per_class)
+    elif data is None:
+        raise ConfigError("give the training DATA (glyphs:START-END or a folder) or a --recipe")
     spec = _input_spec(channels, size, resize, polarity, mean, std)
     source = open_source(data, samples_per_class=samples_per_class, input_spec=spec,
                          skip_bad_files=skip_bad_files)
-    trainer = Trainer(source, head=head, epochs=epochs, steps=steps, batch_size=batch_size,
+    options = dict(head=head, epochs=epochs, steps=steps, batch_size=batch_size,
                       m_per_class=m_per_class, optimizer=optimizer, lr=lr, scale=scale,
                       margin=margin, dim=dim, seed=seed, num_workers=workers,
                       checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
@@ -174,7 +189,9 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
                       backbone=backbone, backbone_weights=str(backbone_weights) if backbone_weights else None,
                       init_from=str(init_from) if init_from else None, freeze=freeze or (),
                       pretrained_lr_scale=pretrained_lr_scale, unfreeze_after=unfreeze_after,
-                      compatible_with=str(compatible_with) if compatible_with else None)
+                      compatible_with=str(compatible_with) if compatible_with else None,
+                      device=device, precision=precision, compile=compile_model)
+    trainer = Trainer(source, **{**options, **recipe_options})
     encoder = trainer.fit()
     encoder.save(model)
     reports = {k: r for k, r in (("backbone_weights", trainer.backbone_report_),
@@ -191,6 +208,24 @@ def train(data: Annotated[str, typer.Argument(help="glyphs:START-END (built-in) 
             console.print(r.summary(), highlight=False, soft_wrap=True)
         console.print(f"saved {model} ({source.num_classes:,} classes, {result['steps']} steps, "
                       f"loss {result['final_loss']}, {trainer.images_per_second_:,.0f} img/s)")
+
+
+def _apply_recipe(ctx: typer.Context, name: str, data: str | None, samples_per_class: int):
+    """The recipe's data, drawings per class and Trainer options, minus what the command line set."""
+    from click.core import ParameterSource
+
+    from .train.recipes import recipe as get_recipe
+
+    r = get_recipe(name)
+
+    def given(param: str) -> bool:
+        return ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, None)
+
+    options = {k: v for k, v in r.options.items() if not given(k)}
+    if "checkpoint_every" in options and not given("checkpoint_dir"):
+        options.pop("checkpoint_every")  # a recipe's checkpoint cadence needs a --checkpoint-dir
+    return (data if data is not None else r.data,
+            samples_per_class if given("samples_per_class") else r.samples_per_class, options)
 
 
 def _input_spec(channels: int, size: int, resize: str | None, polarity: str | None,

@@ -20,7 +20,7 @@ from .errors import InvalidInputError
 console = Console()
 err_console = Console(stderr=True)
 
-ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model directory (config.json + model.safetensors).")]
+ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model directory (config.json + model.safetensors), or a shipped model by name: reference.")]
 GalleryOpt = Annotated[Path, typer.Option("--gallery", "-g", help="Gallery directory (created on first enroll).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]

@@ -29,10 +29,9 @@ import torch
 
 from .data.glyphs import GlyphSource
 from .evaluate.baseline import NearestClassMean, pixel_summary, pixel_templates
-from .evaluate.closed_set import top_k_accuracy
-from .evaluate.open_set import calibrate_threshold, fnir, fpir
 from .evaluate.originals import Glyph, glyph_sources
 from .evaluate.pipeline import evaluate_recognizer
+from .evaluate.protocol import OpenSetProtocol, run_protocol, score_encoder
 from .evaluate.report import write_report
 from .gallery import Gallery
 from .recognizer import Recognizer
@@ -45,6 +44,8 @@ class DemoConfig:
 
     ``augment`` (a preset name or JSON pipeline, :mod:`megaclass.data.augment`) augments
     the training batches; ``None`` trains on the plain glyphs (the README's numbers).
+    ``reference`` also scores the shipped reference model (``-m reference``) on the same
+    enrolled classes and queries, when this installation has it.
     """
 
     train_classes: int = 2000
@@ -61,11 +62,20 @@ class DemoConfig:
     calib_start: int = 200_000
     non_mated_start: int = 300_000
     augment: str | list | None = None
+    reference: bool = True
+
+    def protocol(self) -> OpenSetProtocol:
+        """The open-set protocol of these sizes (the same images score every model)."""
+        return OpenSetProtocol(enrolled=self.enrolled, per_class=self.per_class, non_mated=self.non_mated,
+                               queries_per_class=self.queries_per_class,
+                               non_mated_queries=self.non_mated_queries, target_fpir=self.target_fpir,
+                               extra_fpir=self.extra_fpir, enroll_start=self.enroll_start,
+                               calib_start=self.calib_start, non_mated_start=self.non_mated_start)
 
     @classmethod
     def quick(cls) -> DemoConfig:
         return cls(train_classes=100, train_steps=30, batch_size=64, enrolled=200,
-                   non_mated=200, per_class=3)
+                   non_mated=200, per_class=3, reference=False)
 
 
 def _embed(rec: Recognizer, ids: range, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -96,41 +106,25 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None, 
     rec = Recognizer(encoder, Gallery.open(gallery_dir, dim=encoder.dim))
     enroll_ids = range(c.enroll_start, c.enroll_start + c.enrolled)
     t = time.perf_counter()
-    images, cls = GlyphSource.batch(np.asarray(enroll_ids), c.per_class, seed=1)
+    protocol = c.protocol().render()
     render_s = time.perf_counter() - t
-    t = time.perf_counter()
-    per = c.per_class
-    rec.enroll_many((f"glyph-{cid}", images[k * per:(k + 1) * per])
-                    for k, cid in enumerate(enroll_ids))
-    enroll_s = time.perf_counter() - t
+    images, _ = protocol.images["enroll"]
     pixels_enrolled = images.reshape(len(images), -1).numpy()
-
-    log(f"[3/4] calibrating the threshold for FPIR = {c.target_fpir:.0%} on "
-        f"{c.non_mated * c.non_mated_queries:,} non-mated searches")
-    calib_ids = range(c.calib_start, c.calib_start + c.non_mated)
-    calib_vec, _, calib_pix = _embed(rec, calib_ids, c.non_mated_queries, seed=2)
-    # the quick miniature has fewer non-mated searches than 10/FPIR: its threshold is rough
-    cal = rec.calibrate_vectors(calib_vec, c.target_fpir, allow_few=True)
-
-    log(f"[4/4] identifying {c.enrolled * c.queries_per_class:,} mated and "
-        f"{c.non_mated * c.non_mated_queries:,} non-mated queries")
-    q_vec, q_cls, q_pix = _embed(rec, enroll_ids, c.queries_per_class, seed=2)
-    nm_ids = range(c.non_mated_start, c.non_mated_start + c.non_mated)
-    nm_vec, _, nm_pix = _embed(rec, nm_ids, c.non_mated_queries, seed=2)
+    log(f"      then calibrating the threshold for FPIR = {c.target_fpir:.0%} on "
+        f"{c.non_mated * c.non_mated_queries:,} non-mated searches and identifying "
+        f"{c.enrolled * c.queries_per_class:,} mated and {c.non_mated * c.non_mated_queries:,} "
+        "non-mated queries")
     t = time.perf_counter()
-    mated = rec.identify_vectors(q_vec, k=5)
-    search_s = time.perf_counter() - t
-    non_mated = rec.identify_vectors(nm_vec, k=1)
-    truth = [f"glyph-{i}" for i in q_cls]
-    acc = top_k_accuracy([[m.label for m in d.candidates] for d in mated], truth, ks=(1, 5))
-    m_scores = np.array([d.score for d in mated])
-    m_correct = np.array([d.candidates[0].label == t for d, t in zip(mated, truth, strict=True)])
-    nm_scores = np.array([d.score for d in non_mated])
-    calib_best = [m[0].score for m in rec.gallery.search(calib_vec, k=1)]
-    extra_threshold = calibrate_threshold(calib_best, c.extra_fpir).threshold
-    model = {**acc, "threshold": cal.threshold, "fpir": fpir(nm_scores, cal.threshold),
-             "fnir": fnir(m_scores, m_correct, cal.threshold),
-             "fnir_at_extra_fpir": fnir(m_scores, m_correct, extra_threshold)}
+    run = run_protocol(rec, protocol)
+    protocol_s = time.perf_counter() - t
+    cal, q_vec, nm_vec, calib_vec = run.calibration, run.queries, run.non_mated, run.calib
+    model = run.metrics
+    q_cls = protocol.images["mated"][1]
+    q_pix, nm_pix, calib_pix = (protocol.images[k][0].reshape(len(protocol.images[k][0]), -1).numpy()
+                                for k in ("mated", "non_mated", "calib"))
+    nm_ids = range(c.non_mated_start, c.non_mated_start + c.non_mated)
+    truth = protocol.truth
+    reference = _reference_scores(protocol, log) if c.reference else None
     truth_idx = (q_cls - c.enroll_start).astype(np.int64)
     pix_templates = pixel_templates(pixels_enrolled, c.per_class)
     baseline = pixel_summary(pix_templates, q_pix, nm_pix, calib_pix, truth_idx, c.target_fpir,
@@ -139,14 +133,16 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None, 
         "config": c.__dict__,
         "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
                     "torch": torch.__version__},
-        "model": model, "raw_pixel_baseline": baseline,
+        "model": model, "raw_pixel_baseline": baseline, "reference_model": reference,
         "calibration": cal.to_dict(),
         "timing": {"train_seconds": train_s, "train_images_per_second": trainer.images_per_second_,
-                   "render_enroll_seconds": render_s, "enroll_seconds": enroll_s,
-                   "enroll_ms_per_class": 1000 * enroll_s / c.enrolled,
-                   "search_queries_per_second": len(q_vec) / max(search_s, 1e-9),
+                   "render_seconds": render_s, "enroll_seconds": run.enroll_seconds,
+                   "enroll_ms_per_class": 1000 * run.enroll_seconds / c.enrolled,
+                   "search_queries_per_second": len(q_vec) / max(run.search_seconds, 1e-9),
+                   "enroll_calibrate_identify_seconds": protocol_s,
                    "total_seconds": time.perf_counter() - t0},
     }
+    log("[4/4] the evaluation report (DET, CMC, scores, confusions) with the raw-pixel baseline")
     t = time.perf_counter()
     fpirs = (c.target_fpir, c.extra_fpir, 0.003, 0.001)
     ev = evaluate_recognizer(rec, q_vec, truth, nm_vec, fpirs=fpirs)
@@ -171,19 +167,33 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None, 
     report["timing"]["html_report_seconds"] = time.perf_counter() - t
     report["timing"]["total_seconds"] = time.perf_counter() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    _plot_scores(out / "scores.png", m_scores[m_correct], nm_scores, cal.threshold, c.target_fpir)
+    _plot_scores(out / "scores.png", ev, cal.threshold, c.target_fpir)
     rec.close()
     log(f"HTML report (open in a browser): {html}")
     return report
 
 
-def _plot_scores(path: Path, mated: np.ndarray, non_mated: np.ndarray, threshold: float,
-                 target: float) -> None:
+def _reference_scores(protocol: OpenSetProtocol, log) -> dict | None:
+    """The shipped reference model on the demo's own protocol (None when not installed)."""
+    from .models import load_encoder
+    from .models.pretrained import shipped_dir
+
+    if not (shipped_dir("reference") / "model.safetensors").is_file():
+        log("[3/4] (the shipped reference model is not installed: no comparison)")
+        return None
+    log("[3/4] the shipped reference model (-m reference) on the same classes and queries")
+    t = time.perf_counter()
+    metrics = score_encoder(load_encoder("reference"), protocol)
+    return {**metrics, "seconds": time.perf_counter() - t}
+
+
+def _plot_scores(path: Path, ev, threshold: float, target: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    mated, non_mated = ev.mated_scores[ev.mated_correct], ev.non_mated_scores
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.linspace(min(mated.min(), non_mated.min()), 1.0, 60)
     ax.hist(mated, bins=bins, alpha=0.6, density=True, label="mated (correct rank-1)")

@@ -231,6 +231,34 @@ def digits(model: Annotated[str, typer.Option("--model", "-m", help="Model direc
     console.print(table)
 
 
+@bench_app.command("recipe")
+def recipe_bench(out: Annotated[Path, typer.Option(help="Folder for recipe_bench.json.")] = Path("bench-output/recipe"),
+                 base: Annotated[str, typer.Option(help="The recipe the variants change (demo | reference).")] = "demo",
+                 variant: Annotated[list[str] | None, typer.Option("--variant", help="Variants to run (repeat; default: all).")] = None,
+                 steps: Annotated[int | None, typer.Option(help="Training steps of every variant (default: the base recipe's).")] = None,
+                 enrolled: Annotated[int, typer.Option(help="Unseen classes enrolled in the scoring protocol.")] = 5000,
+                 threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
+                 fresh: Annotated[bool, typer.Option(help="Ignore variants measured by an earlier run.")] = False,
+                 as_json: JsonOpt = False) -> None:
+    """Each training change side by side: images/s (ratio to base) and unseen-class accuracy."""
+    from .recipe import run_recipe_bench
+
+    log = (lambda *a: None) if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    report = run_recipe_bench(out, base=base, variants=variant, steps=steps, enrolled=enrolled,
+                              threads=threads, resume=not fresh, log=log)
+    if as_json:
+        _emit(report, True)
+        return
+    s = report["settings"]
+    table = Table(title=f"recipe '{s['base']}', {s['steps']} steps each; {s['enrolled']:,} unseen classes")
+    for col in ("variant", "img/s", "vs base", "top-1", "top-5", "FNIR@FPIR1%", "FNIR@FPIR10%"):
+        table.add_column(col, justify="right")
+    for r in report["rows"]:
+        acc = [f"{r[k]:.1%}" if k in r else "(speed only)" for k in ("top1", "top5", "fnir", "fnir_at_extra_fpir")]
+        table.add_row(r["variant"], f"{r['images_per_second']:,.0f}", f"{r['speed_vs_base']:.2f}x", *acc)
+    console.print(table)
+
+
 @bench_app.command("growth")
 def growth(out: Annotated[Path, typer.Option(help="Folder for growth.json and growth.png.")] = Path("bench-output/growth"),
            base_classes: Annotated[int, typer.Option(help="Classes of the base model (N0).")] = 100,

@@ -209,7 +209,7 @@ class _EpochClock:
 
 def _train(source, cfg: DataBenchConfig) -> dict:
     from ..train import Trainer
-    from ..train.trainer import default_num_workers
+    from ..train.loading import default_num_workers
 
     clock = _EpochClock(source)
     trainer = Trainer(clock, head="cosface", epochs=cfg.epochs, steps=cfg.steps, batch_size=cfg.batch,

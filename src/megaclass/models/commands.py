@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli_common import JsonOpt, ModelOpt, _emit, _fields_table
+from ..cli_common import JsonOpt, ModelOpt, QuietOpt, _emit, _fields_table, err_console
 from ..errors import ConfigError
 
 
@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 def export(model: ModelOpt,
            out: Annotated[Path, typer.Option("--output", "-o", help="The file to write (model.onnx, model.pt).")],
            format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
-           as_json: JsonOpt = False) -> None:
+           quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """Export a model (normalisation included; input [0, 1] NCHW float, any batch size), checked against torch.
 
     The exported model must match torch's embeddings within 1e-4 cosine on 100 images, or nothing is
@@ -29,7 +29,9 @@ def export(model: ModelOpt,
     from .encoder import load_encoder
     from .export import export_encoder
 
-    report = export_encoder(load_encoder(model), out, format=format)
+    with _working(f"exporting {model} as {format}, then checking it against torch on 100 images",
+                  not (quiet or as_json)):
+        report = export_encoder(load_encoder(model), out, format=format)
     shown = {k: report[k] for k in ("path", "format", "bytes", "dim", "samples", "min_cosine",
                                     "max_abs_diff", "source_fingerprint")}
     _emit(shown, as_json, _fields_table(f"exported {model} as {format}", shown))
@@ -47,7 +49,7 @@ def import_encoder(
         normalise_output: Annotated[bool, typer.Option("--normalise-output/--no-normalise-output", help="L2-normalise each embedding (keep on unless the graph already does).")] = True,
         resize: Annotated[str | None, typer.Option(help="pad, crop or stretch: how a non-square image becomes square (stretch for aligned face crops).")] = None,
         polarity: Annotated[str | None, typer.Option(help="none (keep images as they are) or auto (invert light-background drawings).")] = None,
-        as_json: JsonOpt = False) -> None:
+        quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """Import an ONNX embedding model as a megaclass encoder usable everywhere a model is (-m DIR).
 
     Files written by `megaclass export` bring their own contract; for other models give it, e.g. an
@@ -56,17 +58,26 @@ def import_encoder(
     """
     from .onnx_encoder import OnnxEncoder
 
-    enc = OnnxEncoder.from_onnx(onnx_file, size=size, channels=channels, mean=_floats("mean", mean),
-                                std=_floats("std", std), dim=dim, layout=layout.upper() if layout else None,
-                                l2_normalise=None if normalise_output else False, resize=resize,
-                                polarity=polarity)
-    enc.save(out)
+    with _working(f"importing {onnx_file}: loading the graph and running a test batch",
+                  not (quiet or as_json)):
+        enc = OnnxEncoder.from_onnx(onnx_file, size=size, channels=channels, mean=_floats("mean", mean),
+                                    std=_floats("std", std), dim=dim, layout=layout.upper() if layout else None,
+                                    l2_normalise=None if normalise_output else False, resize=resize,
+                                    polarity=polarity)
+        enc.save(out)
     c = enc.config
     result = {"model": str(out), "kind": "megaclass.onnx_encoder", "source": str(onnx_file), "dim": c.dim,
               "layout": c.layout, "l2_normalise": c.l2_normalise, **c.input.to_dict(),
               "fingerprint": enc.fingerprint(), "source_fingerprint": c.source_fingerprint}
     shown = {k: ", ".join(f"{x:g}" for x in v) if isinstance(v, list) else v for k, v in result.items()}
     _emit(result, as_json, _fields_table(f"imported {onnx_file} -> {out}", shown))
+
+
+def _working(message: str, enabled: bool):
+    """A spinner with the elapsed time on stderr while a one-shot step runs (off: a no-op)."""
+    from contextlib import nullcontext
+
+    return err_console.status(message) if enabled else nullcontext()
 
 
 def _floats(name: str, text: str | None) -> list[float] | None:

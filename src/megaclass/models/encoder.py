@@ -295,12 +295,17 @@ class Encoder(nn.Module):
 def load_encoder(path: str | os.PathLike) -> Encoder | OnnxEncoder:
     """Load any megaclass model directory: a trained :class:`Encoder` or an imported ONNX
     encoder (:class:`~megaclass.models.onnx_encoder.OnnxEncoder`), by its ``config.json`` kind.
+    A shipped model's name (``"reference"``, :mod:`megaclass.models.pretrained`) loads it
+    when no file or folder of that name exists.
 
     Both have the interface the rest of megaclass uses (``dim``, ``input_size``,
     ``input_spec``, ``embed``, ``fingerprint``), so a model directory of either kind works
     for enroll, identify, verify, evaluate and the service.
     """
-    cfg_path = Path(path) / CONFIG_FILE
+    from .pretrained import resolve_model_path
+
+    path = resolve_model_path(path)  # a shipped model's name (-m reference) -> its directory
+    cfg_path = path / CONFIG_FILE
     kind = read_json(cfg_path).get("kind") if cfg_path.is_file() else None
     if kind == "megaclass.onnx_encoder":
         from .onnx_encoder import OnnxEncoder

@@ -192,8 +192,11 @@ class InitReport:
 
 
 def open_init_model(path: str | os.PathLike) -> Encoder:
-    """The trainable megaclass model in directory ``path`` (ConfigError otherwise)."""
-    root = Path(path)
+    """The trainable megaclass model in directory ``path`` or shipped under that name
+    (``reference``); ConfigError otherwise."""
+    from .pretrained import resolve_model_path
+
+    root = resolve_model_path(path)
     if not (root / CONFIG_FILE).is_file():
         raise ConfigError(f"--init-from {root}: not a megaclass model directory (no {CONFIG_FILE})")
     kind = read_json(root / CONFIG_FILE).get("kind")

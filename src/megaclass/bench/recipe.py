@@ -1,0 +1,115 @@
+"""``bench recipe``: what each training change does to speed and to unseen-class accuracy.
+
+Every variant is a named recipe with some options changed (:mod:`megaclass.train.recipes`),
+trained for the same number of steps on this machine, one after the other, then scored on
+the same rendered images of the demo's open-set protocol
+(:mod:`megaclass.evaluate.protocol`: enroll unseen classes, calibrate at FPIR 1 %,
+identify). Speed is reported as a ratio to the ``base`` variant measured in the same run (a run
+shared with other work on the machine gives noisy ratios: run it on a quiet box). Variants
+that only change speed (``SPEED_ONLY``: bf16 autocast, ``torch.compile``) train a few
+steps and report no accuracy.
+Results are appended to ``recipe_bench.json`` after each variant, so an interrupted run
+continues where it stopped (``resume``); variants already measured are not trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..data.spec import open_source
+from ..errors import ConfigError
+from ..evaluate.protocol import OpenSetProtocol, score_encoder
+from ..train import Trainer
+from ..train.recipes import Recipe, recipe
+
+RESNET = "resnet:widths={w};blocks={b}"
+
+#: Variants that change only speed (the same math up to float rounding): trained for
+#: ``SPEED_STEPS`` steps and reported without accuracy.
+SPEED_ONLY = {"bf16 autocast", "torch.compile"}
+SPEED_STEPS = 60
+
+#: The variants of the comparison: name -> changes to the base recipe.
+VARIANTS: dict[str, dict] = {
+    "base": {},
+    "bf16 autocast": {"precision": "bf16"},
+    "torch.compile": {"compile": True},
+    "20k classes": {"data": "glyphs:0-20000", "samples_per_class": 32},
+    "CosFace s=30 m=0.35": {"scale": 30.0, "margin": 0.35},
+    "ArcFace s=16 m=0.3": {"head": "arcface", "margin": 0.3},
+    "wider (48,96,192)": {"backbone": RESNET.format(w="48,96,192", b=1)},
+    "deeper (2 blocks)": {"backbone": RESNET.format(w="32,64,128", b=2)},
+    "dim 256": {"dim": 256},
+    "augment handwriting": {"augment": "handwriting"},
+    "Partial FC, 100k classes": {"data": "glyphs:0-100000", "samples_per_class": 8, "head": "partial_fc",
+                                 "head_options": {"sample_rate": 0.1}},
+}
+
+
+def variant(base: Recipe, name: str) -> Recipe:
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown variant {name!r}; choose from: {', '.join(VARIANTS)}")
+    changes = dict(VARIANTS[name])
+    return base.with_(name, data=changes.pop("data", None),
+                      samples_per_class=changes.pop("samples_per_class", None), **changes)
+
+
+def run_recipe_bench(out: str | Path, *, base: str = "demo", variants: list[str] | None = None,
+                     steps: int | None = None, enrolled: int = 5000, threads: int | None = None,
+                     resume: bool = True, log=print) -> dict:
+    """Train and score each variant; returns (and writes) ``recipe_bench.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "recipe_bench.json"
+    names = variants or list(VARIANTS)
+    base_recipe = recipe(base)
+    for name in names:
+        variant(base_recipe, name)  # unknown names fail before anything is trained
+    settings = {"base": base, "steps": steps or base_recipe.options.get("steps"), "enrolled": enrolled}
+    report = {"settings": settings, "rows": []}
+    if resume and path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("settings") == settings:
+            report = old
+    if threads:
+        torch.set_num_threads(threads)
+    done = {r["variant"] for r in report["rows"]}
+    protocol = OpenSetProtocol(enrolled=enrolled).render()
+    for name in names:
+        if name in done:
+            log(f"{name}: measured before, kept")
+            continue
+        r = variant(base_recipe, name)
+        speed_only = name in SPEED_ONLY
+        n_steps = min(SPEED_STEPS, settings["steps"]) if speed_only else settings["steps"]
+        options = {**r.options, "steps": n_steps, "progress": False}
+        options.pop("checkpoint_every", None)
+        log(f"{name}: training {n_steps} steps on {r.data}{' (speed only)' if speed_only else ''} ...")
+        source = open_source(r.data, samples_per_class=r.samples_per_class)
+        t = time.perf_counter()
+        trainer = Trainer(source, **options)
+        encoder = trainer.fit()
+        metrics = {} if speed_only else score_encoder(encoder, protocol)
+        row = {"variant": name, "changes": VARIANTS.get(name, {}), "data": r.data, "steps": n_steps,
+               "images_per_second": trainer.images_per_second_, "train_seconds": trainer.seconds_,
+               "final_loss": trainer.history_[-1]["loss"], **metrics,
+               "wall_seconds": time.perf_counter() - t}
+        report["rows"].append(row)
+        _ratios(report)
+        path.write_text(json.dumps(report, indent=2))
+        log(f"{name}: {row['images_per_second']:.0f} img/s" + (
+            "" if speed_only else f", top-1 {row['top1']:.1%}, FNIR@FPIR1% {row['fnir']:.1%}"))
+    _ratios(report)
+    path.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _ratios(report: dict) -> None:
+    rows = report["rows"]
+    base = next((r for r in rows if r["variant"] == "base"), rows[0] if rows else None)
+    for r in rows:
+        r["speed_vs_base"] = r["images_per_second"] / base["images_per_second"]

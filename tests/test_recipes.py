@@ -1,0 +1,90 @@
+"""Training recipes (`train --recipe`), devices/precision, the open-set protocol and `bench recipe`."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from megaclass import cli
+from megaclass.data.glyphs import GlyphSource
+from megaclass.errors import ConfigError
+from megaclass.evaluate.protocol import OpenSetProtocol, score_encoder
+from megaclass.models import Encoder, EncoderConfig
+from megaclass.train import Trainer
+from megaclass.train.device import resolve_device
+from megaclass.train.recipes import RECIPES, recipe
+
+
+def test_recipe_gives_data_and_options_and_the_command_line_overrides(tmp_path):
+    out = tmp_path / "m"
+    r = CliRunner().invoke(cli.app, ["train", "--recipe", "demo", "-m", str(out), "--steps", "2",
+                                     "--batch-size", "32", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["classes"] == 2000  # the recipe's data: glyphs:0-2000
+    assert result["steps"] == 2  # given on the command line: overrides the recipe's 520
+    trained = json.loads((out / "config.json").read_text())["extra"]["trained_with"]
+    assert trained["batch_size"] == 32 and trained["head"] == "cosface"
+
+
+def test_recipe_errors_name_the_problem(tmp_path):
+    runner = CliRunner()
+    # (main() turns a ConfigError into one line on stderr and exit 2; CliRunner keeps the exception)
+    r = runner.invoke(cli.app, ["train", "--recipe", "nope", "-m", str(tmp_path / "m")])
+    assert isinstance(r.exception, ConfigError) and "choose one of demo, reference" in str(r.exception)
+    r = runner.invoke(cli.app, ["train", "-m", str(tmp_path / "m")])
+    assert isinstance(r.exception, ConfigError) and "--recipe" in str(r.exception)
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        recipe("nope")
+    assert set(RECIPES) >= {"demo", "reference"}
+
+
+def test_devices_are_checked_before_training():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="unknown device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            Trainer(GlyphSource(4, samples_per_class=2), device="cuda", steps=1)
+    with pytest.raises(ConfigError, match="precision"):
+        Trainer(GlyphSource(4, samples_per_class=2), precision="fp8", steps=1)
+
+
+def test_bf16_autocast_trains_and_the_model_comes_back_float32_on_cpu():
+    t = Trainer(GlyphSource(8, samples_per_class=4), precision="bf16", steps=2, batch_size=16,
+                dim=16, widths=(8, 16), progress=False)
+    enc = t.fit()
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in enc.parameters())
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in t.history_)
+
+
+def test_protocol_is_deterministic_and_separates_a_trained_model_from_an_untrained_one():
+    p = OpenSetProtocol(enrolled=40, per_class=3, non_mated=40).render()
+    untrained = Encoder(EncoderConfig(dim=32, widths=(8, 16)))
+    a, b = score_encoder(untrained, p), score_encoder(untrained, p)
+    assert a == b
+    src = GlyphSource(60, samples_per_class=16)
+    trained = Trainer(src, scale=16.0, margin=0.2, steps=150, batch_size=64, dim=32, widths=(8, 16),
+                      progress=False).fit()
+    t = score_encoder(trained, p)
+    assert t["top1"] > a["top1"] + 0.15 and t["top5"] > a["top5"] + 0.2, (t, a)
+    assert set(t) == {"top1", "top5", "threshold", "fpir", "fnir", "fnir_at_extra_fpir"}
+
+
+def test_bench_recipe_measures_variants_and_resumes(tmp_path):
+    cli._register_area_commands()
+    args = ["bench", "recipe", "--out", str(tmp_path), "--steps", "2", "--enrolled", "20",
+            "--variant", "base", "--variant", "dim 256", "--json"]
+    r = CliRunner().invoke(cli.app, args)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]
+    assert [x["variant"] for x in rows] == ["base", "dim 256"]
+    assert rows[0]["speed_vs_base"] == 1.0 and 0 <= rows[1]["top1"] <= 1
+    saved = (tmp_path / "recipe_bench.json").read_text()
+    r = CliRunner().invoke(cli.app, args)  # everything measured already: nothing retrained
+    assert r.exit_code == 0 and (tmp_path / "recipe_bench.json").read_text() == saved
+    bad = CliRunner().invoke(cli.app, ["bench", "recipe", "--out", str(tmp_path), "--variant", "nope"])
+    assert isinstance(bad.exception, ConfigError) and "unknown variant 'nope'" in str(bad.exception)
