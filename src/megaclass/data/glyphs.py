@@ -107,6 +107,16 @@ def _class_shapes(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pts, n_pts, active
 
 
+def class_skeletons(class_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The seed-free skeleton every drawing of a class is jittered from: control points
+    ``(N, 4, 5, 2)``, point counts ``(N, 4)`` and active-stroke mask ``(N, 4)`` (read-only
+    view of what :func:`render_glyphs` draws; used by :mod:`.glyph_attributes`)."""
+    ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= MAX_CLASS_ID):
+        raise InvalidInputError(f"class ids must be in [0, {MAX_CLASS_ID})")
+    return _class_shapes(ids)
+
+
 def render_glyphs(class_ids, indices, *, size: int = 32, seed: int = 0) -> np.ndarray:
     """Render drawing ``indices[i]`` of glyph class ``class_ids[i]`` for every i.
 

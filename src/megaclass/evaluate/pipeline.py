@@ -14,7 +14,7 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,10 +97,26 @@ def _verification(rec, q: np.ndarray, truth: Sequence[str], nm: np.ndarray | Non
     return stream, info
 
 
+def _groups(rec, key: str, truth, scores, correct, nm_scores, nm_meta, fpirs, threshold) -> dict:
+    """Per-group rates (see :mod:`.groups`) for mated truth labels and non-mated probe meta."""
+    from ..data.glyph_attributes import glyph_class_meta
+    from .groups import group_of, group_rates
+
+    n_nm = 0 if nm_scores is None else nm_scores.size
+    if nm_meta is not None and len(nm_meta) != n_nm:
+        raise InvalidInputError(f"non_mated_meta has {len(nm_meta)} entries for {n_nm} non-mated searches")
+    by_label = {t: group_of({**glyph_class_meta(t), **rec.gallery.class_meta(t)}, key) for t in set(truth)}
+    nm_groups = [group_of(m, key) for m in nm_meta] if nm_meta is not None else ["unknown"] * n_nm
+    return group_rates([by_label[t] for t in truth], scores, correct, nm_groups,
+                       () if nm_scores is None else nm_scores, key=key, threshold=threshold, fpirs=fpirs)
+
+
 def evaluate_recognizer(rec, images, truth: Sequence[str], non_mated=None, *,
                         ks: Sequence[int] = (1, 5, 10), fpirs: Sequence[float] = DEFAULT_FPIRS,
                         fars: Sequence[float] = DEFAULT_FARS, confusions: int = 20,
-                        verification_classes: int = 20_000, seed: int = 0) -> Evaluation:
+                        verification_classes: int = 20_000, seed: int = 0,
+                        group_by: str | None = None,
+                        non_mated_meta: Sequence[Mapping] | None = None) -> Evaluation:
     """Closed-set, open-set 1:N and verification 1:1 metrics of a recognizer.
 
     Parameters
@@ -115,6 +131,13 @@ def evaluate_recognizer(rec, images, truth: Sequence[str], non_mated=None, *,
     ks : top-k accuracies to report; the CMC curve goes to ``max(ks)``.
     fpirs, fars : operating points for FNIR@FPIR and TAR@FAR.
     verification_classes : cap on the classes used for impostor pairs.
+    group_by : a class meta key: FNIR / FPIR per group of it, with differentials, in
+        ``metrics["groups"]`` (see :func:`~megaclass.evaluate.groups.group_rates`). A mated
+        search's group is its true class's meta value (``glyph-<id>`` classes also carry
+        :mod:`~megaclass.data.glyph_attributes`; the gallery's meta wins); classes without
+        it are ``"unknown"``.
+    non_mated_meta : with ``group_by``, the attributes of each non-mated probe's own class
+        (one mapping per non-mated sample; without it they are all ``"unknown"``).
 
     Returns
     -------
@@ -125,6 +148,8 @@ def evaluate_recognizer(rec, images, truth: Sequence[str], non_mated=None, *,
         raise InvalidInputError("evaluation needs at least one mated query")
     if len(rec.gallery) == 0:
         raise InvalidInputError("the gallery is empty: enroll classes before evaluating")
+    if group_by is not None and (not isinstance(group_by, str) or not group_by.strip()):
+        raise InvalidInputError(f"group_by must be a non-empty class meta key, got {group_by!r}")
 
     def vecs(x):
         a = np.asarray(x) if isinstance(x, np.ndarray) else None
@@ -191,6 +216,9 @@ def evaluate_recognizer(rec, images, truth: Sequence[str], non_mated=None, *,
                          "tar_at_far": [stream.tar_at_far(f) for f in fars],
                          "eer": stream.eer() if stream.impostor.n else None},
     }
+    if group_by is not None:
+        metrics["groups"] = _groups(rec, group_by, truth, scores, correct, nm_scores,
+                                    non_mated_meta, fpirs, threshold)
     det = det_curve(scores, correct, nm_scores) if nm_scores is not None else None
     return Evaluation(metrics=metrics, mated_scores=scores, mated_correct=correct, ranks=ranks,
                       non_mated_scores=nm_scores, f1=report.f1, cmc=cmc, det=det,
