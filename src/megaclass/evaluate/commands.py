@@ -137,6 +137,13 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
                  "--from: --gallery-per-class per class, seed 1; or a folder root/<class>/<img>): the "
                  "baseline enrolls them, and the report shows one beside each confusion."))] = None,
              gallery_per_class: Annotated[int, typer.Option(help="With --gallery-samples glyphs: samples per class.")] = 5,
+             group_by: Annotated[str | None, typer.Option("--group-by", help=(
+                 "Class meta key: FNIR/FPIR per group with 95% intervals and differentials. Mated "
+                 "searches take their true class's value, non-mated ones their own class's "
+                 "(glyph classes carry strokes, style, complexity); missing = 'unknown'."))] = None,
+             non_mated_meta: Annotated[Path | None, typer.Option("--non-mated-meta", help=(
+                 "CSV 'file,<attribute>...' (or 'id,...'): attributes of non-mated probes given as "
+                 "files, matched by path, file name or class folder name."))] = None,
              seed: SeedOpt = 4, quiet: QuietOpt = False, skip_bad_files: SkipBadOpt = False,
              as_json: JsonOpt = False) -> None:
     """Closed-set, open-set 1:N, verification 1:1 metrics; optional HTML report and gallery-size curve."""
@@ -146,20 +153,37 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
         raise ConfigError("--baseline needs --gallery-samples: the samples the gallery was enrolled "
                           "from, which the baseline enrolls its own way")
 
+    if non_mated_meta is not None and group_by is None:
+        raise ConfigError("--non-mated-meta needs --group-by: the attribute to split the searches by")
+    if non_mated_meta is not None and not non_mated:
+        raise ConfigError("--non-mated-meta needs --non-mated: the probes it describes")
+    if group_by is not None and not group_by.strip():
+        raise ConfigError("--group-by needs a class meta key, e.g. --group-by strokes")
+    nm_table = None
+    if non_mated_meta is not None:
+        from .groups import read_probe_meta
+
+        nm_table = read_probe_meta(non_mated_meta)
     sizes = _sizes(gallery_sizes)
     rec = _recognizer(model, gallery, key=key_file)
     with rec:
         images, truth, files = _labelled(queries, rec.encoder.input_spec, per_class, seed, with_files=True,
                                          skip_bad_files=skip_bad_files)
-        nm_images = nm_files = None
+        nm_images = nm_files = nm_labels = None
         if non_mated:
-            nm_images, _, nm_files = _labelled(non_mated, rec.encoder.input_spec, per_class, seed,
+            nm_images, nm_labels, nm_files = _labelled(non_mated, rec.encoder.input_spec, per_class, seed,
                                                with_files=True, skip_bad_files=skip_bad_files)
         n_all = len(images) + (0 if nm_images is None else len(nm_images))
         with ItemProgress(n_all, "embed queries", unit="images", enabled=not (quiet or as_json)) as bar:
             q_vec = _embed(rec, images, 1024, bar.advance)
             nm_vec = _embed(rec, nm_images, 1024, bar.advance) if nm_images is not None else None
-        ev = evaluate_recognizer(rec, q_vec, truth, nm_vec, fpirs=tuple(target_fpir), seed=seed)
+        nm_meta = None
+        if group_by is not None and nm_labels is not None:
+            from .groups import probe_meta
+
+            nm_meta = probe_meta(nm_files, nm_labels, nm_table)
+        ev = evaluate_recognizer(rec, q_vec, truth, nm_vec, fpirs=tuple(target_fpir), seed=seed,
+                                 group_by=group_by, non_mated_meta=nm_meta)
         base_ev, notes = None, []
         if baseline is not None:
             base_ev, note = _baseline(baseline, gallery_samples, gallery_per_class, rec, images,
@@ -185,6 +209,8 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
                   "verification": m["verification"]}
         if scaling:
             result["gallery_size"] = scaling
+        if "groups" in m:
+            result["groups"] = m["groups"]
         if base_ev is not None:
             result["baseline"] = {"name": _baseline_name(baseline), "notes": notes, **base_ev.metrics}
         if files is not None:  # queries from a folder: which file each result belongs to
@@ -236,6 +262,10 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
     if report is not None:
         table.add_row("report", result["report"])
     _emit(result, as_json, table)
+    if "groups" in result and not as_json:
+        from .report_groups import groups_table
+
+        _emit({}, False, groups_table(result["groups"]))
     misses = [r for r in result.get("mated_by_file", []) if r["rank1"] != r["class"]]
     if misses and not as_json:
         shown = Table(title=f"files not ranked first as their class ({len(misses):,} of "

@@ -168,3 +168,48 @@ def group_rates(mated_groups: Sequence[str], mated_scores, mated_correct,
                                   **_at(cal.threshold, mg, ms, mc, ng, ns, names, float(t),
                                         min_expected_errors)})
     return out
+
+
+def read_probe_meta(path) -> dict[str, dict[str, str]]:
+    """``--non-mated-meta`` CSV: a header whose first column is ``file`` or ``id``, then one
+    column per attribute; returns ``{file-or-id: {attribute: value}}``."""
+    import csv
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(f"non-mated meta file {p} does not exist")
+    try:
+        with p.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise InvalidInputError(f"{p} is not a UTF-8 CSV file: {e}") from None
+    if not rows or len(rows[0]) < 2 or rows[0][0].strip().lower() not in ("file", "id"):
+        raise InvalidInputError(f"{p}: the first row must be a header 'file' (or 'id'), then one "
+                                "column per attribute, e.g. 'file,strokes'")
+    head = [h.strip() for h in rows[0]]
+    out: dict[str, dict[str, str]] = {}
+    for n, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != len(head):
+            raise InvalidInputError(f"{p} line {n}: {len(row)} columns, the header has {len(head)}")
+        out[row[0].strip()] = {h: c.strip() for h, c in zip(head[1:], row[1:], strict=True)}
+    return out
+
+
+def probe_meta(files: Sequence[str | None] | None, labels: Sequence[str],
+               table: Mapping[str, Mapping] | None = None) -> list[dict]:
+    """Attributes of each non-mated probe: glyph attributes of a ``glyph-<id>`` label, then
+    the ``table`` row of its file (as given, or its name) or of its label (the id), which wins."""
+    from pathlib import Path
+
+    from ..data.glyph_attributes import glyph_class_meta
+
+    table = table or {}
+    out = []
+    for i, label in enumerate(labels):
+        f = files[i] if files is not None else None
+        row = (table.get(f) or table.get(Path(f).name) if f else None) or table.get(str(label)) or {}
+        out.append({**glyph_class_meta(label), **row})
+    return out

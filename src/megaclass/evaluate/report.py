@@ -25,6 +25,7 @@ import numpy as np
 from . import plots
 from .originals import Glyph, Source, name_of, thumbnail
 from .pipeline import Evaluation
+from .report_groups import groups_section
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1150px;color:#222}
 h1{margin-bottom:0}h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:28px}
@@ -342,6 +343,7 @@ def render_html(ev: Evaluation, *, title: str = "megaclass evaluation", images=N
                              "note"],
                             [[f'{p["gallery_size"]:,}', _fmt(p["top1"], True), _fmt(p.get("fnir"), True),
                               html.escape(p.get("reason") or "")] for p in scaling["points"]]))
+    parts += groups_section(m.get("groups"), pngs)  # after the grid: its plot is shown inline
     samples = _Samples(images, labels, sources, non_mated_sources, class_sample)
     parts += _confusions(ev, samples) + _worst_non_mated(ev, samples, thr, label, worst)
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
