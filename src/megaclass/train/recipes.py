@@ -46,10 +46,10 @@ RECIPES: dict[str, Recipe] = {
         "the demo's 4-minute model: 2,000 classes, CosFace s=16 m=0.2, 520 steps"),
     "reference": Recipe(
         "reference", "glyphs:0-20000", 32,
-        {"head": "cosface", "scale": 16.0, "margin": 0.2, "steps": 12000, "batch_size": 256,
+        {"head": "cosface", "scale": 16.0, "margin": 0.2, "steps": 10000, "batch_size": 256,
          "checkpoint_every": 500},
         "the shipped reference model: 20,000 classes with fresh drawings every epoch, "
-        "CosFace s=16 m=0.2, 12,000 steps (see README, 'Reference model')"),
+        "CosFace s=16 m=0.2, 10,000 steps (see README, 'Reference model')"),
 }
 
 
