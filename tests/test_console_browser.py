@@ -15,6 +15,7 @@ No page may log a JavaScript error or a CSP violation.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -32,6 +33,9 @@ from megaclass.serve.db import ServiceDB  # noqa: E402
 from megaclass.serve.keys import KeyStore  # noqa: E402
 from megaclass.serve.process import ServerProcess  # noqa: E402
 
+# generous waits: on a loaded 2-core box one enroll (decode + embed + commit) can take seconds;
+# a passing run does not wait for them (every wait ends as soon as its condition holds)
+sync_api.expect.set_options(timeout=60_000)
 CHROMIUM = (os.environ.get("MEGACLASS_CHROMIUM") or shutil.which("chromium")
             or shutil.which("chromium-browser"))
 SHOTS = os.environ.get("MEGACLASS_SCREENSHOTS")
@@ -71,7 +75,7 @@ def site(tiny_model_dir, tmp_path_factory):
         # 100 never-enrolled images: enough for a calibration at FPIR 10 % (10/FPIR)
         "non_mated": [p for c in range(200, 225) for p in _write(images / "nm", f"nm-{c}", glyph_pngs(c, 4))],
     }
-    with ServerProcess(tiny_model_dir, gallery, log=root / "server.log") as server:
+    with ServerProcess(tiny_model_dir, gallery, log=root / "server.log", startup_timeout=240) as server:
         yield {"url": server.url, "tokens": tokens, "files": data, "gallery": gallery,
                "model": tiny_model_dir, "root": root}
 
@@ -88,7 +92,7 @@ def browser():
 def page(browser, site):
     context = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)
     page = context.new_page()
-    page.set_default_timeout(20_000)
+    page.set_default_timeout(60_000)
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
@@ -126,6 +130,18 @@ def enroll(page, site, c: int, *, preview: bool = False) -> None:
         shot(page, "enroll")
     page.click("#enroll-form button[type=submit]")
     sync_api.expect(page.locator("#flash")).to_contain_text(f"Enrolled glyph-{c} from 4 photos")
+
+
+def drop(page, zone: str, path: str) -> None:
+    """Drag a file onto a drop zone, as from a file manager (a real DataTransfer and drop event)."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    page.evaluate("""([zone, name, b64]) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], name, { type: "image/png" }));
+        const event = new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true });
+        document.querySelector(zone).dispatchEvent(event);
+    }""", [zone, Path(path).name, data])
 
 
 def identify(page, site, classes) -> list:
@@ -184,7 +200,8 @@ def test_operator_enrolls_identifies_calibrates_erases_and_audits(page, site):
 
     go(page, "verify")
     page.fill("#verify-label", "glyph-33")
-    page.set_input_files("#verify-file", site["files"]["query"][33])
+    drop(page, '[data-input="verify-file"]', site["files"]["query"][33])  # dragged, not chosen
+    sync_api.expect(page.locator('[data-input="verify-file"] .chosen li')).to_have_count(1)
     page.click("#verify-form button[type=submit]")
     sync_api.expect(page.locator("[data-testid=verify-result] .decision")).to_contain_text("glyph-33")
     shot(page, "verify")

@@ -105,7 +105,10 @@ class ThumbnailStore:
             if replace:
                 conn.execute("DELETE FROM thumbnails WHERE class_id = ?", (cid,))
             for jpeg in jpegs:
-                next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM thumbnails").fetchone()[0]
+                # the AUTOINCREMENT sequence, not max(id): an id is never handed out twice, so a
+                # sealed blob stays bound to the one row it was written for
+                next_id = conn.execute("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = "
+                                       "'thumbnails'), 0) + 1").fetchone()[0]
                 blob = self.cipher.encrypt(jpeg, self._aad(next_id)) if self.cipher else jpeg
                 conn.execute("INSERT INTO thumbnails (id, class_id, image, created_at) VALUES (?, ?, ?, ?)",
                              (next_id, cid, blob, now()))
