@@ -130,6 +130,8 @@ def test_reservoir_is_opt_in_sealed_bounded_used_by_tune_and_dropped(tmp_path, d
         assert g.tune()["tuned_by"] == "leave-one-out"
         with pytest.raises(ConfigError, match="capacity"):
             g.keep_queries(0)
+        with pytest.raises(ConfigError, match="reserved"):  # only through keep_queries
+            g.set_setting("query_reservoir", 5)
 
 
 def test_tune_with_too_few_probes_says_how_many(tmp_path, data):

@@ -42,7 +42,8 @@ from .crypto import ALGORITHM, KEY_ENV, TemplateCipher
 
 FORMAT_VERSION = 1
 DB_NAME = "gallery.db"
-RESERVED_KEYS = frozenset({"format_version", "dim", "uuid", "created_at", "encryption"})
+RESERVED_KEYS = frozenset({"format_version", "dim", "uuid", "created_at", "encryption",
+                           "recall_monitor", "recall_sample_rate", "query_reservoir"})  # gallery/recall.py
 _VEC_DTYPE = np.dtype("<f4")
 #: page size of new galleries: a 256-d template is a 1 KiB row, and bulk enrolls write far
 #: fewer pages at 32 KiB than at SQLite's 4 KiB default (measured, raw SQLite, 2M templates
