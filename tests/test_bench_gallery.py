@@ -38,14 +38,12 @@ def test_gallery_bench_on_embeddings_reports_accuracy_and_caches_them(tmp_path, 
     assert len(cached) == 1 and np.load(cached[0], mmap_mode="r").shape == (400, 32)
 
 
-def test_the_reference_model_is_a_clear_hook_until_it_ships(tmp_path):
-    import pytest
+def test_the_default_model_is_the_shipped_reference(tmp_path):
+    from megaclass.bench.gallery_data import resolve_model
 
-    from megaclass.errors import ConfigError
-
-    cfg = GalleryBenchConfig(classes=10, model="reference", cache=str(tmp_path))
-    with pytest.raises(ConfigError, match="no reference model"):
-        run_bench(cfg, tmp_path / "out", systems=("numpy",), log=lambda *a: None)
+    for asked in (None, "reference"):
+        assert (resolve_model(asked, tmp_path) / "model.safetensors").is_file()
+    assert not (tmp_path / "model").exists()  # nothing trained
 
 
 def test_tuning_raises_the_rerank_depth_and_restarts_the_probe_search():

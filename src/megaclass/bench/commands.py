@@ -155,7 +155,7 @@ _SYSTEMS_HELP = f"Systems to compare (repeat): {', '.join(SYSTEMS)}."
 def gallery(out: Annotated[Path, typer.Option(help="Folder for gallery_bench.json and .png.")] = Path("bench-output/gallery"),
             classes: Annotated[str, typer.Option(help="Enrolled classes, e.g. 100k or 1m.")] = "100k",
             data: Annotated[str, typer.Option(help="embeddings: glyph classes embedded by a trained encoder (real data); random: clustered random vectors (stress test).")] = "embeddings",
-            model: Annotated[str | None, typer.Option("--model", "-m", help="Encoder for --data embeddings (default: one trained once with the demo's recipe and cached; 'reference': the shipped reference model, once there is one).")] = None,
+            model: Annotated[str | None, typer.Option("--model", "-m", help="Encoder for --data embeddings (default: the shipped reference model; without it, one trained once with the demo's recipe and cached).")] = None,
             cache: Annotated[Path, typer.Option(help="Where the benchmark's model and embeddings are cached (memory-mapped, reused).")] = Path("bench-output/gallery-data"),
             dim: Annotated[int, typer.Option(help="Vector dimension D (--data random; embeddings have the model's).")] = 256,
             templates: Annotated[int, typer.Option(help="Templates per class.")] = 2,

@@ -9,10 +9,10 @@ best class of each mated probe by exact search: what recall@1 is measured agains
 
 Embeddings: glyph classes the encoder never saw (ids from :data:`ENROLL_START`), drawings
 ``0 .. templates-1`` as templates and drawing ``templates`` as the mated probe; non-mated
-probes from classes :data:`NON_MATED_START` on. The encoder is ``model`` when given;
-otherwise one trained once with the demo's recipe (:class:`~megaclass.demo.DemoConfig`)
-and cached in ``cache/model``. :data:`REFERENCE_MODEL` is the hook for a shipped reference
-model (``-m reference``), which does not exist yet. Embeddings are cached per model
+probes from classes :data:`NON_MATED_START` on. The encoder is ``model`` when given
+(``"reference"``: the shipped reference model); otherwise the shipped reference model
+when this installation has it, else one trained once with the demo's recipe
+(:class:`~megaclass.demo.DemoConfig`) and cached in ``cache/model``. Embeddings are cached per model
 fingerprint and size in ``cache/emb-...`` and reused (memory-mapped) by later runs; an
 interrupted embedding run resumes where it stopped.
 """
@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MegaclassError
 
 ENROLL_START = 1_000_000  # enrolled glyph classes: ids ENROLL_START .. ENROLL_START + classes - 1
 NON_MATED_START = 60_000_000  # never-enrolled glyph classes (non-mated probes)
 DRAWING_SEED = 1  # drawing stream of templates and probes (training used seed 0)
 CHUNK = 8192  # classes embedded per step (bounded memory)
-REFERENCE_MODEL = None  # path of a shipped reference model, once one exists (``-m reference``)
 
 
 def _exact_truth(mated: np.ndarray, templates: np.ndarray, owner: np.ndarray,
@@ -84,13 +83,16 @@ def _save(path: Path, **arrays) -> None:
 
 
 def resolve_model(model: str | None, cache: Path, log=print) -> Path:
-    """The encoder directory to embed with: ``model``, the reference model, or the cached
-    demo-recipe model (trained now if the cache has none, a few minutes on CPU)."""
-    if model == "reference":
-        if REFERENCE_MODEL is None:
-            raise ConfigError("no reference model ships with this version yet: pass -m MODEL_DIR, "
-                              "or leave -m out to train (once) and cache one with the demo's recipe")
-        return Path(REFERENCE_MODEL)
+    """The encoder directory to embed with: ``model``, the shipped reference model, or the
+    cached demo-recipe model (trained now if the cache has none, a few minutes on CPU)."""
+    from megaclass.models.pretrained import resolve_model_path
+
+    if model == "reference" or model is None:
+        try:
+            return resolve_model_path("reference")
+        except MegaclassError:
+            if model is not None:
+                raise
     if model is not None:
         if not (Path(model) / "config.json").is_file():
             raise ConfigError(f"-m {model}: not a model directory (no config.json)")
