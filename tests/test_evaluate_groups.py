@@ -7,7 +7,7 @@ import pytest
 
 from megaclass.data.glyph_attributes import GLYPH_ATTRIBUTES, glyph_attributes, glyph_class_meta
 from megaclass.data.glyphs import render_glyphs
-from megaclass.errors import InvalidInputError
+from megaclass.errors import ConfigError, InvalidInputError
 from megaclass.evaluate.groups import UNKNOWN, group_of, group_rates
 from megaclass.evaluate.open_set import wilson_interval
 
@@ -89,3 +89,59 @@ def test_glyph_attributes_are_deterministic_balanced_and_leave_rendering_alone()
         assert len(counts) == 3 and min(counts.values()) > 600, (key, counts)  # 3 groups, none tiny
     assert glyph_class_meta("glyph-12") == attrs[12] and glyph_class_meta("glyph-x") == {}
     assert math.isclose(sum(a["strokes"] == "2" for a in attrs) / 3000, 1 / 3, abs_tol=0.05)
+
+
+def test_cli_group_by_with_non_mated_files_and_their_meta_csv(tiny_model_dir, tmp_path):
+    """evaluate --group-by strokes: mated groups from the glyph classes, non-mated ones from the
+    CSV (files matched by name; a file missing from it is 'unknown'); report section written."""
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from megaclass import cli
+
+    cli._register_area_commands()
+    run = CliRunner().invoke
+    g = tmp_path / "g"
+    assert run(cli.app, ["enroll", "-m", str(tiny_model_dir), "-g", str(g), "--from",
+                         "glyphs:7000-7030", "--quiet"]).exit_code == 0
+    probes = tmp_path / "nm" / "other"
+    probes.mkdir(parents=True)
+    imgs = render_glyphs(list(range(9000, 9120)), [0] * 120)
+    for i, im in enumerate(imgs):
+        Image.fromarray((im * 255).astype(np.uint8)).save(probes / f"p{i}.png")
+    # the CSV names 100 of the 120 probes: half "x", half "y"; the other 20 are unknown
+    rows = ["file,family"] + [f"p{i}.png,{'x' if i % 2 else 'y'}" for i in range(100)]
+    (tmp_path / "meta.csv").write_text("\n".join(rows) + "\n")
+    base = ["evaluate", "-m", str(tiny_model_dir), "-g", str(g), "-q", "glyphs:7000-7030",
+            "--non-mated", str(tmp_path / "nm"), "--target-fpir", "0.1", "--quiet"]
+    r = run(cli.app, [*base, "--group-by", "family", "--non-mated-meta", str(tmp_path / "meta.csv"),
+                      "--json", "--report", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)["groups"]
+    counts = {x["group"]: (x["mated_searches"], x["non_mated_searches"]) for x in out["groups"]}
+    # glyph classes have no 'family': all 30 mated searches are unknown, counted
+    assert counts == {"x": (0, 50), "y": (0, 50), "unknown": (30, 20)}
+    at = out["thresholds"][0]
+    assert at["point"] == "FPIR 0.1" and at["overall"]["non_mated_searches"] == 120
+    # 20 or 50 non-mated searches are fewer than 3 / 0.1 = 30 / enough: x and y have a rate
+    rows = {x["group"]: x for x in at["groups"]}
+    assert rows["unknown"]["fpir"] is None and "too small" in rows["unknown"]["fpir_too_small"]
+    assert rows["x"]["fpir"] == pytest.approx(rows["x"]["fpir_errors"] / 50)
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "Error rates per group of <code>family</code>" in page
+    assert (tmp_path / "rep" / "plots" / "groups.png").stat().st_size > 1000
+    # the glyph attribute as key: mated groups are the true classes' stroke counts
+    r = run(cli.app, [*base, "--group-by", "strokes", "--json"])
+    out = json.loads(r.stdout)["groups"]
+    want = {}
+    for a in glyph_attributes(range(7000, 7030)):
+        want[a["strokes"]] = want.get(a["strokes"], 0) + 1
+    assert {x["group"]: x["mated_searches"] for x in out["groups"] if x["mated_searches"]} == want
+    # bad input: a CSV without the header, --non-mated-meta without --group-by
+    (tmp_path / "bad.csv").write_text("p1.png,x\n")
+    r = run(cli.app, [*base, "--group-by", "family", "--non-mated-meta", str(tmp_path / "bad.csv")])
+    assert isinstance(r.exception, InvalidInputError) and "header 'file'" in str(r.exception)
+    r = run(cli.app, [*base, "--non-mated-meta", str(tmp_path / "meta.csv")])
+    assert isinstance(r.exception, ConfigError) and "needs --group-by" in str(r.exception)
