@@ -31,7 +31,7 @@ from .data.glyphs import GlyphSource
 from .evaluate.baseline import NearestClassMean, pixel_summary, pixel_templates
 from .evaluate.originals import Glyph, glyph_sources
 from .evaluate.pipeline import evaluate_recognizer
-from .evaluate.protocol import OpenSetProtocol, run_protocol, score_encoder
+from .evaluate.protocol import OpenSetProtocol, ProtocolSizes, run_protocol, score_encoder
 from .evaluate.report import write_report
 from .gallery import Gallery
 from .recognizer import Recognizer
@@ -39,7 +39,7 @@ from .train import Trainer
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(ProtocolSizes):
     """Sizes of the demo; ``quick()`` is a seconds-long version for tests.
 
     ``augment`` (a preset name or JSON pipeline, :mod:`megaclass.data.augment`) augments
@@ -51,26 +51,8 @@ class DemoConfig:
     train_classes: int = 2000
     train_steps: int = 520
     batch_size: int = 256
-    enrolled: int = 5000
-    per_class: int = 5
-    non_mated: int = 1000
-    queries_per_class: int = 1
-    non_mated_queries: int = 2
-    target_fpir: float = 0.01
-    extra_fpir: float = 0.1
-    enroll_start: int = 100_000
-    calib_start: int = 200_000
-    non_mated_start: int = 300_000
     augment: str | list | None = None
     reference: bool = True
-
-    def protocol(self) -> OpenSetProtocol:
-        """The open-set protocol of these sizes (the same images score every model)."""
-        return OpenSetProtocol(enrolled=self.enrolled, per_class=self.per_class, non_mated=self.non_mated,
-                               queries_per_class=self.queries_per_class,
-                               non_mated_queries=self.non_mated_queries, target_fpir=self.target_fpir,
-                               extra_fpir=self.extra_fpir, enroll_start=self.enroll_start,
-                               calib_start=self.calib_start, non_mated_start=self.non_mated_start)
 
     @classmethod
     def quick(cls) -> DemoConfig:

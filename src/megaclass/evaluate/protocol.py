@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -33,8 +33,8 @@ from .open_set import calibrate_threshold, fnir, fpir
 
 
 @dataclass
-class OpenSetProtocol:
-    """Sizes and class-id ranges of the protocol; :meth:`render` draws its images."""
+class ProtocolSizes:
+    """Sizes and class-id ranges of the protocol (shared with the demo's configuration)."""
 
     enrolled: int = 5000
     per_class: int = 5
@@ -46,6 +46,16 @@ class OpenSetProtocol:
     enroll_start: int = 100_000
     calib_start: int = 200_000
     non_mated_start: int = 300_000
+
+    def protocol(self) -> OpenSetProtocol:
+        """The protocol of these sizes (not rendered yet)."""
+        return OpenSetProtocol(**{f.name: getattr(self, f.name) for f in fields(ProtocolSizes)})
+
+
+@dataclass
+class OpenSetProtocol(ProtocolSizes):
+    """The protocol's sizes; :meth:`render` draws its images (kept in ``images``)."""
+
     images: dict = field(default_factory=dict, repr=False)
 
     @property
