@@ -285,7 +285,7 @@ def test_a_large_write_indexed_while_committing_is_undone_if_the_commit_fails(tm
         _, vecs = _clustered(100, 3, seed=1)
         real_rows = Store._template_rows
 
-        def failing_rows(self, ids, cids, v):  # the store fails after handing out the ids
+        def failing_rows(self, *args, **kwargs):  # the store fails after handing out the ids
             raise OSError("disk full")
 
         monkeypatch.setattr(Store, "_template_rows", failing_rows)
