@@ -82,3 +82,18 @@ def test_bad_ensembles_are_refused_with_the_reason(tiny_encoder, tmp_path):
     borda = FusedRecognizer(ens.members, rule="borda")
     top = borda.identify(GlyphSource.samples(1, 1, seed=9), k=3, threshold=None)[0]
     assert len(top.candidates) == 3
+
+
+def test_adopting_galleries_needs_the_same_classes(tiny_encoder, tmp_path):
+    a, b = Recognizer(tiny_encoder, tmp_path / "a"), Recognizer(_other_encoder(), tmp_path / "b")
+    for r, ids in ((a, (1, 2)), (b, (1, 3))):  # enrolled on their own, one class apart
+        for c in ids:
+            r.enroll(f"glyph-{c}", GlyphSource.samples(c, 1, seed=1))
+    with pytest.raises(ConfigError, match="enrolled outside this ensemble"):
+        FusedRecognizer([a, b])
+    with pytest.raises(ConfigError, match="disagree.*glyph-2"):
+        FusedRecognizer([a, b], adopt=True)
+    b.erase("glyph-3")
+    b.enroll("glyph-2", GlyphSource.samples(2, 1, seed=1))
+    ens = FusedRecognizer([a, b], adopt=True)
+    assert ens.stats_ is None and len(ens) == 2  # usable once calibrated

@@ -61,6 +61,8 @@ class FusedRecognizer:
     members : Recognizers, one per encoder, each on its own gallery.
     rule : ``"zsum"``, ``"minmax"`` or ``"borda"`` (see the module docstring).
     weights : one weight per member (default: equal).
+    adopt : build the ensemble on galleries already enrolled on their own or in another
+        ensemble (they must hold the same classes); it needs :meth:`calibrate` before use.
 
     Attributes
     ----------
@@ -70,7 +72,7 @@ class FusedRecognizer:
     """
 
     def __init__(self, members: Sequence[Recognizer], *, rule: str = "zsum",
-                 weights: Sequence[float] | None = None) -> None:
+                 weights: Sequence[float] | None = None, adopt: bool = False) -> None:
         members = list(members)
         if not members:
             raise ConfigError("an ensemble needs at least one member recognizer")
@@ -85,12 +87,16 @@ class FusedRecognizer:
         self.members, self.rule, self.weights = members, rule, w
         self.fingerprints = [m.fingerprint for m in members]
         self.stats_, self.threshold = None, None
-        self._load_state()
+        self._load_state(adopt)
 
     # -- state shared by the member galleries -------------------------------------------
-    def _load_state(self) -> None:
+    def _load_state(self, adopt: bool) -> None:
         states = [m.gallery.get_setting(ENSEMBLE_KEY) for m in self.members]
+        if adopt:
+            states = [None] * len(states)
         for m, st in zip(self.members, states, strict=True):
+            if adopt:
+                continue
             if st is not None and st["members"] != self.fingerprints:
                 raise ConfigError(
                     f"gallery {m.gallery.path} belongs to an ensemble of {len(st['members'])} models "
@@ -99,12 +105,13 @@ class FusedRecognizer:
             if st is None and len(m.gallery):
                 raise ConfigError(f"gallery {m.gallery.path} holds classes enrolled outside this "
                                   "ensemble: give each member an empty gallery")
-        sizes = {len(m.gallery) for m in self.members}
-        if len(sizes) > 1:
-            a = self.members[0]
-            b = next(m for m in self.members if len(m.gallery) != len(a.gallery))
-            diff = sorted(set(a.gallery.labels()) ^ set(b.gallery.labels()))[:3]
-            raise ConfigError(f"member galleries disagree ({len(a.gallery)} vs {len(b.gallery)} classes, "
+        a = self.members[0]
+        odd = next((m for m in self.members if len(m.gallery) != len(a.gallery)), None)
+        if odd is None and adopt:
+            odd = next((m for m in self.members if set(m.gallery.labels()) != set(a.gallery.labels())), None)
+        if odd is not None:
+            diff = sorted(set(a.gallery.labels()) ^ set(odd.gallery.labels()))[:3]
+            raise ConfigError(f"member galleries disagree ({len(a.gallery)} vs {len(odd.gallery)} classes, "
                               f"e.g. {diff}): erase those classes and enroll them again")
         st = states[0]
         if st is not None and st.get("rule") == self.rule:
