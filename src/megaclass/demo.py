@@ -60,11 +60,6 @@ class DemoConfig(ProtocolSizes):
                    non_mated=200, per_class=3, reference=False)
 
 
-def _embed(rec: Recognizer, ids: range, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    images, cls = GlyphSource.batch(np.asarray(ids), n, seed=seed)
-    return rec.embed(images), cls, images.reshape(len(images), -1).numpy()
-
-
 def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None, *,
              progress: bool = True, log=print) -> dict:
     """Run the demo end to end; returns the report (also written to ``out/report.json``)."""
