@@ -21,6 +21,7 @@ _EXPORTS = {
     "Decision": "megaclass.recognizer",
     "Verdict": "megaclass.recognizer",
     "Gallery": "megaclass.gallery",
+    "GalleryProtocol": "megaclass.gallery",
     "Match": "megaclass.gallery",
     "GlyphSource": "megaclass.data.glyphs",
     "ImageFolderSource": "megaclass.data.folder",
@@ -44,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data.folder import ImageFolderSource
     from .data.glyphs import GlyphSource
     from .evaluate import calibrate_threshold, fnir_at_fpir, top_k_accuracy
-    from .gallery import Gallery, Match
+    from .gallery import Gallery, GalleryProtocol, Match
     from .heads import make_head
     from .models import Encoder, EncoderConfig, load_encoder
     from .recognizer import Decision, Recognizer, Verdict

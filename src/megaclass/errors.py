@@ -73,3 +73,7 @@ class ModelMismatchError(ConfigError):
 class NotCalibratedError(ConfigError):
     """An accept/reject decision asked of a gallery that has no calibrated threshold, and
     no threshold given (calibrate it, pass a threshold, or ask for candidates only)."""
+
+
+class GalleryClosedError(MegaclassError):
+    """A call on a gallery after :meth:`~megaclass.gallery.Gallery.close`."""

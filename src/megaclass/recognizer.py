@@ -39,7 +39,7 @@ from .errors import (
     UnknownLabelError,
 )
 from .evaluate.open_set import Calibration, calibrate_threshold, too_few_non_mated
-from .gallery import Gallery, Match
+from .gallery import Gallery, GalleryProtocol, Match
 from .models import Encoder, load_encoder
 
 THRESHOLD_KEY = "threshold"
@@ -119,7 +119,9 @@ class Recognizer:
     ----------
     encoder : an :class:`Encoder`, an imported ONNX encoder, or the path of a model directory
         of either kind.
-    gallery : a :class:`Gallery` or a directory path (created when missing).
+    gallery : any gallery (:class:`~megaclass.gallery.GalleryProtocol`: the local
+        :class:`Gallery`, or another backend), or a directory path for a local
+        :class:`Gallery` (created when missing).
     threshold : accept threshold on cosine scores; defaults to the gallery's calibrated
         threshold. On a gallery never calibrated, identify and verify refuse
         (NotCalibratedError) unless a threshold is given here or to the call, or the
@@ -135,12 +137,17 @@ class Recognizer:
         the same dimension (its templates will not be comparable).
     """
 
-    def __init__(self, encoder: Encoder | str | os.PathLike, gallery: Gallery | str | os.PathLike,
+    gallery: GalleryProtocol
+
+    def __init__(self, encoder: Encoder | str | os.PathLike, gallery: GalleryProtocol | str | os.PathLike,
                  *, threshold: float | None = None, templates: str | None = None,
                  key=None, allow_model_mismatch: bool = False) -> None:
         self.encoder = load_encoder(encoder) if isinstance(encoder, str | os.PathLike) else encoder
         self.encoder.eval()
-        if isinstance(gallery, Gallery):
+        if not isinstance(gallery, str | os.PathLike):
+            if not isinstance(gallery, GalleryProtocol):
+                raise ConfigError(f"gallery must be a gallery (GalleryProtocol) or a directory path, "
+                                  f"got {type(gallery).__name__}")
             self.gallery = gallery
         else:
             try:

@@ -13,5 +13,6 @@ Examples
 """
 
 from .gallery import Gallery, Match, as_unit_vectors
+from .protocol import GalleryProtocol
 
-__all__ = ["Gallery", "Match", "as_unit_vectors"]
+__all__ = ["Gallery", "GalleryProtocol", "Match", "as_unit_vectors"]

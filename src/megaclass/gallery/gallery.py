@@ -24,6 +24,7 @@ from ..errors import (
     ConfigError,
     DimensionMismatchError,
     DuplicateLabelError,
+    GalleryClosedError,
     InvalidInputError,
     MegaclassError,
     ModelMismatchError,
@@ -246,7 +247,7 @@ class Gallery(IndexUpkeep):
         """Hold the lock; fail if closed; catch up if another process wrote since."""
         with self._lock:
             if self._store is None:
-                raise MegaclassError(f"gallery {self.path} is closed")
+                raise GalleryClosedError(f"gallery {self.path} is closed")
             if self._store.last_seq() != self._seq:
                 self._load_state()
                 self._schedule_maintenance()

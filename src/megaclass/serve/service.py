@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MegaclassError
+from ..gallery.protocol import GalleryProtocol
 from ..recognizer import Recognizer
 from .audit import AuditLog
 from .db import ServiceDB
@@ -43,7 +44,7 @@ class Service:
         self.closed = False
 
     @property
-    def gallery(self):
+    def gallery(self) -> GalleryProtocol:
         return self.recognizer.gallery
 
     def audited(self, key: KeyInfo, operation: str, labels: list[str | None],
