@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import Head
+from .scale import Scale
 
 DEFAULT_MASS = (0.5, 0.85)
 
@@ -55,6 +56,7 @@ class AdaptiveHead(Head):
     class_counts : training samples per class (the trainer passes them); sets the ranking.
     div_value : shrink factor of each tail cluster's projection.
     scale : multiplies the (unit) embeddings before the linear layers (an inverse temperature).
+    learn_scale : learn ``scale`` with the head (see :mod:`.scale`).
 
     Attributes
     ----------
@@ -64,7 +66,7 @@ class AdaptiveHead(Head):
     name = "adaptive"
 
     def __init__(self, num_classes: int, dim: int, *, cutoffs=None, class_counts=None,
-                 div_value: float = 4.0, scale: float = 16.0) -> None:
+                 div_value: float = 4.0, scale: float = 16.0, learn_scale: bool = False) -> None:
         super().__init__(num_classes, dim)
         if class_counts is not None:
             counts = np.asarray(class_counts, dtype=np.float64).ravel()
@@ -85,6 +87,7 @@ class AdaptiveHead(Head):
         rank = np.empty(num_classes, dtype=np.int64)
         rank[order] = np.arange(num_classes)
         self.cutoffs, self.div_value, self.scale = cutoffs, float(div_value), float(scale)
+        self.s = Scale(self.scale, learn_scale)
         self.register_buffer("rank", torch.from_numpy(rank))
         self.asm = nn.AdaptiveLogSoftmaxWithLoss(dim, num_classes, cutoffs, div_value=self.div_value)
 
@@ -96,12 +99,13 @@ class AdaptiveHead(Head):
         return options
 
     def hparams(self) -> dict:
-        return {"cutoffs": self.cutoffs, "div_value": self.div_value, "scale": self.scale}
+        return {"cutoffs": self.cutoffs, "div_value": self.div_value, "scale": self.scale,
+                "learn_scale": self.s.learn}
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_batch(embeddings, labels)
-        return self.asm(self.scale * embeddings, self.rank[labels.long()]).loss
+        return self.asm(self.s() * embeddings, self.rank[labels.long()]).loss
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``(B, C)`` log-probabilities in class-id order."""
-        return self.asm.log_prob(self.scale * embeddings).index_select(1, self.rank)
+        return self.asm.log_prob(self.s() * embeddings).index_select(1, self.rank)

@@ -12,9 +12,12 @@ taxonomy file (``taxonomy`` + ``class_names``, see :mod:`.taxonomy`), k-means ov
 Inference (:meth:`HierarchicalHead.predict`) is a beam search: the ``beam`` most likely
 groups, then the best classes inside them.
 
-Note: the class rows are an ``nn.Parameter``, so the optimizer still sees a dense
-``C x D`` gradient (only ``G + sum |group|`` rows are non-zero); at millions of classes
-prefer ``partial_fc``.
+The class rows are a buffer updated row-wise like Partial FC's (:mod:`.rowwise`): a
+step gathers the rows of the batch's groups into a small leaf tensor, backward yields
+their ``(k, D)`` gradient and :meth:`HierarchicalHead.sparse_step` updates those rows
+and their optimizer state only -- no dense ``C x D`` gradient, so memory is the centres
+plus their state, as for Partial FC. The ``G x D`` group rows are an ordinary parameter
+for the trainer's optimizer.
 
 Example
 -------
@@ -37,6 +40,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import Head
+from .rowwise import OPTIMIZERS, init_rows_, make_state, rowwise_step, state_names
+from .scale import Scale
 
 
 class HierarchicalHead(Head):
@@ -50,7 +55,10 @@ class HierarchicalHead(Head):
     centers : optional (C, D) class centres to cluster into ``num_groups`` groups (k-means).
     num_groups : number of groups for k-means / contiguous blocks (default ``round(sqrt(C))``).
     scale, margin : cosine scale ``s`` and CosFace margin ``m`` at the class level.
+    learn_scale : learn ``s`` with the head (see :mod:`.scale`).
     beam : groups explored by :meth:`predict`.
+    optimizer, momentum, weight_decay : the row-wise update of the class rows (``"sgd"`` or
+        ``"adam"``); the trainer picks the one matching its own optimizer.
 
     Attributes
     ----------
@@ -59,14 +67,21 @@ class HierarchicalHead(Head):
 
     name = "hierarchical"
     softmax_type = True
+    sparse = True
 
     def __init__(self, num_classes: int, dim: int, *, groups=None, taxonomy=None, class_names=None,
                  centers=None, num_groups: int | None = None, group_names: list[str] | None = None,
-                 scale: float = 30.0, margin: float = 0.0, beam: int = 4, seed: int = 0) -> None:
+                 scale: float = 30.0, margin: float = 0.0, beam: int = 4, seed: int = 0,
+                 learn_scale: bool = False, optimizer: str = "sgd", momentum: float = 0.9,
+                 weight_decay: float = 0.0) -> None:
         super().__init__(num_classes, dim)
         self.scale, self.margin, self.beam = float(scale), float(margin), int(beam)
+        self.s = Scale(self.scale, learn_scale)
         if self.beam < 1:
             raise ConfigError(f"beam must be >= 1, got {beam}")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        self.optimizer, self.momentum, self.weight_decay = optimizer, float(momentum), float(weight_decay)
         if groups is None and taxonomy is not None:
             if class_names is None:
                 raise ConfigError("a taxonomy needs class_names (the classes' names in id order)")
@@ -93,13 +108,18 @@ class HierarchicalHead(Head):
         self.group_names = list(group_names) if group_names is not None else None
         self.num_groups = int(uniq.numel())
         self.register_buffer("group_of", groups)
-        self.weight = nn.Parameter(torch.empty(num_classes, dim).normal_(std=0.01))
+        self.register_buffer("weight", init_rows_(torch.empty(num_classes, dim)))
+        for key, buf in make_state(self.weight, optimizer, torch.float32, self.momentum).items():
+            self.register_buffer(key, buf)
+        self.register_buffer("step_count", torch.zeros((), dtype=torch.int64))
         self.group_weight = nn.Parameter(torch.empty(self.num_groups, dim).normal_(std=0.01))
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self._rebuild()
 
     def hparams(self) -> dict:
         return {"num_groups": self.num_groups, "group_names": self.group_names, "scale": self.scale,
-                "margin": self.margin, "beam": self.beam}
+                "margin": self.margin, "beam": self.beam, "learn_scale": self.s.learn,
+                "optimizer": self.optimizer, "momentum": self.momentum, "weight_decay": self.weight_decay}
 
     @classmethod
     def source_options(cls, source, options: dict) -> dict:
@@ -121,12 +141,16 @@ class HierarchicalHead(Head):
         self._members, self._slot, self._counts = members, slot, counts
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        state_dict = dict(state_dict)
+        for key, buf in self.named_buffers():  # heads saved before the row-wise update had no state
+            if key in state_names(self.optimizer, self.momentum) or key == "step_count":
+                state_dict.setdefault(key, torch.zeros_like(buf))
         out = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self._rebuild()
         return out
 
     def _group_logits(self, e: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.linear(e, F.normalize(self.group_weight, dim=1))
+        return self.s() * F.linear(e, F.normalize(self.group_weight, dim=1))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_batch(embeddings, labels)
@@ -136,19 +160,35 @@ class HierarchicalHead(Head):
         loss = self.loss_from_logits(self._group_logits(e), groups, labels)
         ug, inv = groups.unique(return_inverse=True)
         rows = self._members[ug]                                  # (U, Smax), -1 = padding
-        w = F.normalize(self.weight.index_select(0, rows.clamp(min=0).flatten()), dim=1)
-        w = w.view(rows.shape[0], rows.shape[1], -1)
+        index, pos = rows.clamp(min=0).flatten().unique(return_inverse=True)
+        leaf = self.weight.index_select(0, index).requires_grad_()  # the only rows this step uses
+        if self.training and torch.is_grad_enabled():
+            self._pending = (index, leaf)
+        w = F.normalize(leaf, dim=1)[pos].view(rows.shape[0], rows.shape[1], -1)
         cos = torch.einsum("bd,bsd->bs", e, w[inv])               # (B, Smax): own group only
         target = self._slot[labels][:, None]
         cos = cos.scatter(1, target, cos.gather(1, target) - self.margin)
-        logits = (self.scale * cos).masked_fill(rows[inv] < 0, -math.inf)
+        logits = (self.s() * cos).masked_fill(rows[inv] < 0, -math.inf)
         return loss + self.loss_from_logits(logits, target.squeeze(1), labels)
+
+    def sparse_step(self, lr: float) -> None:
+        """Row-wise optimizer update of the class rows used by the last forward (after backward)."""
+        if self._pending is None:
+            return
+        index, leaf = self._pending
+        self._pending = None
+        if leaf.grad is None:
+            return
+        self.step_count += 1
+        state = {k: getattr(self, k) for k in state_names(self.optimizer, self.momentum)}
+        rowwise_step(self.weight, state, index, leaf.grad, lr=lr, kind=self.optimizer,
+                     momentum=self.momentum, weight_decay=self.weight_decay, step=int(self.step_count))
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``(B, C)`` log P(class) = log P(group) + log P(class | group)."""
         e = F.normalize(embeddings, dim=1)
         log_pg = F.log_softmax(self._group_logits(e), dim=1)
-        s = self.scale * F.linear(e, F.normalize(self.weight, dim=1))
+        s = self.s() * F.linear(e, F.normalize(self.weight, dim=1))
         top = s.max(dim=1, keepdim=True).values
         sums = torch.zeros(s.shape[0], self.num_groups).index_add_(1, self.group_of, (s - top).exp())
         lse = sums.log() + top
@@ -167,7 +207,7 @@ class HierarchicalHead(Head):
                 e = e_all[lo: lo + chunk]
                 log_pg, top_g = F.log_softmax(self._group_logits(e), dim=1).topk(beam, dim=1)
                 cand = self._members[top_g]                       # (b, beam, Smax)
-                s = self.scale * torch.einsum("bd,bgsd->bgs", e, w[cand.clamp(min=0)])
+                s = self.s() * torch.einsum("bd,bgsd->bgs", e, w[cand.clamp(min=0)])
                 s = s.masked_fill(cand < 0, -math.inf)
                 score = (F.log_softmax(s, dim=2) + log_pg[:, :, None]).flatten(1)
                 best, pos = score.topk(k, dim=1)

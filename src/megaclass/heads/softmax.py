@@ -24,22 +24,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Head
+from .scale import Scale
 
 
 class SoftmaxHead(Head):
-    """Plain linear softmax with bias over the (normalised) embeddings: the baseline."""
+    """Plain linear softmax with bias over the (normalised) embeddings: the baseline.
+
+    The embeddings are multiplied by ``scale`` first (fixed, or learned with
+    ``learn_scale=True``): on unit vectors a linear softmax without it learns very
+    slowly (NormFace's observation; measured in ``megaclass bench heads``).
+    """
 
     name = "softmax"
     softmax_type = True
+    default_scale = 16.0
 
-    def __init__(self, num_classes: int, dim: int) -> None:
+    def __init__(self, num_classes: int, dim: int, *, scale: float | None = None,
+                 learn_scale: bool = False) -> None:
         super().__init__(num_classes, dim)
+        self.scale = float(self.default_scale if scale is None else scale)
+        self.s = Scale(self.scale, learn_scale)
         self.weight = nn.Parameter(torch.empty(num_classes, dim))
         self.bias = nn.Parameter(torch.zeros(num_classes))
         nn.init.normal_(self.weight, std=0.01)
 
+    def hparams(self) -> dict:
+        return {"scale": self.scale, "learn_scale": self.s.learn}
+
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return F.linear(embeddings, self.weight, self.bias)
+        return F.linear(self.s() * embeddings, self.weight, self.bias)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_batch(embeddings, labels)
@@ -60,6 +73,7 @@ class MarginSoftmaxHead(Head):
     num_classes, dim : size of the class-centre matrix ``W`` (num_classes x dim).
     scale : ``s``, the inverse temperature applied to cosines.
     margin : ``m``, the variant's margin.
+    learn_scale : learn ``s`` with the head, starting from ``scale`` (NormFace).
     """
 
     name = "normface"
@@ -68,15 +82,16 @@ class MarginSoftmaxHead(Head):
     default_margin = 0.0
 
     def __init__(self, num_classes: int, dim: int, *, scale: float | None = None,
-                 margin: float | None = None) -> None:
+                 margin: float | None = None, learn_scale: bool = False) -> None:
         super().__init__(num_classes, dim)
         self.scale = float(self.default_scale if scale is None else scale)
         self.margin = float(self.default_margin if margin is None else margin)
+        self.s = Scale(self.scale, learn_scale)
         self.weight = nn.Parameter(torch.empty(num_classes, dim))
         nn.init.normal_(self.weight, std=0.01)
 
     def hparams(self) -> dict:
-        return {"scale": self.scale, "margin": self.margin}
+        return {"scale": self.scale, "margin": self.margin, "learn_scale": self.s.learn}
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1))
@@ -91,7 +106,7 @@ class MarginSoftmaxHead(Head):
     def margin_logits(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Scaled logits with the target column replaced by :meth:`target_logit`."""
         target = cos.gather(1, labels[:, None])
-        return self.scale * cos.scatter(1, labels[:, None], self.target_logit(target))
+        return self.s() * cos.scatter(1, labels[:, None], self.target_logit(target))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_batch(embeddings, labels)

@@ -1,0 +1,278 @@
+"""Head accuracy, fairly: each head tuned, then trained to convergence on frozen features.
+
+The question ``bench heads`` answers is which head to train at C classes. Speed and
+memory come from :mod:`.heads`; this module measures what each head *learns*:
+
+* **Features.** Glyph classes the shipped reference encoder never saw (ids from
+  ``FIRST_ID``) are embedded once by that frozen encoder: ``train`` drawings per class to
+  learn from, ``val`` to stop on and pick settings with, ``test`` to report. Cached as
+  ``.npy`` files, filled chunk by chunk (an interrupted run resumes).
+* **Sweep.** Per head, a small grid of optimizer x learning rate (and, for the plain
+  softmax, the input scale) is trained for a short budget; the best validation top-1
+  wins. Every head gets its own best settings instead of one shared optimizer.
+* **To convergence.** With the winning settings the head trains until validation top-1
+  stops improving (``patience`` evaluations without a gain of ``min_gain``), then once
+  more after a 10x learning-rate drop, or until a step/time cap -- the report says which.
+  The accuracy-vs-training-time curve gives accuracy at equal wall-clock budgets and the
+  time to reach a given accuracy; test top-1/top-5 are measured once, at the end.
+
+Each training run is a fresh subprocess (``python -m megaclass.bench.heads_accuracy``),
+so its peak resident memory (``VmHWM``) is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+FIRST_ID = 10_000_000  # disjoint from the reference model's training classes (0-19,999)
+SPLITS = {"train": 0, "val": 555, "test": 777}  # split -> drawing seed
+SWEEP = {
+    "sgd": (0.03, 0.1, 0.3, 1.0),
+    "adam": (1e-3, 3e-3, 1e-2),
+}
+SOFTMAX_SCALES = (1.0, 4.0, 16.0)
+
+
+def _vm_hwm() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# -- features ------------------------------------------------------------------------
+def glyph_features(folder, classes: int, *, model: str = "reference", per_split=None,
+                   chunk: int = 1000, log=print) -> Path:
+    """Embed ``classes`` unseen glyph classes with the frozen ``model``; return the folder.
+
+    Files: ``{split}_x.npy`` (classes * n, D) float32, class-major (class i's drawings are
+    rows ``i*n .. i*n+n-1``), and ``meta.json``. A folder holding more classes is reused.
+    """
+    import torch
+
+    from ..data.glyphs import GlyphSource
+    from ..errors import ConfigError
+    from ..models import load_encoder
+
+    per_split = dict(per_split or {"train": 6, "val": 1, "test": 2})
+    if classes < 2:
+        raise ConfigError(f"the head comparison needs at least 2 classes, got {classes}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta_path = folder / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    want = {"model": model, "per_split": per_split, "first_id": FIRST_ID}
+    if {k: meta.get(k) for k in want} != want or meta.get("classes", 0) < classes:
+        if meta.get("done", 0) and {k: meta.get(k) for k in want} == want:
+            done = min(meta["done"], classes)  # grow an existing, compatible cache
+        else:
+            done = 0
+        meta = {**want, "classes": classes, "done": done}
+    if meta["done"] >= classes:
+        return folder
+    enc = load_encoder(model)
+    meta["fingerprint"] = enc.fingerprint()
+    dim = int(enc.config.dim)
+    arrays = {}
+    for split, n in per_split.items():
+        path = folder / f"{split}_x.npy"
+        old = np.load(path, mmap_mode="r") if path.exists() else None
+        if old is not None and old.shape == (classes * n, dim):
+            arrays[split] = np.load(path, mmap_mode="r+")
+            continue
+        new = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float32,
+                                        shape=(classes * n, dim))
+        if old is not None and meta["done"]:
+            new[: meta["done"] * n] = old[: meta["done"] * n]
+        del old
+        new.flush()
+        os.replace(path.with_suffix(".tmp.npy"), path)
+        arrays[split] = np.load(path, mmap_mode="r+")
+    started, first = time.perf_counter(), meta["done"]
+    with torch.inference_mode():
+        for lo in range(meta["done"], classes, chunk):
+            ids = np.arange(FIRST_ID + lo, FIRST_ID + min(classes, lo + chunk))
+            for split, n in per_split.items():
+                imgs, _ = GlyphSource.batch(ids, n, seed=SPLITS[split])
+                arrays[split][lo * n: (lo + ids.size) * n] = enc.embed(imgs).numpy()
+                arrays[split].flush()
+            meta["done"] = lo + ids.size
+            meta_path.write_text(json.dumps(meta, indent=1))
+            rate = (meta["done"] - first) / max(time.perf_counter() - started, 1e-9)
+            log and log(f"features: {meta['done']:,}/{classes:,} classes embedded "
+                        f"({rate:,.0f} classes/s)")
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return folder
+
+
+def _load_split(folder: Path, split: str, classes: int) -> tuple[np.ndarray, int]:
+    meta = json.loads((folder / "meta.json").read_text())
+    n = int(meta["per_split"][split])
+    return np.load(folder / f"{split}_x.npy", mmap_mode="r")[: classes * n], n
+
+
+# -- one training run (in a worker process) -------------------------------------------
+def _evaluate(head, x, y, k: int = 5) -> tuple[float, float]:
+    import torch
+
+    head.eval()
+    top1 = top5 = 0
+    with torch.no_grad():
+        for lo in range(0, x.shape[0], 1024):
+            _, pred = head.predict(x[lo: lo + 1024], k=k)
+            hit = pred == y[lo: lo + 1024, None]
+            top1 += int(hit[:, 0].sum())
+            top5 += int(hit.any(dim=1).sum())
+    head.train()
+    return top1 / x.shape[0], top5 / x.shape[0]
+
+
+def _subset(n_rows: int, n_per: int, keep: int, seed: int):
+    rows = np.arange(n_rows)
+    if keep < n_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(n_rows, keep, replace=False))
+    return rows, rows // n_per
+
+
+def train_worker(spec: dict) -> dict:
+    """Train one head with one setting on cached features; return its curve and test accuracy."""
+    import torch
+
+    from ..heads import make_head
+
+    torch.manual_seed(spec.get("seed", 0))
+    rng = np.random.default_rng(spec.get("seed", 0))
+    folder, c, name = Path(spec["features"]), int(spec["classes"]), spec["head"]
+    tr, n_tr = _load_split(folder, "train", c)
+    tr = torch.from_numpy(np.ascontiguousarray(tr))
+    va, n_va = _load_split(folder, "val", c)
+    te, n_te = _load_split(folder, "test", c)
+    vr, vy = _subset(va.shape[0], n_va, spec["val_samples"], 1)
+    tr_rows, ty = _subset(te.shape[0], n_te, spec["test_samples"], 2)
+    val_x, val_y = torch.from_numpy(np.asarray(va[vr])), torch.from_numpy(vy)
+    test_x, test_y = torch.from_numpy(np.asarray(te[tr_rows])), torch.from_numpy(ty)
+    opts = dict(spec.get("head_options", {}))
+    kind, lr = spec["optimizer"], float(spec["lr"])
+    if name in ("partial_fc", "hierarchical"):
+        opts.update(optimizer=kind, weight_decay=0.0)
+    head = make_head(name, c, tr.shape[1], **opts)
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = None
+    if params:
+        opt = (torch.optim.SGD(params, lr=lr, momentum=0.9) if kind == "sgd"
+               else torch.optim.Adam(params, lr=lr))
+    batch, m = int(spec["batch"]), 4
+    curve, step_times, trained, step = [], [], 0.0, 0
+    best, since, drops, stopped = -1.0, 0, 0, "max_steps"
+    while step < spec["max_steps"]:
+        classes = rng.choice(c, size=batch // m, replace=c < batch // m)
+        idx = torch.from_numpy(np.repeat(classes, m) * n_tr + rng.integers(0, n_tr, batch))
+        labels = torch.from_numpy(np.repeat(classes, m))
+        t0 = time.perf_counter()
+        loss = head(tr[idx], labels)
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if opt is not None:
+            opt.step()
+        head.sparse_step(lr)
+        dt = time.perf_counter() - t0
+        step_times.append(dt)
+        trained += dt
+        step += 1
+        if not math.isfinite(float(loss)):
+            stopped = "diverged"
+            break
+        if step % spec["eval_every"] == 0 or step == spec["max_steps"]:
+            top1, _ = _evaluate(head, val_x, val_y)
+            curve.append({"step": step, "seconds": round(trained, 3), "val_top1": top1,
+                          "loss": round(float(loss), 4), "lr": lr})
+            if top1 > best + spec["min_gain"]:
+                best, since = top1, 0
+            else:
+                since += 1
+            if since >= spec["patience"]:
+                if drops == 0 and spec.get("lr_drop", True):
+                    drops, since, lr = 1, 0, lr * 0.1
+                    if opt is not None:
+                        for g in opt.param_groups:
+                            g["lr"] = lr
+                else:
+                    stopped = "plateau"
+                    break
+            if trained >= spec["max_seconds"]:
+                stopped = "max_seconds"
+                break
+    top1, top5 = _evaluate(head, test_x, test_y)
+    state = sum(t.numel() * t.element_size() for t in list(head.parameters()) + list(head.buffers()))
+    if opt is not None:
+        for st in opt.state.values():
+            state += sum(v.numel() * v.element_size() for v in st.values() if hasattr(v, "numel"))
+    return {"curve": curve, "best_val_top1": max((p["val_top1"] for p in curve), default=0.0),
+            "test_top1": top1, "test_top5": top5, "steps": step, "train_seconds": trained,
+            "median_step_s": statistics.median(step_times) if step_times else None,
+            "stopped_by": stopped, "peak_rss_bytes": _vm_hwm(), "state_bytes": state,
+            "test_samples": int(test_y.numel()), "val_samples": int(val_y.numel())}
+
+
+def _spawn(spec: dict, timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "megaclass.bench.heads_accuracy", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"worker failed (exit {proc.returncode}): {tail}"}
+    return json.loads(lines[-1])
+
+
+# -- the protocol ----------------------------------------------------------------------
+def sweep_grid(head: str) -> list[dict]:
+    """The settings tried for ``head``: optimizer x learning rate (x input scale for softmax)."""
+    grid = [{"optimizer": k, "lr": lr, "head_options": {}} for k, lrs in SWEEP.items() for lr in lrs]
+    if head == "softmax":
+        grid = [{**g, "head_options": {"scale": s}} for g in grid for s in SOFTMAX_SCALES]
+    return grid
+
+
+def accuracy_at(curve: list[dict], seconds: float) -> float | None:
+    """Validation top-1 of the last evaluation within ``seconds`` of training, else None."""
+    pts = [p["val_top1"] for p in curve if p["seconds"] <= seconds]
+    return max(pts) if pts else None
+
+
+def time_to(curve: list[dict], top1: float) -> float | None:
+    """Training seconds until validation top-1 first reached ``top1``, else None."""
+    return next((p["seconds"] for p in curve if p["val_top1"] >= top1), None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Worker entry point: ``python -m megaclass.bench.heads_accuracy '<json spec>'`` prints one JSON line."""
+    spec = json.loads((argv or sys.argv[1:])[0])
+    import torch
+
+    from ..errors import MegaclassError
+
+    torch.set_num_threads(int(spec.get("threads", 1)))
+    try:
+        result = train_worker(spec)
+    except (MegaclassError, MemoryError) as exc:
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

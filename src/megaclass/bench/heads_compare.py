@@ -1,0 +1,142 @@
+"""The head comparison's protocol: sweep each head's settings, then train each to convergence.
+
+Runs :func:`megaclass.bench.heads_accuracy.train_worker` in subprocesses (see that module
+for the features and the stopping rule) and summarises: per class count and head, test
+top-1/top-5 after convergence, validation top-1 at equal wall-clock budgets, time to
+reach a common accuracy, step time and peak memory; a plot of accuracy vs training time.
+
+``quick=True`` shrinks everything (200 classes, a two-point sweep, tens of steps) so a
+test can run the whole protocol in well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .heads_accuracy import _spawn, accuracy_at, glyph_features, sweep_grid, time_to
+
+BUDGETS_S = (10.0, 60.0, 300.0)
+QUICK = {"sweep_steps": 30, "eval_every": 10, "max_steps": 60, "max_seconds": 30.0, "patience": 2,
+         "val_samples": 200, "test_samples": 400}
+FULL = {"sweep_steps": 400, "eval_every": 100, "max_steps": 20_000, "max_seconds": 900.0, "patience": 3,
+        "val_samples": 2000, "test_samples": 10_000}
+
+
+def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "partial_fc", "adaptive",
+                                                          "hierarchical"),
+                        sweep_classes: int | None = None, quick: bool = False, model: str = "reference",
+                        batch: int = 256, min_gain: float = 0.002, timeout: float = 3600.0,
+                        settings: dict | None = None, log=print) -> dict:
+    """Sweep at ``sweep_classes`` (default the smallest size), converge at every size; write JSON + plot."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    knobs = dict(QUICK if quick else FULL)
+    sizes = sorted(int(c) for c in sizes)
+    sweep_c = int(sweep_classes or sizes[0])
+    feats = glyph_features(out / "features", max(sizes + [sweep_c]), model=model, log=log)
+    started = time.perf_counter()
+    base = {"features": str(feats), "batch": batch, "min_gain": min_gain,
+            "val_samples": knobs["val_samples"], "test_samples": knobs["test_samples"]}
+    report_path = out / "head_comparison.json"
+    old = json.loads(report_path.read_text()) if report_path.exists() else {}
+    same = old.get("config", {}).get("quick") == quick and old.get("config", {}).get("model") == model
+    sweep = old.get("sweep", {}) if same else {}
+    runs = old.get("runs", []) if same else []
+    chosen = dict(settings or {})
+    for name in heads:
+        if name in chosen:
+            continue
+        if name not in sweep or sweep[name].get("classes") != sweep_c:
+            grid = sweep_grid(name)[:2] if quick else sweep_grid(name)
+            tried = []
+            for s in grid:
+                spec = {**base, **s, "head": name, "classes": sweep_c, "max_steps": knobs["sweep_steps"],
+                        "eval_every": knobs["sweep_steps"] // 4 or 1, "patience": 10**6,
+                        "max_seconds": 10**9, "lr_drop": False}
+                log and log(f"sweep C={sweep_c:,} {name}: {s['optimizer']} lr={s['lr']} {s['head_options']}")
+                res = _spawn(spec, timeout)
+                tried.append({**s, "best_val_top1": res.get("best_val_top1"), "error": res.get("error"),
+                              "stopped_by": res.get("stopped_by")})
+            ok = [t for t in tried if t["best_val_top1"] is not None and t.get("stopped_by") != "diverged"]
+            win = max(ok, key=lambda t: t["best_val_top1"]) if ok else None
+            sweep[name] = {"classes": sweep_c, "steps": knobs["sweep_steps"], "tried": tried, "winner": win}
+            _write(report_path, quick, model, knobs, sweep, runs, started)
+        win = sweep[name]["winner"]
+        if win is not None:
+            chosen[name] = {k: win[k] for k in ("optimizer", "lr", "head_options")}
+    for c in sizes:
+        for name in heads:
+            if name not in chosen or any(r["classes"] == c and r["head"] == name for r in runs):
+                continue
+            spec = {**base, **chosen[name], "head": name, "classes": c, "max_steps": knobs["max_steps"],
+                    "eval_every": knobs["eval_every"], "patience": knobs["patience"],
+                    "max_seconds": knobs["max_seconds"]}
+            log and log(f"converge C={c:,} {name} with {chosen[name]}")
+            runs.append({"classes": c, "head": name, "settings": chosen[name], **_spawn(spec, timeout)})
+            _write(report_path, quick, model, knobs, sweep, runs, started)
+    report = _write(report_path, quick, model, knobs, sweep, runs, started)
+    _plot(runs, out / "head_comparison.png")
+    return report
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Per class count: each head's converged test accuracy, budget accuracies and time to a common bar."""
+    rows = []
+    for c in sorted({r["classes"] for r in runs}):
+        at_c = [r for r in runs if r["classes"] == c and "curve" in r]
+        if not at_c:
+            continue
+        best = max(r["best_val_top1"] for r in at_c)
+        bar = round(0.9 * best, 3)
+        top = max(x["test_top1"] for x in at_c)
+        for r in at_c:
+            rows.append({"classes": c, "head": r["head"], "test_top1": r["test_top1"],
+                         "test_top5": r["test_top5"],
+                         "gap_to_best_points": round(100 * (top - r["test_top1"]), 2),
+                         "stopped_by": r["stopped_by"], "steps": r["steps"],
+                         "train_seconds": r["train_seconds"],
+                         "median_step_ms": 1000 * r["median_step_s"], "peak_rss_bytes": r["peak_rss_bytes"],
+                         "state_bytes": r["state_bytes"],
+                         **{f"val_top1_at_{int(b)}s": accuracy_at(r["curve"], b) for b in BUDGETS_S},
+                         "bar_val_top1": bar, "seconds_to_bar": time_to(r["curve"], bar),
+                         "settings": r.get("settings")})
+    return rows
+
+
+def _write(path: Path, quick, model, knobs, sweep, runs, started) -> dict:
+    report = {"config": {"quick": quick, "model": model, **knobs, "budgets_s": BUDGETS_S,
+                         "protocol": "head-only, frozen reference-encoder features, unseen glyph classes"},
+              "sweep": sweep, "runs": runs, "summary": summarise(runs),
+              "seconds": time.perf_counter() - started}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(path)
+    return report
+
+
+def _plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({r["classes"] for r in runs if "curve" in r})
+    if not sizes:
+        return
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2), squeeze=False)
+    for ax, c in zip(axes[0], sizes, strict=True):
+        for r in runs:
+            if r["classes"] == c and r.get("curve"):
+                ax.plot([p["seconds"] for p in r["curve"]], [100 * p["val_top1"] for p in r["curve"]],
+                        "-", label=r["head"])
+        ax.set_xscale("log")
+        ax.set_xlabel("training seconds (head only, 1 thread)")
+        ax.set_ylabel("validation top-1 (%)")
+        ax.set_title(f"{c:,} classes")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

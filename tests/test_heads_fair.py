@@ -1,0 +1,95 @@
+"""Issue 21: every softmax-family head has a scale; the hierarchical head updates rows sparsely;
+the comparison protocol (sweep, then train to a plateau) runs end to end."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megaclass.errors import ConfigError
+from megaclass.heads import load_head, make_head
+
+
+@pytest.mark.parametrize("name", ["softmax", "cosface", "adaptive", "hierarchical"])
+def test_learned_scale_trains_and_round_trips(name, tmp_path):
+    torch.manual_seed(0)
+    head = make_head(name, 8, 16, scale=4.0, learn_scale=True)
+    assert [n for n, _ in head.named_parameters() if n.endswith("log_s")] == ["s.log_s"]
+    emb, labels = F.normalize(torch.randn(64, 16), dim=1), torch.arange(64) % 8
+    opt = torch.optim.SGD(head.parameters(), lr=0.05)
+    for _ in range(20):
+        loss = head(emb, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        head.sparse_step(0.05)
+    assert head.s.current() != pytest.approx(4.0)          # the scale moved with training
+    head.save(tmp_path)
+    again = load_head(tmp_path)
+    assert again.s.learn and again.s.current() == pytest.approx(head.s.current())
+    head.eval(), again.eval()
+    assert torch.equal(again.predict(emb, k=2)[1], head.predict(emb, k=2)[1])
+
+
+def test_scale_must_be_positive():
+    with pytest.raises(ConfigError, match="scale must be a positive number"):
+        make_head("softmax", 4, 3, scale=0.0)
+
+
+def test_softmax_scale_speeds_up_learning_on_unit_embeddings():
+    torch.manual_seed(0)
+    emb, labels = F.normalize(torch.randn(200, 16), dim=1), torch.arange(200) % 50
+    losses = {}
+    for s in (1.0, 16.0):                           # the scale is applied: same lr, faster learning
+        head = make_head("softmax", 50, 16, scale=s)
+        opt = torch.optim.SGD(head.parameters(), lr=0.01, momentum=0.9)
+        for _ in range(50):
+            loss = head(emb, labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses[s] = loss.item()
+    assert losses[16.0] < losses[1.0] - 1.0
+
+
+def test_hierarchical_rows_are_sparse_state_updated_only_where_used():
+    torch.manual_seed(0)
+    head = make_head("hierarchical", 100, 8, num_groups=10, optimizer="sgd")
+    dense = [n for n, p in head.named_parameters() if p.shape[0] == 100]
+    assert dense == []                                      # no C x D parameter, no dense gradient
+    before = head.weight.clone()
+    labels = torch.tensor([0, 1, 2, 3])                     # all in group 0 (classes 0-9)
+    head(F.normalize(torch.randn(4, 8), dim=1), labels).backward()
+    head.sparse_step(0.1)
+    changed = (head.weight != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed and set(changed) <= set(range(10))
+    assert int(head.step_count) == 1 and head.momentum_buffer[50].abs().sum() == 0
+
+
+def test_hierarchical_head_saved_without_row_state_still_loads(tmp_path):
+    head = make_head("hierarchical", 20, 4, num_groups=4)
+    head.save(tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tmp_path / "head.safetensors"))
+    old = {k: v for k, v in state.items() if k not in ("momentum_buffer", "step_count")}
+    save_file(old, str(tmp_path / "head.safetensors"))
+    again = load_head(tmp_path)
+    assert torch.equal(again.weight, head.weight)
+
+
+def test_head_comparison_quick_protocol(tmp_path):
+    from megaclass.bench.heads_compare import run_head_comparison
+
+    report = run_head_comparison(tmp_path, sizes=[200], heads=["softmax", "cosface"], quick=True, log=None)
+    assert set(report["sweep"]) == {"softmax", "cosface"}
+    assert all(s["winner"] for s in report["sweep"].values())
+    rows = {r["head"]: r for r in report["summary"]}
+    assert set(rows) == {"softmax", "cosface"}
+    for r in rows.values():
+        assert 0.5 < r["test_top1"] <= 1.0 and r["stopped_by"] in ("plateau", "max_steps", "max_seconds")
+        assert r["peak_rss_bytes"] > r["state_bytes"] > 0
+    assert (tmp_path / "head_comparison.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "head_comparison.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(report["summary"]))
