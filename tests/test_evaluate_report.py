@@ -104,6 +104,14 @@ def test_cli_writes_report(tiny_model_dir, tmp_path):
                for r in worst[1:])
     assert out["mated_searches"] == 40 and out["open_set"][0]["target_fpir"] == 0.01
     assert [x["gallery_size"] for x in out["gallery_size"]["points"]] == [40, 100]
+    # the wrong answers at the largest size, as image pairs (query, the class it was taken for)
+    conf, last = out["gallery_size"]["confusions"], out["gallery_size"]["points"][-1]
+    assert conf and len(conf) == min(24, last["wrong"]) and last["wrong"] >= last["wrong_to_distractors"]
+    assert [c["score"] for c in conf] == sorted((c["score"] for c in conf), reverse=True)
+    rows = _table(page, "scaling-confusions")[1:]
+    assert len(rows) == len(conf) and all(len(r[0]["imgs"]) == 1 and len(r[2]["imgs"]) == 1 for r in rows)
+    assert all(r[3]["text"] == ("distractor" if c["distractor"] else "enrolled")
+               for r, c in zip(rows, conf, strict=True))
     assert (tmp_path / "out" / "report.html").is_file()
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["closed_set"]["queries"] == 40
     bad = run("evaluate", "-m", tiny_model_dir, "-g", g, "--queries", "glyphs:8000-8005")

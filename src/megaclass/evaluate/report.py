@@ -338,16 +338,37 @@ def render_html(ev: Evaluation, *, title: str = "megaclass evaluation", images=N
                                 "robust model loses little as the gallery grows.")
     figs = [_figure(png, f"{name} plot", caps[name]) for name, png in pngs.items()]
     parts += ["<h2>Plots</h2>", '<div class="grid">' + "".join(figs) + "</div>"]
-    if scaling:
-        parts.append(_table(["enrolled classes", "rank-1 accuracy", f'FNIR @ FPIR {scaling["target_fpir"]:g}',
-                             "note"],
-                            [[f'{p["gallery_size"]:,}', _fmt(p["top1"], True), _fmt(p.get("fnir"), True),
-                              html.escape(p.get("reason") or "")] for p in scaling["points"]]))
-    parts += groups_section(m.get("groups"), pngs)  # after the grid: its plot is shown inline
     samples = _Samples(images, labels, sources, non_mated_sources, class_sample)
+    if scaling:
+        parts += _scaling(scaling, samples)
+    parts += groups_section(m.get("groups"), pngs)  # after the grid: its plot is shown inline
     parts += _confusions(ev, samples) + _worst_non_mated(ev, samples, thr, label, worst)
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def _scaling(scaling: dict, samples: _Samples) -> list[str]:
+    """The gallery-size table and, at the largest size, the wrong rank-1 answers as image pairs."""
+    parts = [_table(["enrolled classes", "rank-1 accuracy", f'FNIR @ FPIR {scaling["target_fpir"]:g}',
+                     "wrong rank-1 (to distractors)", "note"],
+                    [[f'{p["gallery_size"]:,}', _fmt(p["top1"], True), _fmt(p.get("fnir"), True),
+                      f'{p["wrong"]:,} ({p["wrong_to_distractors"]:,})' if "wrong" in p else "",
+                      html.escape(p.get("reason") or "")] for p in scaling["points"]])]
+    conf = scaling.get("confusions") or []
+    if conf:
+        size = max(p["gallery_size"] for p in scaling["points"] if p.get("top1") is not None)
+        parts.append(f"<h2>Confusions at {size:,} enrolled classes</h2>")
+        parts.append('<p class="sub">Mated queries whose first answer was another class, highest score '
+                     "first: the query, and an image of the class it was taken for (a distractor's "
+                     "drawing is rendered from its id). Judge by eye whether the two could be the same "
+                     f"class: pairs a person cannot tell apart are the data's ceiling, not the model's. "
+                     f"{samples.where()}</p>")
+        rows = [[samples.query(c["query"]), html.escape(c["true"]),
+                 samples.of_class(c["predicted"]) if c["predicted"] is not None else "none",
+                 "distractor" if c["distractor"] else "enrolled", f'{c["score"]:.3f}'] for c in conf]
+        parts.append(_table(["query", "true class", "taken for", "kind", "score"], rows,
+                            "scaling-confusions"))
+    return parts
 
 
 def _confusions(ev: Evaluation, samples: _Samples) -> list[str]:

@@ -31,6 +31,16 @@ from ..errors import InvalidInputError
 from .open_set import fnir_at_fpirs
 
 Distractors = Callable[[int, int], Iterable[tuple[str, object]]]
+MAX_CONFUSIONS = 24
+
+
+def _confusions(pred: np.ndarray, score: np.ndarray, truth: np.ndarray, mated: set) -> list[dict]:
+    """The wrong rank-1 answers, highest score first (see :func:`gallery_size_curve`)."""
+    wrong = np.flatnonzero(pred != truth)
+    wrong = wrong[np.argsort(-score[wrong], kind="stable")][:MAX_CONFUSIONS]
+    return [{"query": int(i), "true": str(truth[i]), "predicted": None if pred[i] is None else str(pred[i]),
+             "score": float(score[i]), "distractor": pred[i] is not None and pred[i] not in mated}
+            for i in wrong]
 
 
 def glyph_distractors(first_id: int = 10_000_000, per_class: int = 3, seed: int = 1,
@@ -72,7 +82,11 @@ def gallery_size_curve(rec, queries: np.ndarray, truth: Sequence[str], non_mated
     Returns
     -------
     dict with ``points`` (``gallery_size``, ``top1``, ``fnir``, ``threshold``,
-    ``enroll_seconds``, ``search_seconds``, ``reason``), ``target_fpir`` and ``mated_classes``.
+    ``enroll_seconds``, ``search_seconds``, ``reason``), ``target_fpir``, ``mated_classes`` and
+    ``confusions``: at the largest size, the mated queries ranked to a wrong class first
+    (highest-scoring first, at most ``MAX_CONFUSIONS``), each with ``query`` (its index),
+    ``true``, ``predicted``, ``score`` and ``distractor`` (whether the wrong class is one
+    of the added distractors), so the report can show them as image pairs.
     """
     from ..gallery import Gallery
     from ..recognizer import Recognizer
@@ -91,7 +105,7 @@ def gallery_size_curve(rec, queries: np.ndarray, truth: Sequence[str], non_mated
                              for lb in labels])
         scratch = Recognizer(rec.encoder, gallery, templates=rec.templates, allow_model_mismatch=True)
         truth_arr = np.array(truth, dtype=object)
-        points, added = [], 0
+        points, added, confusions = [], 0, []
         n_nm = 0 if non_mated is None else len(non_mated)
         for size in sorted(set(int(s) for s in sizes)):
             if size < len(labels):
@@ -113,16 +127,20 @@ def gallery_size_curve(rec, queries: np.ndarray, truth: Sequence[str], non_mated
             pred = np.array([m[0].label if m else None for m in best], dtype=object)
             score = np.array([m[0].score if m else -np.inf for m in best])
             ok = pred == truth_arr
+            mated = set(labels)
+            confusions = _confusions(pred, score, truth_arr, mated)
+            to_distractor = sum(1 for p in pred[~ok] if p is not None and p not in mated)
             nm = [] if non_mated is None else [m[0].score for m in scratch.gallery.search(non_mated, k=1)]
             r = fnir_at_fpirs(score, ok, nm, (target_fpir,))[0]
             points.append({"gallery_size": len(scratch.gallery), "top1": float(ok.mean()),
                            "fnir": r["fnir"], "threshold": r["threshold"], "reason": r["reason"],
-                           "enroll_seconds": enroll_s, "search_seconds": search_s})
+                           "enroll_seconds": enroll_s, "search_seconds": search_s,
+                           "wrong": int((~ok).sum()), "wrong_to_distractors": to_distractor})
             if log:
                 log(f"  gallery {len(scratch.gallery):>9,}: top-1 {ok.mean():.3f}  "
                     f"FNIR@FPIR {target_fpir:g} {r['fnir'] if r['fnir'] is None else round(r['fnir'], 3)}")
         return {"points": points, "target_fpir": target_fpir, "mated_classes": len(labels),
-                "index": gallery.stats()["index"],
+                "index": gallery.stats()["index"], "confusions": confusions if points else [],
                 "mated_queries": len(truth), "non_mated_queries": n_nm}
     finally:
         gallery.close()
