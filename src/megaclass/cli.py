@@ -164,6 +164,9 @@ def train(ctx: typer.Context,
           pretrained_lr_scale: Annotated[float, typer.Option(help="Learning-rate factor for loaded (pretrained) tensors, e.g. 0.1.")] = 1.0,
           unfreeze_after: Annotated[int | None, typer.Option(help="Unfreeze the --freeze stages after this many steps.")] = None,
           compatible_with: Annotated[Path | None, typer.Option(help="Backward-compatible training (BCT): new embeddings stay searchable against templates of this old model (same --dim).")] = None,
+          nproc: Annotated[int | None, typer.Option(help="Train on N local processes (torch.distributed; --head partial_fc, sharded by class; --batch-size is the global batch). Across machines use torchrun -m megaclass.train.")] = None,
+          backend: Annotated[str, typer.Option(help="Distributed backend: auto (nccl when each process has a GPU, else gloo) | gloo | nccl.")] = "auto",
+          dist_timeout: Annotated[float, typer.Option(help="Seconds a distributed collective waits for the other processes before the job stops with an error.")] = 300.0,
           as_json: JsonOpt = False) -> None:
     """Train an encoder on DATA and save it to --model (optionally fine-tuning --init-from)."""
     from .data.spec import open_source
@@ -191,7 +194,18 @@ def train(ctx: typer.Context,
                       pretrained_lr_scale=pretrained_lr_scale, unfreeze_after=unfreeze_after,
                       compatible_with=str(compatible_with) if compatible_with else None,
                       device=device, precision=precision, compile=compile_model)
-    trainer = Trainer(source, **{**options, **recipe_options})
+    from .train.launch import LAUNCHED, plan_distributed
+
+    options = {**options, **recipe_options}
+    argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else []
+    dist_ctx = plan_distributed(nproc, backend, dist_timeout, source, options, argv)
+    if dist_ctx == LAUNCHED:
+        return  # the workers trained; their rank 0 saved the model and printed the result
+    if dist_ctx is not None:
+        from .train.distributed_cli import train_on_rank
+
+        return train_on_rank(dist_ctx, source, options, model, as_json)
+    trainer = Trainer(source, **options)
     encoder = trainer.fit()
     encoder.save(model)
     reports = {k: r for k, r in (("backbone_weights", trainer.backbone_report_),

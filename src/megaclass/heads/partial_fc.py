@@ -36,11 +36,12 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .base import Head
-from .rowwise import DTYPES, OPTIMIZERS, check_memory, init_rows_, make_state, rowwise_step, state_names
+from .rowwise import DTYPES, OPTIMIZERS, check_memory, make_state, rowwise_step, state_names
 from .softmax import ArcFaceHead, CosFaceHead, MarginSoftmaxHead
 
 _MARGINS = {"cosface": CosFaceHead, "arcface": ArcFaceHead, "normface": MarginSoftmaxHead}
@@ -49,49 +50,60 @@ _MARGINS = {"cosface": CosFaceHead, "arcface": ArcFaceHead, "normface": MarginSo
 class _MarginCrossEntropy(torch.autograd.Function):
     """Fused ``CE(s * margin(cos(e, w_j)), y)`` with a hand-written backward.
 
-    Inputs: unit embeddings ``e`` (B, D), raw rows ``w`` (k, D), targets (B,) in [0, k),
-    per-sample weights ``a`` (B,) summing to 1, the scale and the target-logit function.
-    Keeps only ``cos`` and the softmax ``P`` (both B x k) for backward.
+    Inputs: unit embeddings ``e`` (B, D), raw rows ``w`` (k, D), targets (B,) in [0, k) or -1
+    where the class's row is on another rank, per-sample weights ``a`` (B,) summing to 1, the
+    scale, the target-logit function and the process group of a sharded head (None: all rows
+    are here). With a group, the softmax normaliser is all-reduced (max, then the sum of
+    exponentials and the target logit), so every rank gets the same loss and the gradient
+    of its own rows and of its share of ``e``. Keeps only ``cos`` and the softmax ``P``
+    (both B x k) for backward.
     """
 
     @staticmethod
-    def forward(ctx, e, w, targets, a, scale, target_fn):
+    def forward(ctx, e, w, targets, a, scale, target_fn, group=None):
         inv_norm = w.norm(dim=1).clamp_min(1e-12).reciprocal()
         cos = (e @ w.t()).mul_(inv_norm)
-        t = cos.gather(1, targets[:, None]).squeeze(1)
+        own = (targets >= 0).nonzero().squeeze(1)                    # rows whose class is here
+        col = targets[own]
+        t = cos[own, col]
         with torch.enable_grad():
             t_leaf = t.detach().requires_grad_()
             phi = target_fn(t_leaf)
         p = cos * scale
-        p.scatter_(1, targets[:, None], (scale * phi.detach())[:, None])
-        top = p.max(dim=1, keepdim=True).values
-        p.sub_(top).exp_()
-        z = p.sum(dim=1, keepdim=True)
-        p.div_(z)
-        lse = top.squeeze(1) + z.squeeze(1).log()
-        loss = ((lse - scale * phi.detach()) * a).sum()
+        p[own, col] = scale * phi.detach()
+        top = p.max(dim=1).values
+        if group is not None:                                         # the normaliser over all shards
+            dist.all_reduce(top, dist.ReduceOp.MAX, group=group)
+        p.sub_(top[:, None]).exp_()
+        zt = torch.zeros(2, e.shape[0])
+        zt[0] = p.sum(dim=1)
+        zt[1, own] = scale * phi.detach()                             # the target logit, on its owner
+        if group is not None:
+            dist.all_reduce(zt, group=group)
+        z, target_logit = zt[0], zt[1]
+        p.div_(z[:, None])
+        loss = ((top + z.log() - target_logit) * a).sum()
         ctx.cos, ctx.p, ctx.phi, ctx.t_leaf = cos, p, phi, t_leaf
         ctx.scale = scale
-        ctx.save_for_backward(e, w, targets, a, inv_norm)
+        ctx.save_for_backward(e, w, own, col, a, inv_norm)
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
-        e, w, targets, a, inv_norm = ctx.saved_tensors
+        e, w, own, col, a, inv_norm = ctx.saved_tensors
         d, cos, s = ctx.p, ctx.cos, ctx.scale
-        col = targets[:, None]
-        d.scatter_add_(1, col, torch.full_like(col, -1.0, dtype=d.dtype))
+        d[own, col] -= 1.0
         d.mul_((a * (s * grad_out))[:, None])                         # dL/dlogit * s = dL/dcos
-        g_t = d.gather(1, col).squeeze(1)
+        g_t = d[own, col]
         (dphi,) = torch.autograd.grad(ctx.phi, ctx.t_leaf, torch.ones_like(g_t))
-        d.scatter_(1, col, (g_t * dphi)[:, None])
+        d[own, col] = g_t * dphi
         r = cos.mul_(d).sum(dim=0)                                    # sum_i D_ij cos_ij
         ctx.cos = ctx.p = ctx.phi = ctx.t_leaf = None                 # free B x k before the matmuls
         del cos
         d.mul_(inv_norm)                                              # H = D / |w_j|
         grad_e = d @ w
         grad_w = (d.t() @ e).addcmul_(w, (r * inv_norm * inv_norm).neg_()[:, None])
-        return grad_e, grad_w, None, None, None, None
+        return grad_e, grad_w, None, None, None, None, None
 
 
 class PartialFCHead(Head):
@@ -113,7 +125,8 @@ class PartialFCHead(Head):
 
     Attributes
     ----------
-    weight : (num_classes, dim) buffer, the raw centres (normalised on use).
+    weight : (num_classes, dim) buffer, the raw centres (normalised on use); a shard holds
+        rows ``class_range`` only (:class:`~.partial_fc_sharded.ShardedPartialFCHead`).
     last_sampled_ : number of centres used by the last step.
 
     See Also
@@ -128,7 +141,8 @@ class PartialFCHead(Head):
     def __init__(self, num_classes: int, dim: int, *, sample_rate: float = 0.1,
                  margin_type: str = "cosface", scale: float | None = None, margin: float | None = None,
                  dtype: str = "float32", optimizer: str = "sgd", momentum: float = 0.9,
-                 weight_decay: float = 5e-4, check_memory: bool = True) -> None:
+                 weight_decay: float = 5e-4, check_memory: bool = True,
+                 shard: tuple[int, int] | None = None) -> None:
         super().__init__(num_classes, dim)
         if isinstance(sample_rate, bool) or not 0.0 < float(sample_rate) <= 1.0:
             raise ConfigError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
@@ -146,9 +160,14 @@ class PartialFCHead(Head):
         self.dtype_name, self.optimizer = dtype, optimizer
         self.momentum, self.weight_decay = float(momentum), float(weight_decay)
         storage = DTYPES[dtype]
+        lo, hi = shard if shard is not None else (0, num_classes)
+        if not 0 <= lo < hi <= num_classes:
+            raise ConfigError(f"shard must be a non-empty class range in [0, {num_classes}), got {shard!r}")
+        self.class_range = (int(lo), int(hi))
         if check_memory:
-            check_memory_for(num_classes, dim, dtype, optimizer, momentum, self.sample_rate)
-        self.register_buffer("weight", init_rows_(torch.empty(num_classes, dim, dtype=storage)))
+            check_memory_for(hi - lo, dim, dtype, optimizer, momentum, self.sample_rate)
+        seed = int(torch.randint(0, 2**31 - 1, ()))  # one draw: the same centres on every rank
+        self.register_buffer("weight", init_block_rows_(torch.empty(hi - lo, dim, dtype=storage), seed, lo))
         for key, buf in make_state(self.weight, optimizer, storage, self.momentum).items():
             self.register_buffer(key, buf)
         self.register_buffer("step_count", torch.zeros((), dtype=torch.int64))
@@ -166,9 +185,15 @@ class PartialFCHead(Head):
 
     # -- sampling -----------------------------------------------------------------
     def sample(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(index, targets)``: sorted unique rows to use and each label's position in them."""
-        positives = labels.unique()
-        c = self.num_classes
+        """``(index, targets)``: sorted unique rows to use and each label's position in them.
+
+        On a shard, rows and labels are local (``label - class_range[0]``) and a label of
+        another shard has target -1; its positives are the batch's labels it owns."""
+        lo, hi = self.class_range
+        local = labels - lo
+        own = (local >= 0) & (local < hi - lo)
+        positives = local[own].unique()
+        c = hi - lo
         k = max(positives.numel(), min(c, math.ceil(self.sample_rate * c)))
         need = k - positives.numel()
         if need > 0:
@@ -182,18 +207,21 @@ class PartialFCHead(Head):
             index = torch.cat([positives, negatives]).sort().values
         else:
             index = positives
-        return index, torch.searchsorted(index, labels)
+        targets = torch.searchsorted(index, local.clamp(0, c - 1))
+        return index, targets.masked_fill_(~own, -1)
 
     # -- training ------------------------------------------------------------------
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_batch(embeddings, labels)
-        labels = labels.long()
+        return self._loss(F.normalize(embeddings.float(), dim=1), labels.long())
+
+    def _loss(self, e: torch.Tensor, labels: torch.Tensor, group=None) -> torch.Tensor:
+        """The loss of unit embeddings ``e`` over this head's rows (all-reduced over ``group``)."""
         index, targets = self.sample(labels)
         rows = self.weight.index_select(0, index).float().requires_grad_()
         if self.training:
             self._pending = (index, rows)
         self.last_sampled_ = index.numel()
-        e = F.normalize(embeddings.float(), dim=1)
         if self.focal_gamma:  # focal loss: plain autograd (keeps more B x k buffers)
             cos = F.linear(e, F.normalize(rows, dim=1))
             t = cos.gather(1, targets[:, None])
@@ -204,7 +232,7 @@ class PartialFCHead(Head):
             a = a / a.sum().clamp_min(1e-12)
         else:
             a = torch.full((labels.numel(),), 1.0 / labels.numel())
-        return _MarginCrossEntropy.apply(e, rows, targets, a, self.scale, self.target_logit)
+        return _MarginCrossEntropy.apply(e, rows, targets, a, self.scale, self.target_logit, group)
 
     def sparse_step(self, lr: float) -> None:
         """Row-wise optimizer update of the rows used by the last forward (after backward)."""
@@ -259,6 +287,25 @@ def check_memory_for(num_classes: int, dim: int, dtype: str = "float32", optimiz
     needed = num_classes * dim * item * (1 + n_state) + 4 * k * (3 * dim + 2 * batch)
     check_memory(f"partial_fc with {num_classes:,} classes x {dim} dims ({dtype}, {optimizer})", needed)
     return needed
+
+
+_INIT_BLOCK = 4096
+
+
+def init_block_rows_(weight: torch.Tensor, seed: int, first_row: int = 0, std: float = 0.01) -> torch.Tensor:
+    """Fill ``weight`` (rows ``first_row..`` of a centre matrix) with N(0, std^2).
+
+    Rows are drawn in blocks of 4096, block ``b`` from a generator seeded ``seed + b``, so
+    a shard holding rows [lo, hi) gets exactly the rows the whole matrix would have."""
+    n, d = weight.shape
+    hi = first_row + n
+    for b in range(first_row // _INIT_BLOCK, (hi - 1) // _INIT_BLOCK + 1):
+        start = b * _INIT_BLOCK
+        gen = torch.Generator().manual_seed(seed + b)
+        block = torch.randn(_INIT_BLOCK, d, generator=gen).mul_(std)
+        s, e = max(first_row, start), min(hi, start + _INIT_BLOCK)
+        weight[s - first_row: e - first_row].copy_(block[s - start: e - start])
+    return weight
 
 
 def _sample_without(c: int, need: int, exclude: torch.Tensor) -> torch.Tensor:

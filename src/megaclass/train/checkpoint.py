@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from ..errors import ConfigError
 from ..heads import Head, load_head
 from ..models import Encoder
 from ..tensorio import read_json, read_tensors
@@ -80,10 +81,20 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 def load_checkpoint(path: str | Path) -> tuple[Encoder, Head, dict, dict]:
     """Return ``(encoder, head, optimizer_state_dict, info)`` from a checkpoint directory."""
     path = Path(path)
+    opt_state, info = load_state(path)
+    world = int(info.get("world_size", 1))
+    if world != 1:
+        raise ConfigError(f"checkpoint {path} was written by {world} processes: resume it with "
+                          f"--nproc {world}, or run `megaclass reshard {path} --world 1` first")
+    return Encoder.load(path / "encoder"), load_head(path / "head"), opt_state, info
+
+
+def load_state(path: str | Path) -> tuple[dict, dict]:
+    """``(optimizer_state_dict, info)`` of a checkpoint; ``info["rng_state"]`` when saved."""
+    path = Path(path)
     info = read_json(path / "state.json")
     tensors = read_tensors(path / "optimizer.safetensors")
     rng = tensors.pop("__rng__", None)
     if rng is not None:
         info["rng_state"] = rng
-    opt_state = _unflatten_optimizer(tensors, info.pop("optimizer"))
-    return Encoder.load(path / "encoder"), load_head(path / "head"), opt_state, info
+    return _unflatten_optimizer(tensors, info.pop("optimizer")), info

@@ -61,3 +61,25 @@ class EpochView(torch.utils.data.Dataset):
         if hasattr(self.source, "__getitems__"):
             return self.source.__getitems__(indices)
         return [self.source[i] for i in indices]
+
+
+class BatchFeed:
+    """One persistent DataLoader serving a whole run, so its worker processes (and what they
+    decoded) persist across epochs; each index carries its epoch (:class:`EpochBatches`), so
+    a source with ``set_epoch`` draws the epoch's samples in every worker. ``workers`` None
+    means :func:`default_num_workers`; a run of at most 4 batches loads in-process."""
+
+    def __init__(self, source: Source, workers: int | None, num_batches: int) -> None:
+        workers = default_num_workers(source) if workers is None else workers
+        workers = workers if num_batches > 4 else 0
+        self.source = source
+        self._plan = EpochBatches()
+        self._data = torch.utils.data.DataLoader(
+            EpochView(source), batch_sampler=self._plan, num_workers=workers,
+            prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
+
+    def __call__(self, batches: list[list[int]], epoch: int) -> torch.utils.data.DataLoader:
+        if hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(epoch)
+        self._plan.set(batches, epoch)
+        return self._data

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from ..data.base import Source
 from ..data.input_spec import InputSpec
@@ -38,7 +37,7 @@ from ..models.finetune import (
 )
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .device import resolve_device
-from .loading import EpochBatches, EpochView, default_num_workers
+from .loading import BatchFeed
 from .progress import TrainProgress
 
 _log = logging.getLogger(__name__)
@@ -175,6 +174,8 @@ class Trainer:
     seconds_, images_per_second_ : wall time and throughput of :meth:`fit`.
     """
 
+    is_main = True  # the process that shows progress (rank 0 of a distributed run)
+
     def __init__(self, source: Source, config: TrainConfig | None = None, **overrides) -> None:
         config = config or TrainConfig()
         unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
@@ -204,8 +205,11 @@ class Trainer:
             options.setdefault("weight_decay", c.weight_decay)
         if hasattr(cls, "source_options"):
             options = cls.source_options(self.source, options)
-        head = make_head(c.head, self.source.num_classes, c.dim, scale=c.scale, margin=c.margin, **options)
+        head = self._make_head(c.head, dict(scale=c.scale, margin=c.margin, **options))
         return encoder, self._loss_options(head), self._optimizer(encoder, head)
+
+    def _make_head(self, name: str, options: dict) -> Head:
+        return make_head(name, self.source.num_classes, self.config.dim, **options)
 
     def _encoder(self, spec: InputSpec) -> Encoder:
         """The new encoder: architecture, pretrained weights (backbone file, then init_from), freezer."""
@@ -276,6 +280,26 @@ class Trainer:
         t = (step - warm) / max(1, total - warm)
         return self.peak_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
+    def _resume(self, encoder: Encoder, head: Head, opt, device):
+        """``(encoder, head, optimizer, step)`` from the latest checkpoint when resuming, else as given."""
+        c = self.config
+        ckpt = latest_checkpoint(c.checkpoint_dir) if (c.resume and c.checkpoint_dir) else None
+        if ckpt is None:
+            return encoder, head, opt, 0
+        encoder, head, opt_state, info = load_checkpoint(ckpt)
+        head = self._loss_options(head).to(device)
+        encoder.to(device)
+        opt = self._optimizer(encoder, head)  # load_state_dict moves the state to the params' device
+        opt.load_state_dict(opt_state)
+        self.history_ = info.get("history", [])
+        if "rng_state" in info:
+            torch.set_rng_state(info["rng_state"])
+        return encoder, head, opt, int(info["step"])
+
+    def _forward_fn(self, encoder: Encoder):
+        """What the loop calls on a batch: the encoder (compiled with ``compile``)."""
+        return torch.compile(encoder) if self.config.compile else encoder
+
     # -- the loop ------------------------------------------------------------------
     def fit(self) -> Encoder:
         """Run training (resuming from the latest checkpoint if asked); return the encoder."""
@@ -288,18 +312,7 @@ class Trainer:
         encoder, head, opt = self._build()
         encoder.to(device)
         head.to(device)
-        step = 0
-        ckpt = latest_checkpoint(c.checkpoint_dir) if (c.resume and c.checkpoint_dir) else None
-        if ckpt is not None:
-            encoder, head, opt_state, info = load_checkpoint(ckpt)
-            head = self._loss_options(head).to(device)
-            encoder.to(device)
-            opt = self._optimizer(encoder, head)  # load_state_dict moves the state to the params' device
-            opt.load_state_dict(opt_state)
-            step = int(info["step"])
-            self.history_ = info.get("history", [])
-            if "rng_state" in info:
-                torch.set_rng_state(info["rng_state"])
+        encoder, head, opt, step = self._resume(encoder, head, opt, device)
         influence = None  # BCT: the old model's classifier, frozen
         if c.compatible_with:
             from ..growth.bct import influence_loss
@@ -314,14 +327,14 @@ class Trainer:
             augment = build_augment(c.augment, channels=encoder.config.in_channels,
                                     size=encoder.config.input_size, seed=c.seed)
         encoder.to(memory_format=torch.channels_last)  # ~10-30 % faster convolutions on CPU
-        forward = torch.compile(encoder) if c.compile else encoder
+        forward = self._forward_fn(encoder)
         bf16 = c.precision == "bf16"
         encoder.train()
         head.train()
         labels = self.source.labels
         started = time.perf_counter()
         images = 0
-        with TrainProgress(total, enabled=c.progress, start=step) as bar:
+        with TrainProgress(total, enabled=c.progress and self.is_main, start=step) as bar:
             while step < total:
                 epoch, offset = divmod(step, per_epoch)
                 batches = self._epoch_batches(labels, classes_per_batch, epoch, per_epoch)[offset:]
@@ -398,21 +411,10 @@ class Trainer:
         return [list(b) for b in sampler]
 
     def _loader(self, batches: list[list[int]], epoch: int):
-        """The DataLoader yielding this epoch's batches. One loader serves the whole run, so
-        its worker processes (and what they decoded) persist across epochs; each index
-        carries its epoch (:class:`EpochBatches`), so a source with ``set_epoch`` draws the
-        epoch's samples in every worker."""
-        if hasattr(self.source, "set_epoch"):
-            self.source.set_epoch(epoch)
-        if getattr(self, "_data", None) is None or self._data.dataset.source is not self.source:
-            workers = self.config.num_workers
-            workers = default_num_workers(self.source) if workers is None else workers
-            workers = workers if len(batches) > 4 else 0
-            self._plan = EpochBatches()
-            self._data = DataLoader(EpochView(self.source), batch_sampler=self._plan, num_workers=workers,
-                                    prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
-        self._plan.set(batches, epoch)
-        return self._data
+        """This epoch's batches through the run's one persistent DataLoader (:class:`BatchFeed`)."""
+        if getattr(self, "_feed", None) is None or self._feed.source is not self.source:
+            self._feed = BatchFeed(self.source, self.config.num_workers, len(batches))
+        return self._feed(batches, epoch)
 
     def _checkpoint(self, encoder, head, opt, step: int, epoch: int) -> None:
         info = {"step": step, "epoch": epoch, "config": _jsonable(asdict(self.config)),
