@@ -99,7 +99,7 @@ def test_cli_converges_with_sampled_negatives(tmp_path):
                 "--steps", "60", "--batch-size", "64", "--dim", "32", "--samples-per-class", "16",
                 "--checkpoint-dir", str(ck), "--workers", "0", "--json"], timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads(r.stdout.strip().splitlines()[-1])["world_size"] == 2
+    assert json.loads(r.stdout[r.stdout.index("{"):])["world_size"] == 2
     state = json.loads((ck / (ck / "latest").read_text() / "state.json").read_text())
     losses = [h["loss"] for h in state["history"]]
     assert state["world_size"] == 2 and len(losses) == 60

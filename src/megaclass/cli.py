@@ -456,7 +456,7 @@ def stats(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False
 
 # Commands that live beside their area (serve/, bench/, ...): each such module defines
 # ``register(app)``. Listed here so that the CLI stays one place to look.
-_COMMAND_MODULES = ("megaclass.evaluate.commands", "megaclass.heads.commands",
+_COMMAND_MODULES = ("megaclass.evaluate.commands", "megaclass.heads.commands", "megaclass.train.commands",
                     "megaclass.data.commands",
                     "megaclass.bench.commands", "megaclass.serve.commands",
                     "megaclass.gallery.commands", "megaclass.models.commands")
