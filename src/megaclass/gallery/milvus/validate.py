@@ -1,0 +1,67 @@
+"""Input checks at the Milvus gallery's boundary (labels, meta, enroll items): the same
+rules and error types as the local gallery, plus Milvus's label length."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+
+import numpy as np
+
+from ...errors import DuplicateLabelError, InvalidInputError
+from ..vectors import as_rows, unit_rows_of_items
+from .schema import LABEL_BYTES
+
+
+def check_label(label, what: str = "label") -> str:
+    """A non-empty string (a label to look up, or a setting key)."""
+    if not isinstance(label, str) or not label:
+        raise InvalidInputError(f"{what} must be a non-empty string, got {label!r}")
+    return label
+
+
+def check_new_label(label) -> str:
+    """A label to enroll: no control characters, at most LABEL_BYTES UTF-8 bytes."""
+    label = check_label(label)
+    bad = sorted({f"U+{ord(ch):04X}" for ch in label if unicodedata.category(ch) == "Cc"})
+    if bad:
+        raise InvalidInputError(f"label {label!r} contains control characters ({', '.join(bad)}); "
+                                "use printable characters only")
+    if len(label.encode()) > LABEL_BYTES:
+        raise InvalidInputError(f"label of {len(label.encode())} bytes: a Milvus gallery keeps at most "
+                                f"{LABEL_BYTES}")
+    return label
+
+
+def check_meta(meta, what: str = "class meta") -> dict:
+    """A JSON round-tripped copy of a dict (None: empty)."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise InvalidInputError(f"{what} must be a dict, got {type(meta).__name__}")
+    try:
+        return json.loads(json.dumps(meta, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{what} is not JSON-serialisable: {exc}") from exc
+
+
+def enroll_items(items, dim: int) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
+    """``(label, vectors[, meta])`` items -> ``(labels, unit rows, rows per item, metas)``,
+    every item checked before anything is written."""
+    labels, rows, metas, seen = [], [], [], set()
+    for i, item in enumerate(items):
+        if not isinstance(item, tuple | list) or len(item) not in (2, 3):
+            raise InvalidInputError(f"item {i}: expected (label, vectors[, meta])")
+        label = check_new_label(item[0])
+        if label in seen:
+            raise DuplicateLabelError(f"item {i}: label {label!r} appears twice in batch")
+        try:
+            rows.append(as_rows(item[1], dim))
+            metas.append(check_meta(item[2] if len(item) == 3 else None))
+        except InvalidInputError as exc:
+            raise type(exc)(f"item {i} ({label!r}): {exc}") from exc
+        labels.append(label)
+        seen.add(label)
+    vectors = unit_rows_of_items(labels, rows) if rows else np.empty((0, dim), np.float32)
+    counts = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    return labels, vectors, counts, metas

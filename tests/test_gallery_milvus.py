@@ -1,0 +1,119 @@
+"""The gallery protocol's semantics on Milvus Lite and on a real Milvus server (the
+``milvus_server`` fixture), plus what only Milvus has: journaled writes, recovery,
+foreign collections, compaction."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pymilvus")
+
+from megaclass.errors import DimensionMismatchError, UnknownLabelError  # noqa: E402
+from megaclass.gallery.milvus import MilvusGallery, NotAMilvusGalleryError  # noqa: E402
+from test_gallery_protocol import check_semantics  # noqa: E402
+
+_names = itertools.count()
+
+
+def _bound(uri_of):
+    """MilvusGallery whose import_from maps the suite's folder paths to Milvus URIs (the
+    protocol lets a backend take a URI there)."""
+
+    class Bound(MilvusGallery):
+        @classmethod
+        def import_from(cls, export_dir, path, *, key=None):
+            return MilvusGallery.import_from(export_dir, uri_of(path), key=key)
+
+    return Bound
+
+
+@pytest.fixture(params=["milvus-lite", "milvus-server"])
+def make(request, tmp_path):
+    if request.param == "milvus-lite":
+        def uri_of(path):
+            return f"milvus-lite://{path}.db"
+    else:
+        server = request.getfixturevalue("milvus_server")
+
+        def uri_of(path):
+            return f"{server.uri_base}/t{next(_names)}_{path.name}"
+    cls = _bound(uri_of)
+    opened = []
+
+    def factory(path, dim):
+        g = cls.open(uri_of(path), dim=dim)
+        opened.append(g)
+        return g
+
+    yield factory
+    for g in opened:
+        g.close()
+
+
+def _unit(n, d, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_protocol_semantics(make, tmp_path):
+    check_semantics(make, tmp_path)
+
+
+def test_replace_many_templates_and_order(make, tmp_path):
+    g = make(tmp_path / "r", 16)
+    many = _unit(300, 16, 1)  # more templates in one class than the first fetch looks at
+    g.enroll_many([(f"c{i}", _unit(2, 16, 10 + i), {"i": i}) for i in range(5)])
+    g.enroll("big", many)
+    hits = g.search(many[:3], k=4)
+    assert all(h[0].label == "big" and len({m.label for m in h}) == 4 for h in hits)
+    assert g.enroll("c1", many[:1], {"i": 99}, replace=True) == 1
+    assert len(g.templates("c1")) == 1 and g.class_meta("c1") == {"i": 99}
+    assert g.labels() == ["c0", "c1", "c2", "c3", "c4", "big"] or g.labels()[-1] == "c1"
+    assert len(g) == 6 and g.num_templates == 8 + 300 + 1
+    assert g.search(_unit(1, 16, 11), k=1, where={"i": 0})[0][0].label == "c0"
+    assert g.check()["ok"]
+
+
+def test_open_write_is_hidden_then_recovered(make, tmp_path):
+    """A write whose journal record was never ended (a crash) stays invisible, and
+    recover() rolls it back; a committed erase (hidden) is rolled forward."""
+    g = make(tmp_path / "j", 8)
+    g.enroll("kept", _unit(1, 8))
+    w = 12345
+    g.records.begin(w, ["ghost"])
+    g._client.insert(g.name, [{"label": "ghost", "vector": v, "meta": {}, "model": "", "w": w,
+                               "seq": i, "head": i == 0} for i, v in enumerate(_unit(3, 8).tolist())])
+    assert "ghost" not in g and g.labels() == ["kept"] and g.num_templates == 1
+    assert all(m.label != "ghost" for m in g.search(_unit(3, 8), k=5)[0])
+    g.records.mark_commit(777, ["kept"], keep=0)  # an erase cut short after its commit record
+    assert len(g) == 0 and g.search(_unit(1, 8), k=3) == [[]]
+    assert not g.check()["ok"]
+    assert sorted(g.recover()) == [777, w]
+    assert g.check()["ok"] and g._count("id >= 0") == 0
+
+
+def test_foreign_or_other_dim_collections_refused(tmp_path):
+    from pymilvus import MilvusClient
+
+    uri = f"milvus-lite://{tmp_path}/f.db"
+    with MilvusGallery.open(uri, dim=8) as g:
+        g.enroll("a", _unit(1, 8))
+    with pytest.raises(DimensionMismatchError, match="has dim 8"):
+        MilvusGallery.open(uri, dim=16)
+    client = MilvusClient(str(tmp_path / "f.db"))
+    client.create_collection("other", dimension=8)
+    client.insert("other", [{"id": 1, "vector": [0.5] * 8}])
+    client.close()
+    with pytest.raises(NotAMilvusGalleryError, match="not created by megaclass"):
+        MilvusGallery.open(f"milvus-lite://{tmp_path}/f.db?collection=other", dim=8)
+    client = MilvusClient(str(tmp_path / "f.db"))
+    assert client.query("other", filter="id >= 0", output_fields=["count(*)"])[0]["count(*)"] == 1
+    assert not client.has_collection("other__megaclass")
+    client.close()
+    with MilvusGallery.open(uri) as g:
+        assert g.labels() == ["a"]
+        with pytest.raises(UnknownLabelError):
+            g.erase("b")
