@@ -49,7 +49,7 @@ def test_export_rejects_head_without_centres(tmp_path):
 def test_bench_heads_tiny(app, tmp_path):
     res = runner.invoke(app, ["bench", "heads", "--out", str(tmp_path), "--sizes", "200",
                               "--head", "softmax", "--head", "partial_fc", "--steps", "2", "--warmup", "1",
-                              "--acc-max", "200", "--acc-steps", "5", "--feature-steps", "2",
+                              "--quick",
                               "--dim", "32", "--batch", "32", "--no-ten-million", "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "heads.json").read_text())
@@ -57,8 +57,15 @@ def test_bench_heads_tiny(app, tmp_path):
     assert set(rows) == {"softmax", "partial_fc"}
     for r in rows.values():
         assert r["median_step_s"] > 0 and r["peak_rss_bytes"] > 0 and r["state_bytes"] > 0
-        assert 0.0 <= r["top1"] <= 1.0
+        assert 0.0 <= r["top1"] <= 1.0 and r["top5"] >= r["top1"]  # from the quick comparison, 200 classes
+        assert 0 < r["peak_rss_bytes"] < 2**32                     # its own peak (VmHWM), not pytest's
     assert rows["softmax"]["speedup_vs_softmax"] == pytest.approx(1.0)
+    acc = report["accuracy"]  # sweep, then training to a plateau, on frozen reference-model features
+    assert set(acc["sweep"]) == {"softmax", "partial_fc"} and all(s["winner"] for s in acc["sweep"].values())
+    for r in acc["summary"]:
+        assert 0.5 < r["test_top1"] <= 1.0 and r["stopped_by"] in ("plateau", "max_steps", "max_seconds")
+        assert r["peak_rss_bytes"] > r["state_bytes"] > 0
+    assert (tmp_path / "accuracy" / "head_comparison.png").stat().st_size > 1000
     assert (tmp_path / "heads.png").stat().st_size > 1000
 
 

@@ -1,7 +1,5 @@
 """Issue 21: every softmax-family head has a scale; the hierarchical head updates rows sparsely;
-the comparison protocol (sweep, then train to a plateau) runs end to end."""
-
-import json
+the comparison protocol itself runs in tests/test_heads_cli_bench.py (bench heads --quick)."""
 
 import pytest
 import torch
@@ -77,19 +75,3 @@ def test_hierarchical_head_saved_without_row_state_still_loads(tmp_path):
     save_file(old, str(tmp_path / "head.safetensors"))
     again = load_head(tmp_path)
     assert torch.equal(again.weight, head.weight)
-
-
-def test_head_comparison_quick_protocol(tmp_path):
-    from megaclass.bench.heads_compare import run_head_comparison
-
-    report = run_head_comparison(tmp_path, sizes=[200], heads=["softmax", "cosface"], quick=True, log=None)
-    assert set(report["sweep"]) == {"softmax", "cosface"}
-    assert all(s["winner"] for s in report["sweep"].values())
-    rows = {r["head"]: r for r in report["summary"]}
-    assert set(rows) == {"softmax", "cosface"}
-    for r in rows.values():
-        assert 0.5 < r["test_top1"] <= 1.0 and r["stopped_by"] in ("plateau", "max_steps", "max_seconds")
-        assert r["peak_rss_bytes"] > r["state_bytes"] > 0
-    assert (tmp_path / "head_comparison.png").stat().st_size > 1000
-    saved = json.loads((tmp_path / "head_comparison.json").read_text())
-    assert saved["summary"] == json.loads(json.dumps(report["summary"]))

@@ -43,9 +43,9 @@ def heads(out: Annotated[Path, typer.Option(help="Folder for heads.json and head
           steps: Annotated[int, typer.Option(help="Timed steps per head (after warm-up).")] = 10,
           warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 2,
           sample_rate: Annotated[float, typer.Option(help="Partial FC sample rate.")] = 0.1,
-          acc_max: Annotated[int, typer.Option(help="Measure top-1 for C up to this (0 = no accuracy).")] = 10_000,
-          acc_steps: Annotated[int, typer.Option(help="Head-only training steps for the accuracy part.")] = 600,
-          feature_steps: Annotated[int, typer.Option(help="Steps of the frozen feature encoder (disjoint classes).")] = 150,
+          acc_sizes: Annotated[str, typer.Option(help="Class counts of the accuracy comparison (each head swept, then trained to a plateau on frozen reference-model features); 'none' to skip.")] = "10k",
+          quick: Annotated[bool, typer.Option(help="A seconds-long accuracy protocol (200 classes, tiny sweep) for tests.")] = False,
+          model: Annotated[str, typer.Option(help="Frozen encoder of the accuracy comparison.")] = "reference",
           ten_million: Annotated[bool, typer.Option(help="Also train Partial FC at 10M classes x 128 (bfloat16).")] = True,
           threads: Annotated[int, typer.Option(help="torch threads per measurement process (1 is stable on a shared box).")] = 1,
           timeout: Annotated[float, typer.Option(help="Seconds allowed per measurement subprocess.")] = 1800,
@@ -56,10 +56,11 @@ def heads(out: Annotated[Path, typer.Option(help="Folder for heads.json and head
     if not 0 < sample_rate <= 1:
         raise ConfigError(f"--sample-rate must be in (0, 1], got {sample_rate}")
     log = None if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    accs = [] if acc_sizes.strip().lower() in ("", "0", "none") else _counts(acc_sizes)
     report = run_heads_bench(out, sizes=_counts(sizes), heads=head, dim=dim, batch=batch, steps=steps,
-                             warmup=warmup, acc_max=acc_max, acc_steps=acc_steps, feature_steps=feature_steps,
-                             ten_million=ten_million, sample_rate=sample_rate, timeout=timeout, threads=threads,
-                             log=log)
+                             warmup=warmup, acc_sizes=[200] if quick and accs else accs, quick=quick,
+                             model=model, ten_million=ten_million, sample_rate=sample_rate, timeout=timeout,
+                             threads=threads, log=log)
     if as_json:
         _emit(report, True)
         return
@@ -78,10 +79,29 @@ def heads(out: Annotated[Path, typer.Option(help="Folder for heads.json and head
                       format_bytes(r["state_bytes"]), f"{r['peak_rss_over_state']:.2f}",
                       f"{r['top1']:.1%}" if "top1" in r else "-")
     console.print(table)
+    if report.get("accuracy"):
+        _print_comparison(report["accuracy"])
     for key, t in report["targets"].items():
         if isinstance(t, dict):
             console.print(f"target {key}: {t['target']}  measured: {t['measured']}")
     console.print(f"wrote {out / 'heads.json'} and {out / 'heads.png'}")
+
+
+def _print_comparison(comparison: dict) -> None:
+    """The accuracy comparison: each head's swept settings, converged test top-1, budgets, time to a bar."""
+    table = Table(title="heads trained to a validation plateau on frozen features (settings from each head's sweep)")
+    budgets = [f"val top-1 @{int(b)} s" for b in comparison["config"]["budgets_s"]]
+    for col in ("C", "head", "optimizer, lr, options", "test top-1", "top-5", "gap", "stopped", *budgets,
+                "s to bar"):
+        table.add_column(col, justify="left" if col in ("head", "optimizer, lr, options", "stopped") else "right")
+    for r in comparison["summary"]:
+        st = r["settings"] or {}
+        vals = [r[k] for k in r if k.startswith("val_top1_at_")]
+        table.add_row(f"{r['classes']:,}", r["head"], f"{st.get('optimizer')} {st.get('lr')} {st.get('head_options') or ''}",
+                      f"{r['test_top1']:.1%}", f"{r['test_top5']:.1%}", f"{r['gap_to_best_points']:.1f}",
+                      r["stopped_by"], *[f"{v:.1%}" if v is not None else "-" for v in vals],
+                      f"{r['seconds_to_bar']:.0f}" if r["seconds_to_bar"] is not None else "never")
+    console.print(table)
 
 
 def _ints(text: str, flag: str, sep: str = ",") -> tuple[int, ...]:

@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from .heads_accuracy import _spawn, accuracy_at, glyph_features, sweep_grid, time_to
+from .heads_accuracy import SOFTMAX_SCALES, SWEEP, _spawn, accuracy_at, glyph_features, sweep_grid, time_to
 
 BUDGETS_S = (10.0, 60.0, 300.0)
 QUICK = {"sweep_steps": 30, "eval_every": 10, "max_steps": 60, "max_seconds": 30.0, "patience": 2,
@@ -61,7 +61,8 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
                               "stopped_by": res.get("stopped_by")})
             ok = [t for t in tried if t["best_val_top1"] is not None and t.get("stopped_by") != "diverged"]
             win = max(ok, key=lambda t: t["best_val_top1"]) if ok else None
-            sweep[name] = {"classes": sweep_c, "steps": knobs["sweep_steps"], "tried": tried, "winner": win}
+            sweep[name] = {"classes": sweep_c, "steps": knobs["sweep_steps"], "tried": tried, "winner": win,
+                           "winner_on_grid_edge": grid_edges(win)}
             _write(report_path, quick, model, knobs, sweep, runs, started)
         win = sweep[name]["winner"]
         if win is not None:
@@ -79,6 +80,21 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
     report = _write(report_path, quick, model, knobs, sweep, runs, started)
     _plot(runs, out / "head_comparison.png")
     return report
+
+
+def grid_edges(win: dict | None) -> list[str]:
+    """The winning setting's knobs that sit at an end of the sweep grid (a wider grid might do better)."""
+    if not win:
+        return []
+    lrs = SWEEP[win["optimizer"]]
+    edges = [f"lr {win['lr']:g} is the grid's {'largest' if win['lr'] == max(lrs) else 'smallest'}"]
+    if min(lrs) < win["lr"] < max(lrs):
+        edges = []
+    scale = win.get("head_options", {}).get("scale")
+    if scale is not None and scale in (min(SOFTMAX_SCALES), max(SOFTMAX_SCALES)):
+        end = "largest" if scale == max(SOFTMAX_SCALES) else "smallest"
+        edges.append(f"scale {scale:g} is the grid's {end} (with SGD, scale s and lr are one knob, s^2 * lr)")
+    return edges
 
 
 def summarise(runs: list[dict]) -> list[dict]:
