@@ -88,3 +88,18 @@ def test_bench_recipe_measures_variants_and_resumes(tmp_path):
     assert r.exit_code == 0 and (tmp_path / "recipe_bench.json").read_text() == saved
     bad = CliRunner().invoke(cli.app, ["bench", "recipe", "--out", str(tmp_path), "--variant", "nope"])
     assert isinstance(bad.exception, ConfigError) and "unknown variant 'nope'" in str(bad.exception)
+
+
+def test_head_variants_train_with_each_heads_defaults():
+    """The end-to-end head comparison's variants (bench recipe) build and train every head."""
+    from megaclass.bench.recipe import HEAD_VARIANTS, variant
+    from megaclass.train.recipes import recipe
+
+    for name in HEAD_VARIANTS:
+        r = variant(recipe("demo"), name)
+        opts = {**r.options, "steps": 2, "batch_size": 32, "dim": 16, "widths": (8, 16), "progress": False,
+                "num_workers": 0}
+        opts.pop("checkpoint_every", None)
+        t = Trainer(GlyphSource(range(40), samples_per_class=4), **opts)
+        t.fit()
+        assert t.head_.name == opts["head"] and len(t.history_) == 2, name

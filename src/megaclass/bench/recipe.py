@@ -49,6 +49,16 @@ VARIANTS: dict[str, dict] = {
                                  "head_options": {"sample_rate": 0.1}},
 }
 
+#: End-to-end head comparison (the head issue): encoder + head trained together on 10k
+#: classes for the base recipe's steps, each head with its defaults, scored on unseen
+#: classes like every variant. Run them by name (``--variant "head softmax, 10k"``).
+HEAD_VARIANTS: dict[str, dict] = {
+    f"head {h}, 10k": {"data": "glyphs:0-10000", "samples_per_class": 32, "head": h,
+                       **({"scale": None, "margin": None} if h in ("softmax", "adaptive") else {})}
+    for h in ("softmax", "cosface", "partial_fc", "adaptive", "hierarchical")
+}
+VARIANTS.update(HEAD_VARIANTS)
+
 
 def variant(base: Recipe, name: str) -> Recipe:
     if name not in VARIANTS:
