@@ -13,9 +13,10 @@ import numpy as np
 from torch import nn
 
 from megaclass import GlyphSource
+from megaclass.errors import ConfigError
 from megaclass.train import Trainer
 from megaclass.train.dist_trainer import DistributedTrainer
-from megaclass.train.distributed import init_from_env, shutdown
+from megaclass.train.distributed import check_same_options, init_from_env, shutdown
 
 OPTIONS = dict(head="partial_fc", steps=3, batch_size=32, m_per_class=4, dim=16, widths=(8, 16),
                optimizer="sgd", lr=0.05, num_workers=0, progress=False,
@@ -64,9 +65,14 @@ def equivalence_worker(ckpt_dir: str) -> dict:
     """Rank's view of 3 steps at sample_rate 1 (checkpoint at step 2)."""
     ctx = init_from_env("gloo", timeout=60)
     try:
+        try:  # ranks started with different options are refused at start-up, on every rank
+            check_same_options(ctx, {"lr": 0.1 * (ctx.rank + 1), "steps": 3})
+            mismatch = None
+        except ConfigError as exc:
+            mismatch = str(exc)
         trainer = DistNoBN(source(), ctx=ctx, checkpoint_dir=ckpt_dir, checkpoint_every=2, **OPTIONS)
         trainer.fit()
-        return summary(trainer)
+        return {**summary(trainer), "mismatch": mismatch}
     finally:
         shutdown()
 

@@ -92,21 +92,6 @@ def _train(args, **kw):
     return subprocess.run(MEGACLASS + ["train", *args], capture_output=True, text=True, env=env, **kw)
 
 
-def test_cli_converges_with_sampled_negatives(tmp_path):
-    out, ck = tmp_path / "model", tmp_path / "ck"
-    r = _train(["glyphs:0-64", "-m", str(out), "--head", "partial_fc", "--nproc", "2",
-                "--sample-rate", "0.25",
-                "--steps", "60", "--batch-size", "64", "--dim", "32", "--samples-per-class", "16",
-                "--checkpoint-dir", str(ck), "--workers", "0", "--json"], timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads(r.stdout[r.stdout.index("{"):])["world_size"] == 2
-    state = json.loads((ck / (ck / "latest").read_text() / "state.json").read_text())
-    losses = [h["loss"] for h in state["history"]]
-    assert state["world_size"] == 2 and len(losses) == 60
-    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5]), losses
-    assert (out / "model.safetensors").is_file()
-
-
 def _children(pid: int) -> list[int]:
     kids = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -114,11 +99,13 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def test_killed_rank_stops_the_job_with_an_error(tmp_path):
-    ck = tmp_path / "ck"
-    args = ["glyphs:0-64", "-m", str(tmp_path / "m"), "--head", "partial_fc", "--nproc", "2",
-            "--steps", "400", "--batch-size", "32", "--dim", "16", "--checkpoint-dir", str(ck),
-            "--checkpoint-every", "2", "--workers", "0", "--dist-timeout", "30"]
+def test_killed_rank_stops_the_job_then_resume_converges(tmp_path):
+    """A SIGKILLed rank ends the job (exit 2, rank and signal named, < 60 s, no model written);
+    --resume from the last checkpoint then trains on and, with sampled negatives, converges."""
+    ck, model = tmp_path / "ck", tmp_path / "m"
+    args = ["glyphs:0-64", "-m", str(model), "--head", "partial_fc", "--nproc", "2", "--steps", "400",
+            "--sample-rate", "0.25", "--batch-size", "64", "--dim", "32", "--samples-per-class", "16",
+            "--checkpoint-dir", str(ck), "--checkpoint-every", "2", "--workers", "0", "--dist-timeout", "30"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(MEGACLASS + ["train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
@@ -127,29 +114,43 @@ def test_killed_rank_stops_the_job_with_an_error(tmp_path):
         time.sleep(0.5)
     workers = [p for p in _children(proc.pid) if "megaclass.train" in Path(f"/proc/{p}/cmdline").read_text()]
     assert len(workers) == 2, workers
-    victim = max(workers)
-    os.kill(victim, signal.SIGKILL)
+    os.kill(max(workers), signal.SIGKILL)
     killed = time.time()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert time.time() - killed < 60
     assert "SIGKILL" in err and "distributed training stopped" in err, err[-2000:]
-    assert not (tmp_path / "m").exists()  # nothing half-written
-    done = int((ck / (ck / "latest").read_text()).name.split("-")[1])
-    args[8] = str(done + 2)
-    r = _train([*args, "--resume"], timeout=600)  # resume from the last checkpoint: 2 more steps
+    assert not model.exists()  # nothing half-written
+    args[args.index("--steps") + 1] = "60"
+    r = _train([*args, "--resume", "--json"], timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (tmp_path / "m" / "model.safetensors").is_file()
+    assert json.loads(r.stdout[r.stdout.index("{"):])["world_size"] == 2
+    assert (model / "model.safetensors").is_file()
+    state = json.loads((ck / (ck / "latest").read_text() / "state.json").read_text())
+    losses = [h["loss"] for h in state["history"]]
+    assert state["world_size"] == 2 and [h["step"] for h in state["history"]] == list(range(1, 61))
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5]), losses
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--nproc", "0"], "--nproc must be a positive integer"),
-    (["--nproc", "9"], "9 processes but the data has 8 classes"),
-    (["--nproc", "2", "--head", "cosface"], "trains the partial_fc head"),
-])
-def test_bad_input_is_refused_before_launch(tmp_path, extra, message):
-    r = _train(["glyphs:0-8", "-m", str(tmp_path / "m"), "--head", "partial_fc", "--steps", "2", *extra],
-               timeout=120)
-    assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+def test_bad_input_is_refused_before_launch(tmp_path, world2):
+    from megaclass.train.launch import plan_distributed
+
+    results, ckpt = world2
+    assert results[0]["mismatch"] == results[1]["mismatch"]
+    assert "ranks [1] were started with options different from rank 0's: lr" in results[0]["mismatch"]
+    src, opts = source(), dict(OPTIONS, progress=False)
+    for nproc, options, message in [
+            (0, opts, "--nproc must be a positive integer"),
+            (2, dict(opts, head="cosface", head_options={}), "trains the partial_fc head"),
+            (3, dict(opts, batch_size=32), "must split evenly over 3"),
+            (2, dict(opts, focal_gamma=1.0), "--focal-gamma"),
+            (4, dict(opts, checkpoint_dir=str(ckpt), resume=True), "written by 2 processes, --nproc is 4")]:
+        with pytest.raises(ConfigError, match=message):
+            plan_distributed(nproc, "auto", 60, src, options, [])
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        plan_distributed(2, "mpi", 60, src, opts, [])
+    r = _train(["glyphs:0-8", "-m", str(tmp_path / "m"), "--head", "partial_fc", "--steps", "2",
+                "--nproc", "9"], timeout=120)
+    assert r.returncode == 2 and "9 processes but the data has 8 classes" in r.stderr, r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m").exists()
