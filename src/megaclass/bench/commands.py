@@ -49,8 +49,15 @@ def heads(out: Annotated[Path, typer.Option(help="Folder for heads.json and head
           ten_million: Annotated[bool, typer.Option(help="Also train Partial FC at 10M classes x 128 (bfloat16).")] = True,
           threads: Annotated[int, typer.Option(help="torch threads per measurement process (1 is stable on a shared box).")] = 1,
           timeout: Annotated[float, typer.Option(help="Seconds allowed per measurement subprocess.")] = 1800,
+          nproc: Annotated[int | None, typer.Option(help="Instead: Partial FC on N processes vs 1, per process (default size 2m; see bench/heads_distributed.py).")] = None,
           as_json: JsonOpt = False) -> None:
     """Step time, peak RSS, state size and top-1 of each head vs C; ratios to full softmax."""
+    if nproc is not None:  # issue 18: the sharded head, its own module and table
+        from .heads_distributed import heads_distributed_cli
+
+        return heads_distributed_cli(out, None if sizes == "1k,10k,100k,1m" else _counts(sizes), dim=dim,
+                                     batch=batch, nproc=nproc, steps=steps, warmup=warmup,
+                                     sample_rate=sample_rate, threads=threads, timeout=timeout, as_json=as_json)
     from .heads import format_bytes, run_heads_bench
 
     if not 0 < sample_rate <= 1:

@@ -55,55 +55,77 @@ class _MarginCrossEntropy(torch.autograd.Function):
     scale, the target-logit function and the process group of a sharded head (None: all rows
     are here). With a group, the softmax normaliser is all-reduced (max, then the sum of
     exponentials and the target logit), so every rank gets the same loss and the gradient
-    of its own rows and of its share of ``e``. Keeps only ``cos`` and the softmax ``P``
-    (both B x k) for backward.
+    of its own rows and of its share of ``e``. Works in chunks of rows (an online
+    log-sum-exp forward; the backward recomputes each chunk's cosines), so no ``B x k``
+    buffer is kept: the step's extra memory is the sampled rows, their gradient and a few
+    ``B x 8192`` chunks.
     """
 
     @staticmethod
     def forward(ctx, e, w, targets, a, scale, target_fn, group=None):
         inv_norm = w.norm(dim=1).clamp_min(1e-12).reciprocal()
-        cos = (e @ w.t()).mul_(inv_norm)
         own = (targets >= 0).nonzero().squeeze(1)                    # rows whose class is here
         col = targets[own]
-        t = cos[own, col]
+        t = (e[own] * w[col]).sum(dim=1) * inv_norm[col]
         with torch.enable_grad():
             t_leaf = t.detach().requires_grad_()
             phi = target_fn(t_leaf)
-        p = cos * scale
-        p[own, col] = scale * phi.detach()
-        top = p.max(dim=1).values
+        target_logit = torch.zeros(e.shape[0])
+        target_logit[own] = scale * phi.detach()                      # the target logit, on its owner
+        top = torch.full((e.shape[0],), -math.inf)
+        z = torch.zeros(e.shape[0])
+        for lo, hi, sel in _chunks(w.shape[0], col):                  # online log-sum-exp over row chunks
+            logits = (e @ w[lo:hi].t()).mul_(inv_norm[lo:hi] * scale)
+            logits[own[sel], col[sel] - lo] = target_logit[own[sel]]
+            new_top = torch.maximum(top, logits.max(dim=1).values)
+            z = z * (top - new_top).exp_() + logits.sub_(new_top[:, None]).exp_().sum(dim=1)
+            top = new_top
         if group is not None:                                         # the normaliser over all shards
+            local_top = top.clone()
             dist.all_reduce(top, dist.ReduceOp.MAX, group=group)
-        p.sub_(top[:, None]).exp_()
-        zt = torch.zeros(2, e.shape[0])
-        zt[0] = p.sum(dim=1)
-        zt[1, own] = scale * phi.detach()                             # the target logit, on its owner
-        if group is not None:
+            zt = torch.stack([z * (local_top - top).exp_(), target_logit])
             dist.all_reduce(zt, group=group)
-        z, target_logit = zt[0], zt[1]
-        p.div_(z[:, None])
-        loss = ((top + z.log() - target_logit) * a).sum()
-        ctx.cos, ctx.p, ctx.phi, ctx.t_leaf = cos, p, phi, t_leaf
-        ctx.scale = scale
-        ctx.save_for_backward(e, w, own, col, a, inv_norm)
+            z, target_logit = zt[0], zt[1]
+        lse = top + z.log()
+        loss = ((lse - target_logit) * a).sum()
+        ctx.phi, ctx.t_leaf, ctx.scale = phi, t_leaf, scale
+        ctx.save_for_backward(e, w, own, col, a, inv_norm, lse, target_logit)
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
-        e, w, own, col, a, inv_norm = ctx.saved_tensors
-        d, cos, s = ctx.p, ctx.cos, ctx.scale
-        d[own, col] -= 1.0
-        d.mul_((a * (s * grad_out))[:, None])                         # dL/dlogit * s = dL/dcos
-        g_t = d[own, col]
-        (dphi,) = torch.autograd.grad(ctx.phi, ctx.t_leaf, torch.ones_like(g_t))
-        d[own, col] = g_t * dphi
-        r = cos.mul_(d).sum(dim=0)                                    # sum_i D_ij cos_ij
-        ctx.cos = ctx.p = ctx.phi = ctx.t_leaf = None                 # free B x k before the matmuls
-        del cos
-        d.mul_(inv_norm)                                              # H = D / |w_j|
-        grad_e = d @ w
-        grad_w = (d.t() @ e).addcmul_(w, (r * inv_norm * inv_norm).neg_()[:, None])
+        e, w, own, col, a, inv_norm, lse, target_logit = ctx.saved_tensors
+        s = ctx.scale
+        (dphi,) = torch.autograd.grad(ctx.phi, ctx.t_leaf, torch.ones_like(ctx.t_leaf))
+        ctx.phi = ctx.t_leaf = None
+        coef = (a * (s * grad_out))[:, None]                          # dL/dlogit * s = dL/dcos
+        grad_e = torch.zeros_like(e)
+        grad_w = torch.empty_like(w)
+        for lo, hi, sel in _chunks(w.shape[0], col):                  # recomputed per chunk: no B x k buffer
+            rows, c = own[sel], col[sel] - lo
+            cos = (e @ w[lo:hi].t()).mul_(inv_norm[lo:hi])
+            d = cos * s
+            d[rows, c] = target_logit[rows]
+            d.sub_(lse[:, None]).exp_()                               # P
+            d[rows, c] -= 1.0
+            d.mul_(coef)
+            d[rows, c] *= dphi[sel]
+            r = (cos * d).sum(dim=0)                                  # sum_i D_ij cos_ij
+            d.mul_(inv_norm[lo:hi])                                   # H = D / |w_j|
+            grad_e.addmm_(d, w[lo:hi])
+            grad_w[lo:hi] = (d.t() @ e).addcmul_(w[lo:hi], (r * inv_norm[lo:hi] ** 2).neg_()[:, None])
         return grad_e, grad_w, None, None, None, None, None
+
+
+#: Rows per chunk of the loss: B x 8192 float32 buffers (8 MiB at B = 256) instead of B x k.
+_LOSS_CHUNK = 8192
+
+
+def _chunks(k: int, col: torch.Tensor):
+    """``(lo, hi, sel)`` per chunk of ``k`` rows; ``sel`` marks the targets in ``col`` it holds."""
+    for lo in range(0, k, _LOSS_CHUNK):
+        hi = min(k, lo + _LOSS_CHUNK)
+        yield lo, hi, ((col >= lo) & (col < hi)).nonzero().squeeze(1)
 
 
 class PartialFCHead(Head):
