@@ -9,7 +9,10 @@ memory come from :mod:`.heads`; this module measures what each head *learns*:
   ``.npy`` files, filled chunk by chunk (an interrupted run resumes).
 * **Sweep.** Per head, a small grid of optimizer x learning rate (and, for the plain
   softmax, the input scale) is trained for a short budget; the best validation top-1
-  wins. Every head gets its own best settings instead of one shared optimizer.
+  wins. Every head gets its own best settings instead of one shared optimizer. The
+  hierarchical head's groups are k-means clusters of the classes' mean training features
+  (with groups of arbitrary class ids, each group is a union of unrelated classes that
+  one cosine vector cannot pick out: measured 8 % top-1 where the flat heads reach 89 %).
 * **To convergence.** With the winning settings the head trains until validation top-1
   stops improving (``patience`` evaluations without a gain of ``min_gain``), then once
   more after a 10x learning-rate drop, or until a step/time cap -- the report says which.
@@ -154,7 +157,7 @@ def train_worker(spec: dict) -> dict:
     rng = np.random.default_rng(spec.get("seed", 0))
     folder, c, name = Path(spec["features"]), int(spec["classes"]), spec["head"]
     tr, n_tr = _load_split(folder, "train", c)
-    tr = torch.from_numpy(np.ascontiguousarray(tr))
+    tr = torch.from_numpy(np.array(tr))  # a writable in-memory copy of the memory-mapped rows
     va, n_va = _load_split(folder, "val", c)
     te, n_te = _load_split(folder, "test", c)
     vr, vy = _subset(va.shape[0], n_va, spec["val_samples"], 1)
@@ -162,6 +165,8 @@ def train_worker(spec: dict) -> dict:
     val_x, val_y = torch.from_numpy(np.asarray(va[vr])), torch.from_numpy(vy)
     test_x, test_y = torch.from_numpy(np.asarray(te[tr_rows])), torch.from_numpy(ty)
     opts = dict(spec.get("head_options", {}))
+    if opts.pop("groups", None) == "kmeans":  # hierarchical: groups of similar classes, not id blocks
+        opts["centers"] = tr.view(c, n_tr, -1).mean(dim=1)
     kind, lr = spec["optimizer"], float(spec["lr"])
     if name in ("partial_fc", "hierarchical"):
         opts.update(optimizer=kind, weight_decay=0.0)
@@ -190,13 +195,13 @@ def train_worker(spec: dict) -> dict:
         step_times.append(dt)
         trained += dt
         step += 1
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(loss.detach())):
             stopped = "diverged"
             break
         if step % spec["eval_every"] == 0 or step == spec["max_steps"]:
             top1, _ = _evaluate(head, val_x, val_y)
             curve.append({"step": step, "seconds": round(trained, 3), "val_top1": top1,
-                          "loss": round(float(loss), 4), "lr": lr})
+                          "loss": round(float(loss.detach()), 4), "lr": lr})
             if top1 > best + spec["min_gain"]:
                 best, since = top1, 0
             else:
@@ -243,6 +248,8 @@ def _spawn(spec: dict, timeout: float) -> dict:
 def sweep_grid(head: str) -> list[dict]:
     """The settings tried for ``head``: optimizer x learning rate (x input scale for softmax)."""
     grid = [{"optimizer": k, "lr": lr, "head_options": {}} for k, lrs in SWEEP.items() for lr in lrs]
+    if head == "hierarchical":  # groups = k-means of the classes' mean training features
+        grid = [{**g, "head_options": {"groups": "kmeans"}} for g in grid]
     if head == "softmax":
         grid = [{**g, "head_options": {"scale": s}} for g in grid for s in SOFTMAX_SCALES]
     return grid
