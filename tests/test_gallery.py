@@ -121,7 +121,7 @@ def test_k_larger_than_classes_and_empty_gallery(gal, rng):
 def test_search_matches_brute_force(gal, rng, monkeypatch, narrow):
     fill(gal, rng, n_classes=80, max_t=6)
     if narrow:  # force the widen-and-retry path: first pass returns too few classes
-        monkeypatch.setattr(gal._index, "max_per_class", lambda: 1)
+        monkeypatch.setattr(gal.state.index, "max_per_class", lambda: 1)
     q = rng.standard_normal((30, DIM))
     got = gal.search(q, k=7)
     want = brute_force(gal, q, 7)
@@ -222,7 +222,7 @@ def test_other_process_writes_while_open(tmp_path, rng):
     assert {"child", "child2", "parent"} <= set(g.labels()) and len(g) == 7
     g.close()
     with Gallery.open(path) as g2:
-        assert g2._snapshot_seq == g2.stats()["last_seq"]  # parent's snapshot is current
+        assert g2.state.snapshot_seq == g2.stats()["last_seq"]  # parent's snapshot is current
         assert sorted(g2.labels()) == sorted(["c0", "c2", "c3", "c4", "child", "child2",
                                               "parent"])
         assert g2.search(-np.ones(DIM), k=1)[0][0].label == "child2"
@@ -277,11 +277,11 @@ def test_snapshot_rebuilt_when_unusable(tmp_path, rng, damage):
         for name in ("index.faiss", "index.json"):
             shutil.copy(other / name, path / name)
     with Gallery.open(path) as g:
-        assert g._snapshot_seq is None  # rebuilt
+        assert g.state.snapshot_seq is None  # rebuilt
         assert "c0" not in g and "late" in g and len(g) == 12
         assert [[m.label for m in r] for r in g.search(q, k=5)] == want
     with Gallery.open(path) as g:  # close() wrote a fresh snapshot
-        assert g._snapshot_seq == g.stats()["last_seq"]
+        assert g.state.snapshot_seq == g.stats()["last_seq"]
 
 
 # ---------------------------------------------------------------------- atomicity / errors
@@ -488,13 +488,13 @@ def test_write_racing_another_writer_reloads(tmp_path, rng, monkeypatch):
     g1.enroll("a", rng.standard_normal(DIM))
     with Gallery.open(tmp_path / "g") as g2:  # a second handle writes behind g1's back
         g2.enroll("b", rng.standard_normal(DIM))
-    real, calls = g1._store.last_seq, []
+    real, calls = g1.state.store.last_seq, []
 
     def stale_once():  # g1's catch-up check misses the write; the transaction sees it
         calls.append(1)
-        return g1._seq if len(calls) == 1 else real()
+        return g1.state.seq if len(calls) == 1 else real()
 
-    monkeypatch.setattr(g1._store, "last_seq", stale_once)
+    monkeypatch.setattr(g1.state.store, "last_seq", stale_once)
     g1.enroll("c", rng.standard_normal(DIM))
     monkeypatch.undo()
     assert g1.labels() == ["a", "b", "c"] and g1.num_templates == 3

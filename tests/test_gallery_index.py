@@ -8,8 +8,9 @@ import pytest
 
 from megaclass.errors import ConfigError
 from megaclass.gallery import Gallery
-from megaclass.gallery import index as index_mod
-from megaclass.gallery.index import ClassIndex, resolve_spec
+from megaclass.gallery import index_spec as index_mod  # the "auto" policy and its constants
+from megaclass.gallery.index import ClassIndex
+from megaclass.gallery.index_spec import check_spec, resolve_spec
 
 DIM = 16
 
@@ -43,6 +44,33 @@ def test_resolve_spec_grammar():
         resolve_spec("IVF,Bogus", 10)
     with pytest.raises(ConfigError):
         Gallery.open("/tmp/never-created-gallery", dim=4, index="nonsense")
+
+
+@pytest.mark.parametrize("spec", ["IVF64,SQ8,RFlat", "IVF64,PQ8x4fs,RFlat", "OPQ8,IVF64,PQ8", "HNSW32,SQ8",
+                                  "IVF64,SQfp16", "PCA8,IVF64,Flat"])
+def test_specs_are_faiss_factory_strings(spec, tmp_path):
+    """FAISS's index_factory is the grammar: what it builds is accepted (the old regex
+    refused IVF64,SQ8,RFlat although a test used that index)."""
+    assert check_spec(spec, DIM) == spec
+    Gallery.open(tmp_path / "g", dim=DIM, index=spec).close()
+
+
+@pytest.mark.parametrize("spec, why", [("IVF,Bogus", "could not parse"), ("IVF64,PQ7", "multiple"),
+                                        ("IDMap,Flat", "IndexIDMap2"), ("LSH", "METRIC_L2")])
+def test_bad_specs_say_why(spec, why, tmp_path):
+    with pytest.raises(ConfigError, match=why):
+        check_spec(spec, DIM)
+    with pytest.raises(ConfigError, match=why):
+        Gallery.open(tmp_path / "g", dim=DIM, index=spec)
+    assert not (tmp_path / "g").exists()  # refused before anything was written
+
+
+def test_spec_checked_against_an_existing_gallerys_dim(tmp_path):
+    Gallery.open(tmp_path / "g", dim=DIM).close()
+    with pytest.raises(ConfigError, match="multiple"):
+        Gallery.open(tmp_path / "g", index="IVF64,PQ5")  # 16 is no multiple of 5
+    with Gallery.open(tmp_path / "g") as g:
+        assert g.stats()["index_requested"] == "auto"  # unchanged
 
 
 @pytest.mark.parametrize("spec", ["IVF16,Flat", "HNSW16", "IVF16,SQ8", "IVF16,PQ4x4fs,RFlat"])

@@ -116,7 +116,7 @@ def test_gallery_erase_then_compact_purges_or_rebuilds(tmp_path, spec):
         assert g.stats()["tombstones"] == 30
         g.compact()
         st = g.stats()
-        assert st["tombstones"] == 0 and st["templates"] == 870 == g._index.index.ntotal
+        assert st["tombstones"] == 0 and st["templates"] == 870 == g.state.index.index.ntotal
         # IVF: purged in place, no new build; HNSW: rebuilt
         assert len(g.maintenance_log) == builds + (spec.startswith("HNSW"))
         hits = [m[0].label for m in g.search(centres[:50], k=1)]

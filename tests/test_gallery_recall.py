@@ -79,8 +79,7 @@ def test_live_monitor_detects_knobs_too_low_and_retunes(tmp_path, data):
     with _gallery(tmp_path / "g", tpl) as g:
         g.monitor_recall(rate=1.0)
         g._recall.interval, g._recall.batch = 0.0, 100
-        g._index.info.update(nprobe=1, k_factor=1)  # deliberately far too low
-        g._index._apply_search_params()
+        g.state.index.set_knobs(nprobe=1, k_factor=1)  # deliberately far too low
         for a in range(0, 600, 100):
             g.search(queries[a:a + 100], k=1)  # live traffic
         log = [e for e in g.maintenance_log if e.get("event") == "retune"]

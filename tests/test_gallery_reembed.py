@@ -164,7 +164,7 @@ def test_bad_input(models, expected, tmp_path):
         os.close(fd)
     # resuming with another model: refused until aborted
     with Gallery.open(g) as gal:
-        gal._store.set_meta("reembed", {"model": expected["B"][0], "dim": 16})
+        gal.state.store.set_meta("reembed", {"model": expected["B"][0], "dim": 16})
         with pytest.raises(ConfigError, match="in progress"):
             gal.reembed(models["C"], f"glyphs:0-{CLASSES}")
     assert json.loads(run("gallery", "reembed", "-g", g, "--abort", "--json").output)["aborted"]
@@ -196,7 +196,7 @@ def test_retained_samples_encrypted_with_the_gallery_key(models, expected, tmp_p
         # glyph samples are kept as 8-bit images: the template matches to within quantisation
         assert float(gal.templates("glyph-3")[0] @ want[3]) > 0.999
         gal.erase("glyph-3")
-        assert gal._store.connection.execute(
+        assert gal.state.store.connection.execute(
             "SELECT COUNT(*) FROM samples").fetchone()[0] == (CLASSES - 1) * PER_CLASS
 
 
@@ -264,7 +264,7 @@ def test_a_class_enrolled_meanwhile_that_the_source_lacks_is_named(models, expec
         with pytest.raises(InvalidInputError, match="enrolled during the re-embed.*stranger"):
             gal.reembed(models["B"], f"glyphs:0-{CLASSES}", chunk_classes=8, progress=during)
         assert gal.model == expected["A"][0]  # still the old model, the staged work kept
-        assert gal._store.connection.execute("SELECT COUNT(*) FROM reembed_classes").fetchone()[0] > 0
+        assert gal.state.store.connection.execute("SELECT COUNT(*) FROM reembed_classes").fetchone()[0] > 0
         report = gal.reembed(models["B"], f"glyphs:0-{CLASSES}", allow_missing=True)
         assert report["dropped_classes"] == ["stranger"] and "stranger" not in gal
         assert gal.template_models() == {expected["B"][0]: CLASSES}

@@ -47,8 +47,7 @@ def test_tune_reaches_the_target_on_the_given_probes_and_is_saved(tmp_path, data
     tpl, probes, truth = data
     g = _gallery(tmp_path / "g", tpl)
     assert g.stats()["index"] == "IVF16,PQ8x4fs,RFlat"
-    g._index.info["nprobe"] = 1  # a knob far too small for these probes
-    g._index._apply_search_params()
+    g.state.index.set_knobs(nprobe=1)  # a knob far too small for these probes
     assert _recall(g, probes, truth) < 0.99
     out = g.tune(probes)
     assert out["tuned_by"] == "queries" and out["recall_queries"] == len(probes)

@@ -36,6 +36,10 @@ class ImageTooLargeError(InvalidInputError):
     """An image over a pixel or side limit, refused before it is decoded."""
 
 
+class PayloadTooLargeError(InvalidInputError):
+    """A request over one of the service's size limits (HTTP 413)."""
+
+
 class UnknownLabelError(MegaclassError, KeyError):
     """A label that is not enrolled (erase, verify, add_templates)."""
 
@@ -67,7 +71,7 @@ class ReadOnlyGalleryError(MegaclassError, PermissionError):
 
 class ModelMismatchError(ConfigError):
     """Queries of one model searched against templates another model made (e.g. a gallery
-    re-embedded with a new model while a process still runs the old one)."""
+    re-embedded with a new model while a process still runs the old one; HTTP 409)."""
 
 
 class NotCalibratedError(ConfigError):
@@ -76,4 +80,10 @@ class NotCalibratedError(ConfigError):
 
 
 class GalleryClosedError(MegaclassError):
-    """A call on a gallery after :meth:`~megaclass.gallery.Gallery.close`."""
+    """A call on a gallery after :meth:`~megaclass.gallery.Gallery.close` (HTTP 503: the
+    service is shutting down or reopening it)."""
+
+
+class StoreBusyError(MegaclassError):
+    """A write SQLite could not start or commit because another process held the gallery's
+    write lock past the busy timeout (HTTP 503: retry)."""

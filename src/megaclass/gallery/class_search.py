@@ -8,31 +8,12 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
+from .concurrency import threads_for
+
 if TYPE_CHECKING:
     from .index import ClassIndex
 
 _FIRST_PASS_CAP = 4096  # neighbours per query in the first pass; short rows widen after
-SMALL_BATCH = 16  # adds/searches of this many rows or fewer run on one OpenMP thread
-
-
-class _threads_for:
-    """One OpenMP thread for tiny calls: waking a thread team costs more than the work
-    (measured: a 1-vector IVF add took 7 ms with 2 threads on a busy box, 0.07 ms with 1).
-    ``omp_set_num_threads`` only affects the calling thread, so concurrent callers are safe.
-    A plain class, not a generator context manager: it sits on the per-query path."""
-
-    __slots__ = ("previous",)
-
-    def __init__(self, rows: int):
-        self.previous = faiss.omp_get_max_threads() if rows <= SMALL_BATCH else None
-
-    def __enter__(self) -> None:
-        if self.previous is not None:
-            faiss.omp_set_num_threads(1)
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            faiss.omp_set_num_threads(self.previous)
 
 
 def _collapse(cids: list[int], scores: list[float], k: int) -> tuple[list[int], list[float]]:
@@ -63,13 +44,14 @@ def search_classes(class_index: ClassIndex, queries: np.ndarray, k: int,
     """
     nq = len(queries)
     out: list[tuple[list[int], list[float]]] = [([], [])] * nq
-    params, total, nclasses = None, int(class_index.index.ntotal), class_index._nclasses
+    cmap = class_index.class_map
+    params, total, nclasses = None, int(class_index.index.ntotal), cmap.num_classes
     if allowed is not None:
-        tids = np.flatnonzero(np.isin(class_index._tid2cid, allowed)).astype(np.int64)
+        tids = cmap.templates_of(allowed)
         if not len(tids):
             return out
         params = _filter_params(class_index, faiss.IDSelectorBatch(tids))
-        total, nclasses = len(tids), len(np.unique(class_index._tid2cid[tids]))
+        total, nclasses = len(tids), len(np.unique(cmap.lookup(tids)))
     if total - class_index.tombstones <= 0 or nq == 0:
         return out
     kk = min(total, max(k, min(k * max(1, class_index.max_per_class()), _FIRST_PASS_CAP)))
@@ -79,10 +61,9 @@ def search_classes(class_index: ClassIndex, queries: np.ndarray, k: int,
     rows = list(range(nq))
     while rows:
         batch = queries if len(rows) == nq else queries[rows]
-        with _threads_for(len(rows)):
+        with threads_for(len(rows)):
             scores, ids = class_index.index.search(batch, kk, params=params)
-        cids = class_index._tid2cid[np.maximum(ids, 0)]
-        cids[ids < 0] = -1  # FAISS pads short results with -1; tombstones map to -1 too
+        cids = cmap.classes_of(ids)  # FAISS pads short results with -1; tombstones map to -1 too
         short = []
         for j, r in enumerate(rows):
             found = _collapse(cids[j].tolist(), scores[j].tolist(), k)

@@ -1,12 +1,11 @@
 """FAISS index derived from the store, plus the template -> class map for class-collapse.
 
-The index is chosen by a FAISS factory string (one documented grammar, see
-:func:`resolve_spec`): ``"Flat"`` (exact), ``"IVF<n>,Flat"``, ``"IVF<n>,SQ8"``,
-``"HNSW<M>"``, ... or ``"auto"``, which picks exact search below
-:data:`AUTO_EXACT_MAX` templates and ``IVF<n>,Flat`` above, trains it on the store's
-templates, tunes ``nprobe`` until recall@1 against exact search reaches
-:data:`TARGET_RECALL` on a sample, and records what it chose. Every index is wrapped
-in ``IndexIDMap2`` keyed by template id.
+The index is chosen by a FAISS factory string or ``"auto"`` (see
+:mod:`megaclass.gallery.index_spec`: exact search up to 200k templates, then 4-bit
+fast-scan IVF-PQ re-ranked exactly), trained on the store's templates, with ``nprobe`` /
+``efSearch`` tuned until recall@1 against exact search reaches
+:data:`~megaclass.gallery.tuning.TUNE_TARGET` on probes, and what it chose recorded. Every
+index is wrapped in ``IndexIDMap2`` keyed by template id.
 
 Erasure: ``Flat`` removes vectors from FAISS at once. Other index types keep a
 *tombstone* (the template id maps to no class, so search skips it; HNSW cannot remove
@@ -23,8 +22,6 @@ index is rebuilt. Only FAISS's binary format and JSON are written: nothing is pi
 from __future__ import annotations
 
 import contextlib
-import math
-import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -32,77 +29,19 @@ import faiss
 import numpy as np
 
 from ..errors import ConfigError, MegaclassError
-from .class_search import _threads_for, search_classes
+from .class_map import TemplateClassMap
+from .class_search import search_classes
+from .concurrency import threads_for
+from .index_spec import min_train, resolve_spec
 from .probes import ProbeMaker, Probes, default_probes, wilson
 from .purge import can_remove_in_place, remove_positions, scrub_positions
 from .snapshot import read_snapshot, write_snapshot
-from .tuning import TUNE_TARGET, smallest_knob, uniform_sample
+from .tuning import K_FACTORS, TUNE_TARGET, fit_knobs, uniform_sample
 
 INDEX_TYPE = "Flat"  # the default spec
-AUTO_EXACT_MAX = 200_000  # "auto" uses exact search up to this many templates
 TOMBSTONE_REBUILD = 0.10
-REFINE_K_FACTOR = 8  # "...,RFlat": candidates re-ranked exactly per result wanted
+REFINE_K_FACTOR = K_FACTORS[0]  # "...,RFlat": candidates re-ranked exactly per result wanted
 TRAIN_SAMPLE = 200_000  # templates drawn to train IVF / PQ (and to make tuning queries)
-AUTO_NLIST_MIN = 256
-AUTO_COARSE_CODES_MAX = 2_000_000  # "auto": PQ<dim/8> codes up to this many templates, PQ<dim/4> beyond
-AUTO_MIN_SUBQUANTIZERS = 32  # "auto": 4-bit codes of at least 128 bits
-_SPEC = re.compile(r"^(Flat|auto|HNSW\d+(,Flat)?|IVF\d+,(Flat|SQ8|SQ4|SQfp16|PQ\d+(x\d+)?)"
-                   r"|IVF\d+,PQ\d+(x4fs|x\d+)?,RFlat"
-                   r"|(OPQ\d+(_\d+)?,)?IVF\d+,PQ\d+(x\d+)?|HNSW\d+,(SQ8|SQfp16))$")
-
-
-def resolve_spec(spec: str, n: int, dim: int | None = None) -> str:
-    """The concrete factory string for ``spec`` at ``n`` templates of ``dim`` (``auto`` decides).
-
-    ``auto``: ``Flat`` up to :data:`AUTO_EXACT_MAX` templates; above, an IVF index with
-    ``nlist`` the power of two nearest ``sqrt(n)``, at most ``n / 39`` so that k-means has
-    enough points per centroid. FAISS's guidance is 4 to 16 ``sqrt(n)``, but side by side
-    at 1M classes x 2 templates x 256 (raw FAISS, equal recall@1 0.99, one query thread)
-    1024, 2048 and 4096 lists answered in the same time (p50 1.69 / 1.81 / 1.71 ms, noisy
-    queries need 10-20 % of the vectors scanned either way) while 1024 lists trained 4x
-    and added 3x faster (86k vs 29k templates/s): fewer lists, cheaper enrolls and
-    rebuilds. Its lists hold 4-bit fast-scan PQ codes re-ranked with the exact vectors
-    (``RFlat``): scanning a list costs a fraction of scanning float vectors, so the same
-    recall takes ~10x less time than ``IVF,Flat`` (measured at 1M x 256, see README), for
-    ~3 % more memory. Code size (see :func:`_auto_subquantizers`), measured side by side
-    with raw FAISS at 1M classes x 2 templates, 1,024 lists, equal recall@1 0.99, one
-    thread: at D=256 ``PQ32x4fs`` answered in 0.49 ms where ``PQ64x4fs`` took 1.07 ms, at
-    the same ``nprobe`` (the partitions, not the codes, limit recall there) and 8 re-ranked
-    candidates per result; ``PQ16x4fs`` (64-bit codes) never reached 0.99, at D=256 (0.98
-    with 128 candidates) nor at D=128 (0.975), where ``PQ32x4fs`` took 0.49 ms too. At 10M
-    x 128, ``PQ16x4fs`` reached only 0.86 with every list scanned and 512 candidates, where
-    ``PQ32x4fs`` reached 0.99 with 128: more templates, more near rivals that a coarse code
-    confuses. Dimensions not divisible by 8 get ``IVF<nlist>,Flat``.
-    """
-    if not isinstance(spec, str) or not _SPEC.match(spec):
-        raise ConfigError(f"unsupported index spec {spec!r}: use 'auto', 'Flat', 'IVF4096,Flat', "
-                          "'IVF4096,SQ8', 'IVF4096,PQ32', 'IVF4096,PQ64x4fs,RFlat', 'HNSW32', ...")
-    if spec != "auto":
-        return spec
-    if n <= AUTO_EXACT_MAX:
-        return "Flat"
-    nlist = min(2 ** round(math.log2(math.sqrt(n))), 2 ** math.floor(math.log2(max(n / 39, 1))))
-    nlist = min(max(nlist, AUTO_NLIST_MIN), 65536)
-    if dim and dim % 8 == 0:
-        return f"IVF{nlist},PQ{_auto_subquantizers(dim, n)}x4fs,RFlat"
-    return f"IVF{nlist},Flat"
-
-
-def _auto_subquantizers(dim: int, n: int) -> int:
-    """4-bit sub-quantizers of ``auto``'s codes: one per 8 dimensions up to
-    :data:`AUTO_COARSE_CODES_MAX` templates, one per 4 beyond, at least
-    :data:`AUTO_MIN_SUBQUANTIZERS`; the nearest count that divides ``dim``."""
-    want = max(dim // (8 if n <= AUTO_COARSE_CODES_MAX else 4), AUTO_MIN_SUBQUANTIZERS)
-    return next(m for m in range(min(want, dim), dim + 1) if dim % m == 0)
-
-
-def _min_train(spec: str) -> int:
-    """Templates needed to train ``spec`` (0: no training)."""
-    m = re.search(r"IVF(\d+)", spec)
-    need = 39 * int(m.group(1)) if m else 0
-    if "PQ" in spec:
-        need = max(need, (16 if "x4" in spec else 256) * 39)
-    return need
 
 
 def _new_faiss(dim: int, spec: str) -> faiss.Index:
@@ -132,12 +71,8 @@ class ClassIndex:
         self.info = dict(info or {})
         self.index = index if index is not None else _new_faiss(dim, spec)
         self.tombstones = 0
-        self._tid2cid = np.full(1024, -1, dtype=np.int64)
-        self._per_class = np.zeros(1024, dtype=np.int32)  # live templates by class id
-        self._nclasses = 0
-        self._max_per_class = 0
-        self._max_stale = False
-        self._apply_search_params()
+        self.class_map = TemplateClassMap()
+        self.apply_knobs()
 
     @property
     def ntotal(self) -> int:
@@ -151,38 +86,12 @@ class ClassIndex:
     # ------------------------------------------------------------------ map upkeep
     def set_map(self, tids: np.ndarray, cids: np.ndarray) -> None:
         """Reset the template -> class map (from the store, on open)."""
-        size = max(1024, int(tids.max()) + 1 if len(tids) else 0)
-        self._tid2cid = np.full(size, -1, dtype=np.int64)
-        self._tid2cid[tids] = cids
-        self._per_class = np.zeros(1024, dtype=np.int32)
-        self._nclasses = self._max_per_class = 0
-        self._max_stale = False
-        self._count(cids, +1)
+        self.class_map.reset(tids, cids)
         self.tombstones = int(self.index.ntotal) - len(tids)
 
-    def _count(self, cids: np.ndarray, sign: int) -> None:
-        """Add (``+1``) or remove (``-1``) one template of each entry of ``cids``."""
-        if not len(cids):
-            return
-        uniq, n = np.unique(cids, return_counts=True)
-        if uniq[-1] >= len(self._per_class):
-            grown = np.zeros(max(int(uniq[-1]) + 1, 2 * len(self._per_class)), dtype=np.int32)
-            grown[: len(self._per_class)] = self._per_class
-            self._per_class = grown
-        before = self._per_class[uniq]
-        after = np.maximum(before + sign * n.astype(np.int32), 0)
-        self._per_class[uniq] = after
-        self._nclasses += int(np.count_nonzero(after)) - int(np.count_nonzero(before))
-        if sign > 0:
-            self._max_per_class = max(self._max_per_class, int(after.max()))
-        else:
-            self._max_stale = True
-
     def max_per_class(self) -> int:
-        if self._max_stale:
-            self._max_per_class = int(self._per_class.max())
-            self._max_stale = False
-        return self._max_per_class
+        """Most live templates of any class."""
+        return self.class_map.max_per_class()
 
     def add(self, tids: np.ndarray, cids: np.ndarray, vecs: np.ndarray) -> None:
         """Add templates (ids from the store, their class ids, unit float32 rows)."""
@@ -194,12 +103,8 @@ class ClassIndex:
         to no class) until :meth:`publish`, or :meth:`discard` if their enroll fails."""
         if not len(tids):
             return
-        top = int(tids.max())
-        if top >= len(self._tid2cid):
-            grown = np.full(max(top + 1, 2 * len(self._tid2cid)), -1, dtype=np.int64)
-            grown[: len(self._tid2cid)] = self._tid2cid
-            self._tid2cid = grown
-        with _threads_for(len(tids)):
+        self.class_map.reserve(int(tids.max()))
+        with threads_for(len(tids)):
             self.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), tids)
 
     def discard(self, tids: np.ndarray) -> bool:
@@ -215,8 +120,7 @@ class ClassIndex:
         """Make templates added by :meth:`add_hidden` searchable as members of ``cids``."""
         if not len(tids):
             return
-        self._tid2cid[tids] = cids
-        self._count(cids, +1)
+        self.class_map.assign(tids, cids)
 
     def remove(self, tids: np.ndarray) -> None:
         """Remove templates by id (Flat: from FAISS; others: tombstones, purged once they
@@ -224,19 +128,17 @@ class ClassIndex:
         if not len(tids):
             return
         tids = np.ascontiguousarray(tids, dtype=np.int64)
-        cids = self._tid2cid[tids]
+        cids = self.class_map.unassign(tids)
         if self.exact:
             self.index.remove_ids(tids)
         else:
             self.tombstones += int(np.sum(cids >= 0))
-        self._tid2cid[tids] = -1
-        self._count(cids[cids >= 0], -1)
         if (self.tombstones > TOMBSTONE_REBUILD * max(int(self.index.ntotal), 1)
                 and can_remove_in_place(self.index)):
             self.purge()  # else needs_rebuild() asks for a background rebuild
 
     def _tombstoned(self) -> np.ndarray:
-        return np.flatnonzero(self._tid2cid[self.template_ids()] < 0)
+        return np.flatnonzero(self.class_map.lookup(self.template_ids()) < 0)
 
     def purge(self, *, cheap_only: bool = False) -> bool:
         """Drop tombstoned templates from FAISS for real, without re-training (see
@@ -267,7 +169,7 @@ class ClassIndex:
             return True
         if self.exact:
             concrete = resolve_spec(self.requested, self.ntotal, self.dim)
-            return concrete != "Flat" and self.ntotal >= _min_train(concrete)
+            return concrete != "Flat" and self.ntotal >= min_train(concrete)
         return self.ntotal > 0 and self.ntotal >= 2 * int(self.info.get("tuned_at", 0))
 
     # ------------------------------------------------------------------ search
@@ -282,9 +184,7 @@ class ClassIndex:
 
     def live_template_ids(self) -> np.ndarray:
         """Ids of the templates search can return (tombstones excluded)."""
-        ids = self.template_ids()
-        ids = ids[ids < len(self._tid2cid)]
-        return ids[self._tid2cid[ids] >= 0]
+        return self.class_map.mapped(self.template_ids())
 
     # ------------------------------------------------------------------ build / tune
     @classmethod
@@ -306,8 +206,8 @@ class ClassIndex:
         """
         concrete = resolve_spec(spec, n, dim)
         info: dict = {}
-        if n < _min_train(concrete):
-            info["fallback"] = (f"{concrete} needs >= {_min_train(concrete)} templates to train, "
+        if n < min_train(concrete):
+            info["fallback"] = (f"{concrete} needs >= {min_train(concrete)} templates to train, "
                                 f"the gallery has {n}: using exact Flat")
             concrete = "Flat"
         self = cls(dim, spec=concrete, requested=spec, info=info)
@@ -341,25 +241,19 @@ class ClassIndex:
         reached (below target only if even the largest knob misses), which probes
         (``tuned_by``), how many (``recall_queries``) and the 95 % interval
         (``recall_ci95``) in :attr:`info`; returns :meth:`describe`."""
-        ivf = faiss.try_extract_index_ivf(self.index.index)
-        knob = "nprobe" if ivf is not None else "efSearch"
-        limit = ivf.nlist if ivf is not None else 4096
-        refine = isinstance(faiss.downcast_index(self.index.index), faiss.IndexRefine)
-        for k_factor in (REFINE_K_FACTOR, 32, 128, 512) if refine else (None,):
+        knob, limit, refine = self.search_knob()
+        def recall_at(value: int, k_factor: int | None) -> float:
+            right = self.probe_answers(probes, self._params(knob, value, k_factor)) == probes.truth
+            return float(np.mean(right))
 
-            def recall_at(value: int, k_factor=k_factor) -> float:
-                right = self.probe_answers(probes, self._params(knob, value, k_factor)) == probes.truth
-                return float(np.mean(right))
-
-            value, recall = smallest_knob(recall_at, 8 if knob == "nprobe" else 32, limit, TUNE_TARGET)
-            if recall >= TUNE_TARGET:
-                break
+        value, k_factor, recall = fit_knobs(recall_at, 8 if knob == "nprobe" else 32, limit,
+                                            k_factors=K_FACTORS if refine else None, target=TUNE_TARGET)
         hits = round(recall * len(probes))
         with lock if lock is not None else contextlib.nullcontext():
             self.info[knob] = value
             if k_factor is not None:
                 self.info["k_factor"] = k_factor
-            self._apply_search_params()
+            self.apply_knobs()
             self.info.pop("calibrated_to", None)
             if probes.calibrated_to:
                 self.info["calibrated_to"] = probes.calibrated_to
@@ -384,15 +278,33 @@ class ClassIndex:
         extra = 1 if probes.exclude is not None else 0
         kk = min(int(self.index.ntotal), 1 + extra + (4 if self.tombstones else 0))
         _, ids = self.index.search(probes.queries, kk, params=params)
-        cids = self._tid2cid[np.maximum(ids, 0)]
-        skip = (ids < 0) | (cids < 0)
+        cids = self.class_map.classes_of(ids)
+        skip = cids < 0  # FAISS's padding, tombstones and hidden templates
         if probes.exclude is not None:
             skip |= ids == probes.exclude[:, None]
         first = np.argmax(~skip, axis=1)
         found = cids[np.arange(len(ids)), first]
         return np.where(skip.all(axis=1), -1, found)
 
-    def _apply_search_params(self) -> None:
+    def search_knob(self) -> tuple[str, int, bool]:
+        """``(name, upper limit, re-ranked)`` of the knob that trades recall for time:
+        ``nprobe`` up to ``nlist`` for IVF, else ``efSearch`` up to 4096; ``re-ranked``:
+        ``...,RFlat`` (its ``k_factor`` is a second knob)."""
+        ivf = faiss.try_extract_index_ivf(self.index.index)
+        refine = isinstance(faiss.downcast_index(self.index.index), faiss.IndexRefine)
+        return ("nprobe", int(ivf.nlist), refine) if ivf is not None else ("efSearch", 4096, refine)
+
+    def set_knobs(self, **knobs: int) -> None:
+        """Set search knobs by name (``nprobe``, ``efSearch``, ``k_factor``) and apply them:
+        how a benchmark or an operator holds the index at chosen knobs."""
+        unknown = set(knobs) - {"nprobe", "efSearch", "k_factor"}
+        if unknown:
+            raise ConfigError(f"unknown search knobs {sorted(unknown)}: nprobe, efSearch, k_factor")
+        self.info.update(knobs)
+        self.apply_knobs()
+
+    def apply_knobs(self) -> None:
+        """Apply the knobs recorded in :attr:`info` to the FAISS index."""
         inner = faiss.downcast_index(self.index.index)
         if isinstance(inner, faiss.IndexRefine):
             self.info.setdefault("k_factor", REFINE_K_FACTOR)
@@ -415,7 +327,7 @@ class ClassIndex:
             per = 4 * self.dim + (getattr(base, "code_size", 0) or 0)
         if faiss.try_extract_index_ivf(inner) is not None:
             per += 8  # ids stored in the inverted lists
-        return n * (per + 16) + int(self._tid2cid.nbytes)  # + IDMap2's id array and reverse map
+        return n * (per + 16) + self.class_map.nbytes  # + IDMap2's id array and reverse map
 
     def describe(self) -> dict:
         return {"index": self.spec, "index_requested": self.requested,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,9 +54,10 @@ def compact(gallery: Gallery, *, full: bool = True) -> None:
     until its rebuild), and deletes the stale snapshot; the next :meth:`save` or
     :meth:`close` writes a fresh one.
     """
-    with gallery._open() as store:
-        with gallery._rw.write():
-            purged = gallery._index.purge(cheap_only=not full)
+    st = gallery.state
+    with st.session() as store:
+        with st.search_lock.write():
+            purged = st.index.purge(cheap_only=not full)
         if not purged and full:  # erased vectors still inside FAISS: they must leave the snapshot
             gallery.rebuild_index()
         if full:
@@ -69,16 +71,17 @@ def compact(gallery: Gallery, *, full: bool = True) -> None:
         else:
             for name in (INDEX_NAME, INDEX_META):
                 (gallery.path / name).unlink(missing_ok=True)
-            gallery._snapshot_seq = None
+            st.snapshot_stale()
 
 
-def tune(gallery: Gallery, queries) -> dict:
+def tune(gallery: Gallery, queries, retune: Callable[[str], dict]) -> dict:
     """Re-fit the search knobs to ``queries``, a sample of real probe vectors (None: the
     gallery's own best probes, see :mod:`megaclass.gallery.probes`).
 
     The best class of every query by exact search over the store is the truth; nprobe /
     efSearch (and the re-ranked candidates of ``...,RFlat``) are set to the smallest
-    values whose best class agrees on >= 99 % of the queries. Searches go on with the old
+    values whose best class agrees on >= 99.5 % of the queries (``retune(why)``: the
+    recall monitor's re-tune on the gallery's own probes, for ``queries=None``). Searches go on with the old
     knobs while it runs; the new ones are saved with the snapshot and kept until the index
     is next re-fitted (when the gallery doubles) or the live monitor re-tunes it. The
     queries are not stored. Returns ``{"index", "nprobe"/"efSearch", "k_factor",
@@ -87,35 +90,36 @@ def tune(gallery: Gallery, queries) -> dict:
     from .probes import real
     from .vectors import as_unit_vectors
 
+    st = gallery.state
     if queries is None:  # the best probes the gallery has: kept queries, leave-one-out, calibrated
         gallery.wait_for_index()
-        with gallery._open():
-            if gallery._index.exact:
-                return dict(gallery._index.describe(), recall_at_1=1.0, tuned_by="exact")
-            gallery._recall.retune("asked for (Gallery.tune)")
-            return gallery._index.describe()
+        with st.session():
+            if st.index.exact:
+                return dict(st.index.describe(), recall_at_1=1.0, tuned_by="exact")
+            retune("asked for (Gallery.tune)")
+            return st.index.describe()
     q = as_unit_vectors(queries, gallery.dim)
     if not TUNE_MIN_QUERIES <= len(q) <= TUNE_MAX_QUERIES:
         raise InvalidInputError(f"tune needs {TUNE_MIN_QUERIES:,} to {TUNE_MAX_QUERIES:,} query vectors "
                                 f"(fewer cannot measure recall 0.99: one miss is 1 %), got {len(q):,}")
     gallery.wait_for_index()
-    with gallery._open() as store:
-        index = gallery._index
+    with st.session() as store:
+        index = st.index
         if index.exact:
             return dict(index.describe(), recall_at_1=1.0, recall_queries=len(q), tuned_by="exact")
         if not index.ntotal:
             raise InvalidInputError("tune needs an enrolled gallery: this one is empty")
         tids, cids = store.template_classes()
         probes = real(q, tids, cids, store.iter_templates, "queries")
-        out = index.tune_on(probes, lock=gallery._rw.write())  # searches go on until the knobs change
-        gallery._snapshot_seq = None  # the snapshot carries the knobs: rewrite it on close
+        out = index.tune_on(probes, lock=st.search_lock.write())  # searches go on until the knobs change
+        st.snapshot_stale()  # the snapshot carries the knobs: rewrite it on close
         return out
 
 
 def check(gallery: Gallery) -> dict:
     """Integrity report: ``{"ok": bool, "problems": [...], ...}`` (nothing is modified)."""
     problems: list[str] = []
-    with gallery._open() as store:
+    with gallery.state.session() as store:
         problems += store.integrity_problems()
         n_templates, bad_norm = 0, 0
         ids_seen = []
@@ -129,7 +133,7 @@ def check(gallery: Gallery) -> dict:
         if bad_norm:
             problems.append(f"{bad_norm} templates are not unit vectors")
         store_ids = np.sort(np.concatenate(ids_seen)) if ids_seen else np.empty(0, np.int64)
-        index_ids = np.sort(gallery._index.live_template_ids())
+        index_ids = np.sort(gallery.state.index.live_template_ids())
         if not np.array_equal(store_ids, index_ids):
             problems.append(f"index holds {len(index_ids)} templates, store {len(store_ids)} "
                             "(or different ids)")
@@ -153,7 +157,7 @@ def export_gallery(gallery: Gallery, out: str | os.PathLike) -> Path:
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"export folder {out} is not empty")
     out.mkdir(parents=True, exist_ok=True)
-    with gallery._open() as store:
+    with gallery.state.session() as store:
         records = store.class_records()
         position = {cid: k for k, (cid, _, _) in enumerate(records)}
         tids, cids = store.template_classes()

@@ -43,20 +43,24 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class GalleryProtocol(Protocol):
-    """A store of classes with templates, searched by class.
+    """A store of classes with templates, searched by class."""
 
-    Attributes
-    ----------
-    path : a local directory that belongs to this gallery (the SQLite gallery's own
-        folder; a remote backend names a local folder for side files such as the
-        service's audit database).
-    dim : the template dimension.
-    read_only : writes raise ReadOnlyGalleryError when true.
-    """
+    @property
+    def path(self) -> Path:
+        """A local directory that belongs to this gallery (the SQLite gallery's own folder;
+        a remote backend names a local folder for side files such as the service's audit
+        database)."""
+        ...
 
-    path: Path
-    dim: int
-    read_only: bool
+    @property
+    def dim(self) -> int:
+        """The template dimension."""
+        ...
+
+    @property
+    def read_only(self) -> bool:
+        """Writes raise ReadOnlyGalleryError when true."""
+        ...
 
     # ---------------------------------------------------------------- writes
     def enroll(self, label: str, vectors: Any, meta: dict | None = None, *,

@@ -1,6 +1,7 @@
 """Live recall of a gallery's approximate index, and the probes its re-tuning uses.
 
-:class:`RecallWatch` (one per :class:`~megaclass.gallery.Gallery`):
+:class:`RecallWatch` (one per :class:`~megaclass.gallery.Gallery`, given its
+:class:`~megaclass.gallery.state.GalleryState`):
 
 - samples a rate-limited fraction of live searches (``rate`` of the rows, at most
   ``batch`` rows per exact pass and one pass per ``interval`` seconds), re-runs them as
@@ -34,7 +35,7 @@ from .reservoir import FILE_NAME, QueryReservoir
 from .tuning import TARGET_RECALL, uniform_sample
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .gallery import Gallery
+    from .state import GalleryState
 
 log = logging.getLogger("megaclass.gallery")
 
@@ -52,8 +53,8 @@ MONITOR_SETTING, RATE_SETTING, RESERVOIR_SETTING = "recall_monitor", "recall_sam
 class RecallWatch:
     """The recall-keeping part of a gallery (see the module docstring)."""
 
-    def __init__(self, gallery: Gallery):
-        self._g = gallery
+    def __init__(self, state: GalleryState):
+        self._g = state
         self.enabled = True
         self.rate = RATE
         self.batch = BATCH
@@ -120,7 +121,7 @@ class RecallWatch:
         if self.reservoir is not None and len(queries):
             with self._lock:
                 self.reservoir.add(queries)
-        if not self.enabled or self._g._index.exact or not len(queries):
+        if not self.enabled or self._g.index.exact or not len(queries):
             return
         rows = [i for i in range(len(queries)) if self._rng.random() < self.rate]
         if not rows:
@@ -132,7 +133,7 @@ class RecallWatch:
                    and time.monotonic() - self._last_pass >= self.interval)
             if not due or (self._worker is not None and self._worker.is_alive()):
                 return
-            if not self._g.background_maintenance:
+            if not self._g.background:
                 self._worker = None
             else:
                 self._worker = threading.Thread(target=self._background_pass, daemon=True,
@@ -160,7 +161,7 @@ class RecallWatch:
         q = np.stack([b[0] for b in batch])
         found = np.array([b[1] for b in batch])
         try:
-            reader = g._store.reader()
+            reader = g.store.reader()
         except Exception:  # closing: drop the batch
             return None
         try:
@@ -179,7 +180,7 @@ class RecallWatch:
 
     def live(self) -> dict:
         """``{"live_recall_at_1", "live_recall_ci95", "live_recall_samples"}`` (1.0 when exact)."""
-        if self._g._index.exact:
+        if self._g.index.exact:
             return {"live_recall_at_1": 1.0, "live_recall_samples": 0, "live_recall_monitor": "exact index"}
         with self._lock:
             n, hits = len(self._outcomes), int(sum(self._outcomes))
@@ -196,7 +197,7 @@ class RecallWatch:
         with self._lock:
             n, hits = len(self._outcomes), int(sum(self._outcomes))
             pairs = len(self._pairs)
-        info = self._g._index.info
+        info = self._g.index.info
         if info.get("calibrated_to") == "prior" and pairs >= RECALIBRATE_PAIRS:
             return self.retune(f"calibrating the tuning probes to {pairs} observed searches "
                                "(the index was tuned on the near-tie prior)")
@@ -234,15 +235,15 @@ class RecallWatch:
         with self._lock:
             if self.reservoir is None or len(self.reservoir) < RESERVOIR_MIN:
                 return None
-            return self.reservoir._queries()
+            return self.reservoir.queries()
 
     def retune(self, why: str) -> dict:
         """Re-fit the index's knobs now on the best probes available; logs and returns why."""
         g = self._g
-        index = g._index
+        index = g.index
         if index.exact:
             return dict(index.describe(), recall_at_1=1.0, tuned_by="exact")
-        reader = g._store.reader()
+        reader = g.store.reader()
         try:
             tids, cids = reader.template_classes()
             if not len(tids):
@@ -250,10 +251,10 @@ class RecallWatch:
             sample = uniform_sample(reader.iter_templates(), len(tids), CALIBRATION_SAMPLE,
                                     np.random.default_rng(1), g.dim)
             probes = self.probe_maker()(sample[0], sample[1], tids, cids, reader.iter_templates)
-            out = index.tune_on(probes, lock=g._rw.write())
+            out = index.tune_on(probes, lock=g.search_lock.write())
         finally:
             reader.close()
-        g._snapshot_seq = None  # the snapshot carries the knobs
+        g.snapshot_stale()  # the snapshot carries the knobs
         entry = {"event": "retune", "why": why, **{k: out.get(k) for k in (
             "index", "nprobe", "efSearch", "k_factor", "recall_at_1", "recall_ci95", "recall_queries",
             "tuned_by", "calibrated_to") if k in out}}

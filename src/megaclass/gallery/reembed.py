@@ -92,19 +92,19 @@ def _exclusive(path: Path) -> Iterator[None]:
 
 def status(gallery: Gallery) -> dict:
     """The re-embed in progress, if any: ``{"in_progress", "model", "staged_classes", "classes"}``."""
-    with gallery._open() as store:
+    with gallery.state.session() as store:
         c = store.connection
         state = store.get_meta(STATE_KEY)
         staged = int(c.execute("SELECT COUNT(*) FROM reembed_classes").fetchone()[0])
         return {"in_progress": state is not None, **(state or {}), "staged_classes": staged,
-                "classes": store.class_count(), "gallery_model": gallery._model,
+                "classes": store.class_count(), "gallery_model": gallery.state.model,
                 "last_switch": store.get_meta(DONE_KEY)}
 
 
 def abort(gallery: Gallery) -> int:
     """Discard a re-embed in progress (its staged templates); returns the classes it had staged."""
-    gallery._check_writable()
-    with _exclusive(gallery.path), gallery._open() as store, store.transaction() as c:
+    gallery.state.check_writable()
+    with _exclusive(gallery.path), gallery.state.session() as store, store.transaction() as c:
         n = int(c.execute("SELECT COUNT(*) FROM reembed_classes").fetchone()[0])
         c.execute("DELETE FROM reembed_templates")
         c.execute("DELETE FROM reembed_classes")
@@ -132,13 +132,13 @@ def reembed(gallery: Gallery, model, source=None, *, allow_missing: bool = False
     from .sample_sources import open_samples
 
     encoder = _load(model)
-    gallery._check_writable()
+    gallery.state.check_writable()
     fp, dim, dim_before = encoder.fingerprint(), int(encoder.dim), gallery.dim
     started = time.perf_counter()
     with _exclusive(gallery.path):
-        with gallery._open() as store:
+        with gallery.state.session() as store:
             state = store.get_meta(STATE_KEY)
-            current = gallery._model
+            current = gallery.state.model
         if state is not None and state.get("model") != fp:
             raise ConfigError(f"a re-embed of {gallery.path} to model {state.get('model')} is in progress; "
                               f"resume it with that model, or abort it first (--abort), before "
@@ -150,7 +150,7 @@ def reembed(gallery: Gallery, model, source=None, *, allow_missing: bool = False
         missing = [lb for lb in gallery.labels() if lb not in have]
         _refuse_missing(missing, samples, allow_missing, "")
         if state is None:
-            with gallery._open() as store:
+            with gallery.state.session() as store:
                 store.set_meta(STATE_KEY, {"model": fp, "dim": dim, "source": samples.describe(),
                                            "started_at": _now()})
         mode = gallery.get_setting("template_mode") or "mean"
@@ -188,7 +188,7 @@ def _refuse_missing(missing: list[str], samples, allow_missing: bool, when: str)
 
 def _pending(gallery: Gallery, skip: set[str]) -> list[tuple[int, str]]:
     """Classes whose new templates are not staged, or were staged before the class changed."""
-    with gallery._open() as store:
+    with gallery.state.session() as store:
         rows = store.connection.execute(
             "SELECT c.id, c.label FROM classes c LEFT JOIN reembed_classes s ON s.class_id = c.id "
             "WHERE s.class_id IS NULL OR s.updated_at != c.updated_at ORDER BY c.id").fetchall()
@@ -242,7 +242,7 @@ def _stage_chunk(gallery: Gallery, encoder, samples, part: list[tuple[int, str]]
     from ..recognizer import INTERNAL_META, class_templates
 
     cids = [cid for cid, _ in part]
-    with gallery._open() as store:  # the classes' state before embedding: re-checked at commit
+    with gallery.state.session() as store:  # the classes' state before embedding: re-checked at commit
         before = {int(i): (u, json.loads(m)) for i, u, m in store.connection.execute(
             f"SELECT id, updated_at, meta FROM classes WHERE id IN ({','.join('?' * len(cids))})", cids)}
     part = [(cid, lb) for cid, lb in part if cid in before]
@@ -256,7 +256,7 @@ def _stage_chunk(gallery: Gallery, encoder, samples, part: list[tuple[int, str]]
             raise InvalidInputError(f"the new model made an unusable embedding for class {cid}")
         made.append((cid, (tmpl / norms).astype(np.float32), meta))
     fp = encoder.fingerprint()
-    with gallery._open() as store, store.transaction() as c:
+    with gallery.state.session() as store, store.transaction() as c:
         now = dict(c.execute(f"SELECT id, updated_at FROM classes WHERE id IN ({','.join('?' * len(cids))})",
                              cids).fetchall())
         made = [m for m in made if now.get(m[0]) == before[m[0]][0]]  # changed meanwhile: next round
@@ -316,17 +316,17 @@ def _staged_reader(store, dim: int):
 def _switch(gallery: Gallery, fp: str, dim: int, old_fp: str | None) -> dict | None:
     """Build the new index beside the old one, then swap everything in one commit. None if
     the gallery changed meanwhile (the caller stages the changed classes and comes back)."""
-    with gallery._open() as store:
+    with gallery.state.session() as store:
         requested = store.get_meta("index") or "auto"
         reader, read, n, idsum = _staged_reader(store, dim)
     try:
         index = ClassIndex.build(dim, read, n, spec=requested)
     finally:
         reader.close()
-    with gallery._open() as store:
+    with gallery.state.session() as store:
         for name in (INDEX_NAME, INDEX_META):  # the old snapshot: stale from the commit on
             (gallery.path / name).unlink(missing_ok=True)
-        gallery._snapshot_seq = None
+        gallery.state.snapshot_stale()
         _crash_point("before-switch")
         with store.transaction() as c:
             left = c.execute("SELECT COUNT(*) FROM classes c LEFT JOIN reembed_classes s "
@@ -338,8 +338,7 @@ def _switch(gallery: Gallery, fp: str, dim: int, old_fp: str | None) -> dict | N
             report = _commit_switch(c, store, fp, dim, old_fp)
         _crash_point("after-switch")
         index.save(gallery.path, gallery_uuid=store.uuid, seq=store.last_seq(), cipher=store.cipher)
-        gallery._load_state()  # the snapshot just written: new dim, model, labels and index
-        gallery._schedule_maintenance()
+        gallery.state.reload()  # the snapshot just written: new dim, model, labels and index
     report.update(templates=index.ntotal, index=index.spec)
     return report
 

@@ -78,7 +78,7 @@ class QueryReservoir:
             self._filled = min(self.capacity, self._filled + len(chunk))
         self._dirty = self._dirty or len(rows) > 0
 
-    def _queries(self) -> np.ndarray:
+    def queries(self) -> np.ndarray:
         """The kept rows (a copy), for re-tuning inside the gallery only."""
         return self._rows[: self._filled].copy()
 

@@ -88,7 +88,7 @@ class RetainedSamples:
         return f"samples retained in {self.gallery.path}"
 
     def labels(self) -> set[str]:
-        with self.gallery._open() as store:
+        with self.gallery.state.session() as store:
             rows = store.connection.execute(
                 "SELECT DISTINCT c.label FROM samples s JOIN classes c ON c.id = s.class_id "
                 "WHERE s.updated_at = c.updated_at").fetchall()
@@ -98,7 +98,7 @@ class RetainedSamples:
         from ..data.images import to_batch
 
         out = []
-        with self.gallery._open() as store:
+        with self.gallery.state.session() as store:
             for lb in labels:
                 rows = store.connection.execute(
                     "SELECT s.id, s.data FROM samples s JOIN classes c ON c.id = s.class_id "
@@ -138,9 +138,9 @@ def encode_sample(item) -> bytes:
 def retain(gallery, items) -> int:
     """Keep ``(label, [sample, ...])`` samples of enrolled classes in the gallery (replacing
     what a class had), for a later re-embed; one commit. Returns the samples stored."""
-    gallery._check_writable()
+    gallery.state.check_writable()
     total = 0
-    with gallery._open() as store, store.transaction() as c:
+    with gallery.state.session() as store, store.transaction() as c:
         for label, samples in items:
             row = c.execute("SELECT id, updated_at FROM classes WHERE label = ?", (label,)).fetchone()
             if row is None:

@@ -35,6 +35,7 @@ from ..errors import (
     MegaclassError,
     NotAGalleryError,
     ReadOnlyGalleryError,
+    StoreBusyError,
     UnknownLabelError,
 )
 from . import provenance
@@ -116,9 +117,9 @@ class Store:
         self.seq_before = self.seq_after = 0  # op seqs around the last write transaction
         self._checkpointer = None
         if writer:  # the connection that commits also gets the background WAL checkpoints
-            from .checkpoint import Checkpointer
+            from .wal import WalCheckpointer
 
-            self._checkpointer = Checkpointer(path)
+            self._checkpointer = WalCheckpointer(path)
 
     # ------------------------------------------------------------------ open / create
     @classmethod
@@ -577,11 +578,15 @@ def _table_names(conn: sqlite3.Connection, db_path: Path, read_only: bool) -> se
 
 
 def _read_only_error(exc: sqlite3.OperationalError, db_path: Path) -> Exception:
-    """A write that SQLite refused for lack of write access, as a typed one-line error."""
+    """A write that SQLite refused for lack of write access, or because another process
+    held the write lock too long, as a typed one-line error (else ``exc`` itself)."""
     text = str(exc).lower()
     if "readonly" in text or "read-only" in text or "unable to open" in text:
         return ReadOnlyGalleryError(f"gallery {db_path.parent} is read-only ({exc}): "
                                     "writes are refused")
+    if "locked" in text or "busy" in text:
+        return StoreBusyError(f"gallery {db_path.parent} is busy: another process holds its "
+                              f"write lock ({exc}); retry")
     return exc
 
 

@@ -4,12 +4,13 @@ that reaches a target recall."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 TARGET_RECALL = 0.99  # "auto"/IVF/HNSW: recall@1 vs exact that nprobe/efSearch must reach
 TUNE_TARGET = 0.995  # what knobs are fitted to on probes: headroom for their sampling noise (see probes.py)
+K_FACTORS = (8, 32, 128, 512)  # "...,RFlat": exact re-rank candidates per result, tried in turn
 
 
 def uniform_sample(chunks: Iterable[tuple[np.ndarray, np.ndarray]], n: int, m: int,
@@ -46,6 +47,22 @@ def smallest_knob(recall_at: Callable[[int], float], start: int, limit: int,
             else:
                 low = mid
     return knob, recall
+
+
+def fit_knobs(recall_at: Callable[[int, int | None], float], start: int, limit: int, *,
+              k_factors: Sequence[int] | None = None, target: float = TARGET_RECALL
+              ) -> tuple[int, int | None, float]:
+    """The search knob (nprobe, efSearch, ...) and re-rank ``k_factor`` to use: for each
+    ``k_factor`` in turn (None: the index re-ranks nothing), :func:`smallest_knob` from
+    ``start`` up to ``limit``, stopping at the first that reaches ``target`` (4-bit codes
+    can be too coarse for any knob at a small ``k_factor``). ``recall_at(knob, k_factor)``
+    measures. Returns ``(knob, k_factor, recall)``."""
+    knob, k_factor, recall = start, None, 0.0
+    for k_factor in k_factors or (None,):
+        knob, recall = smallest_knob(lambda v, kf=k_factor: recall_at(v, kf), start, limit, target)
+        if recall >= target:
+            break
+    return knob, k_factor, recall
 
 
 def exact_top1(queries: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

@@ -1,22 +1,26 @@
 """Background upkeep of a gallery's index: upgrade, re-fit and tombstone rebuilds.
 
-The index is derived from the store, so it can be rebuilt at any time without
-stopping service: :class:`IndexUpkeep` (a part of :class:`~megaclass.gallery.Gallery`)
-builds a new index from a second, read-only SQLite connection in a daemon thread while
-searches and writes go on against the current one, then swaps it in under the write
-lock, replaying the templates written meanwhile. A due rebuild first waits for a pause
-in writes (a bulk enroll runs at full speed and is not outgrown by the rebuild).
+The index is derived from the store, so it can be rebuilt at any time without stopping
+service: :class:`IndexUpkeep` (given a gallery's
+:class:`~megaclass.gallery.state.GalleryState` and its probe maker) builds a new index
+from a second, read-only SQLite connection in a daemon thread while searches and writes
+go on against the current one, then swaps it in under the write lock, replaying the
+templates written meanwhile. A due rebuild first waits for a pause in writes (a bulk
+enroll runs at full speed and is not outgrown by the rebuild).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from ..errors import MegaclassError
 from .index import ClassIndex
+from .probes import ProbeMaker
+from .state import GalleryState
 from .store import Store
 
 PROGRESS_MIN = 200_000  # show a progress bar when rebuilding an index of this many templates
@@ -30,19 +34,25 @@ class _Cancelled(Exception):
 
 
 class IndexUpkeep:
-    """The index rebuild half of :class:`~megaclass.gallery.Gallery` (a mixin: it uses the
-    gallery's store, locks and index)."""
+    """Builds a gallery's index from its store and rebuilds it in the background when
+    :meth:`ClassIndex.needs_rebuild` says so. ``probes()`` gives the probe maker a build
+    tunes on (the recall monitor's, see :mod:`megaclass.gallery.recall`)."""
 
-    #: show a progress bar on stderr when a large index is rebuilt
-    show_progress = True
+    def __init__(self, state: GalleryState, probes: Callable[[], ProbeMaker]):
+        self._state = state
+        self._probes = probes
+        self._worker: threading.Thread | None = None
+        self._cancel = threading.Event()
+        #: show a progress bar on stderr when a large index is rebuilt
+        self.show_progress = True
 
     @property
-    def rebuilding(self) -> bool:
+    def running(self) -> bool:
         """Whether a background index rebuild is running."""
         return self._worker is not None and self._worker.is_alive()
 
-    def _rebuild(self, store: Store, requested: str, n: int, cancel: threading.Event | None = None
-                 ) -> ClassIndex:
+    def build(self, store: Store, requested: str, n: int, cancel: threading.Event | None = None
+              ) -> ClassIndex:
         """Build the index from the store, with a progress bar for large galleries
         (none in the background: ``cancel`` given, checked between chunks)."""
 
@@ -52,33 +62,30 @@ class IndexUpkeep:
                     raise _Cancelled
                 yield chunk
 
-        tuning = {"owners": store.template_classes, "probes": self._recall.probe_maker()}
+        st = self._state
+        tuning = {"owners": store.template_classes, "probes": self._probes()}
         if n < PROGRESS_MIN or not self.show_progress or cancel is not None:
-            return ClassIndex.build(self.dim, read, n, spec=requested, **tuning)
+            return ClassIndex.build(st.dim, read, n, spec=requested, **tuning)
         from rich.progress import Progress
 
         with Progress(transient=True) as bar:
-            task = bar.add_task(f"building index of {self.path.name}", total=n)
-            return ClassIndex.build(self.dim, read, n, spec=requested, **tuning,
+            task = bar.add_task(f"building index of {st.path.name}", total=n)
+            return ClassIndex.build(st.dim, read, n, spec=requested, **tuning,
                                     progress=lambda done, total: bar.update(task, completed=done))
 
-    #: rebuild the index (auto upgrade, growth, tombstones) in a background thread; with
-    #: False the write that calls for it waits for the rebuild
-    background_maintenance = True
-
-    def _schedule_maintenance(self) -> None:
+    def schedule(self) -> None:
         """Start a rebuild if the index calls for one and none is running (caller holds
-        ``self._lock``). Searches and writes go on against the current index meanwhile."""
-        if self._store is None or not self._index.needs_rebuild():
+        the writer lock). Searches and writes go on against the current index meanwhile;
+        with ``state.background`` off, the rebuild runs now, in the calling thread."""
+        st = self._state
+        if st.closed or not st.index.needs_rebuild() or self.running:
             return
-        if self.rebuilding:
-            return
-        if not self.background_maintenance:
+        if not st.background:
             self._maintain(threading.Event())
             return
         self._cancel = threading.Event()
         self._worker = threading.Thread(target=self._maintain, args=(self._cancel,),
-                                        name=f"megaclass-index-{self.path.name}", daemon=True)
+                                        name=f"megaclass-index-{st.path.name}", daemon=True)
         self._worker.start()
 
     def _maintain(self, cancel: threading.Event) -> dict | None:
@@ -91,37 +98,34 @@ class IndexUpkeep:
         (a bulk enroll), the build is redone from the larger store instead of replaying
         (at most 3 times). Replayed vectors go into the new index while searches still use
         the old one; only the final pointer swap excludes searches. Returns the entry it
-        added to :attr:`maintenance_log` (None if cancelled or the gallery closed).
+        added to the state's ``maintenance_log`` (None if cancelled or the gallery closed).
         """
+        st = self._state
         due = time.monotonic()
         try:
             self._wait_for_quiet(cancel)
             started = time.monotonic()
             for attempt in range(4):
-                reader = self._store.reader()
+                reader = st.store.reader()
                 try:
                     with reader.reading():
-                        new = self._rebuild(reader, self._index.requested, reader.template_count(),
-                                            cancel)
+                        new = self.build(reader, st.index.requested, reader.template_count(), cancel)
                 finally:
                     reader.close()
-                with self._lock:  # no writes meanwhile; searches go on
-                    if self._store is None or cancel.is_set():
+                with st.writer_lock:  # no writes meanwhile; searches go on
+                    if st.closed or cancel.is_set():
                         return None
-                    live = self._index.live_template_ids()
+                    live = st.index.live_template_ids()
                     built = new.template_ids()
                     added = np.setdiff1d(live, built)
                     if len(added) > max(REPLAY_MAX * len(built), 10_000) and attempt < 3:
                         continue
                     gone = np.setdiff1d(built, live)
                     if len(added):
-                        new.add_hidden(added, self._store.templates_by_ids(added))
+                        new.add_hidden(added, st.store.templates_by_ids(added))
                     if len(gone) and new.exact:
                         new.index.remove_ids(gone)
-                    with self._rw.write():
-                        new.set_map(live, self._index._tid2cid[live])
-                        self._index = new
-                        self._snapshot_seq = None
+                    st.swap_index(new, live)
                     entry = dict(new.describe(), templates=new.ntotal, rebuilds=attempt + 1,
                                  waited_s=round(started - due, 2),
                                  build_s=round(time.monotonic() - started, 2))
@@ -130,42 +134,39 @@ class IndexUpkeep:
             return None
         except Exception as exc:  # keep serving from the current index; say why
             entry = {"error": f"{type(exc).__name__}: {exc}"}
-        self.maintenance_log.append(entry)
+        st.maintenance_log.append(entry)
         return entry
 
     def _wait_for_quiet(self, cancel: threading.Event) -> None:
         """In the background, let a burst of writes (a bulk enroll) end before rebuilding:
         the rebuild would compete with it for the CPU and be outgrown by it anyway."""
-        if not self.background_maintenance or threading.current_thread() is not self._worker:
+        if not self._state.background or threading.current_thread() is not self._worker:
             return
         due = time.monotonic()
         while not cancel.is_set():
-            now = time.monotonic()
-            idle = 0.0 if self._busy else now - self._last_write
-            if idle >= QUIET_SECONDS or now - due >= MAX_DEFER_SECONDS:
+            idle = self._state.idle_seconds()
+            if idle >= QUIET_SECONDS or time.monotonic() - due >= MAX_DEFER_SECONDS:
                 return
             cancel.wait(min(QUIET_SECONDS - idle, 0.25))
         raise _Cancelled
 
-    def rebuild_index(self) -> None:
-        """Rebuild the index from the store now (waits for a background rebuild first);
-        drops tombstones, re-trains and re-tunes an approximate index."""
-        self.wait_for_index()
-        with self._lock:
+    def rebuild_now(self) -> None:
+        """Rebuild the index from the store now (waits for a background rebuild first)."""
+        self.wait()
+        with self._state.writer_lock:
             entry = self._maintain(threading.Event())
         if entry is not None and "error" in entry:
             raise MegaclassError(f"index rebuild failed: {entry['error']}")
 
-    def wait_for_index(self, timeout: float | None = None) -> bool:
-        """Block until background index maintenance has finished; False on timeout.
-
-        Examples
-        --------
-        >>> g.enroll_many(many_items); g.wait_for_index(); g.stats()["index"]  # doctest: +SKIP
-        'IVF2048,Flat'
-        """
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a background rebuild has finished; False on timeout."""
         worker = self._worker
         if worker is not None:
             worker.join(timeout)
             return not worker.is_alive()
         return True
+
+    def stop(self) -> None:
+        """Cancel an unfinished background rebuild (redone on next open) and wait for it."""
+        self._cancel.set()
+        self.wait()

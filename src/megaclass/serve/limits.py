@@ -24,11 +24,12 @@ from PIL import Image
 
 from ..data.images import open_image
 from ..data.input_spec import InputSpec
-from ..errors import ConfigError, CorruptImageError, ImageTooLargeError, InvalidInputError
-
-
-class PayloadTooLargeError(InvalidInputError):
-    """A request over one of the service's size limits (HTTP 413)."""
+from ..errors import (
+    ConfigError,
+    CorruptImageError,
+    ImageTooLargeError,
+    PayloadTooLargeError,
+)
 
 
 @dataclass(frozen=True)

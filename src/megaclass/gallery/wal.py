@@ -4,7 +4,7 @@ In WAL mode a commit appends pages to ``gallery.db-wal`` and fsyncs it: that is 
 makes an acknowledged enroll durable. Copying those pages back into ``gallery.db`` (a
 *checkpoint*) is housekeeping, but SQLite's automatic checkpoint runs it inside the
 committing call, so a bulk enroll pays for writing every page twice. The
-:class:`Checkpointer` turns the automatic checkpoint off for the writer connection and
+:class:`WalCheckpointer` turns the automatic checkpoint off for the writer connection and
 runs ``PRAGMA wal_checkpoint(PASSIVE)`` from its own connection in a thread after each
 commit, on the other core. Durability is unchanged (it never touches uncommitted
 frames); a crash leaves a longer WAL, which SQLite replays on the next open.
@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 
-class Checkpointer:
+class WalCheckpointer:
     """A daemon thread checkpointing ``db_path``'s WAL each time :meth:`poke` is called."""
 
     def __init__(self, db_path: Path):
