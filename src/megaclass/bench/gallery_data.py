@@ -49,11 +49,10 @@ def random_data(classes: int, dim: int, templates: int, queries: int, non_mated:
     The templates go straight into a memory-mapped file, generated in chunks of classes
     (10M x 128 is 5 GB), and the exact answer of every mated query is found in one pass.
     """
+    from megaclass.gallery.vectors import unit_rows as unit
+
     rng = np.random.default_rng(seed)
     d, n, per = dim, classes, templates
-
-    def unit(x):
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
     def noisy(c):
         return unit(c + rng.normal(scale=0.75 / np.sqrt(d), size=c.shape).astype(np.float32))
