@@ -262,11 +262,14 @@ class PartialFCHead(Head):
             return
         index, rows = self._pending
         self._pending = None
-        if rows.grad is None:
+        grad, rows.grad = rows.grad, None
+        # the caller's last loss still holds the (k, D) leaf until its next forward: free it now
+        rows.data = rows.new_empty(0)
+        if grad is None:
             return
         self.step_count += 1
         state = {k: getattr(self, k) for k in state_names(self.optimizer, self.momentum)}
-        rowwise_step(self.weight, state, index, rows.grad, lr=lr, kind=self.optimizer,
+        rowwise_step(self.weight, state, index, grad, lr=lr, kind=self.optimizer,
                      momentum=self.momentum, weight_decay=self.weight_decay, step=int(self.step_count))
 
     # -- inference -------------------------------------------------------------------

@@ -172,7 +172,7 @@ def comm_bytes_per_step(batch: int, dim: int, world: int, encoder_params: int = 
     encoder gradients ``2 (W-1)/W * 4P``. None depends on the number of classes C.
 
     >>> comm_bytes_per_step(256, 256, 2)["total"]
-    530432
+    266240
     """
     f = (world - 1) / world
     parts = {"all_gather": f * batch * (dim * emb_bytes + label_bytes),
