@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.megaclass-installed
 OUT ?= demo-output
 
-.PHONY: demo test lint bench clean setup
+.PHONY: demo test test-fast lint bench clean setup
 
 setup: $(STAMP)
 
@@ -21,8 +21,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/megaclass demo --out $(OUT)
 
-test: $(STAMP)
+# What CI runs (.ci/run): ruff, then every test, the slow ones included.
+test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+# Every test not marked slow (pytest -m "not slow"): the quick loop while working.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
