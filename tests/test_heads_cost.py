@@ -32,3 +32,4 @@ def test_max_classes_on_one_gpu():
     # float32 centres + one momentum buffer at D=256: 2 KiB per class -> tens of millions in 80 GB
     n = max_classes("partial_fc", 256, A100["memory_bytes"])
     assert 25_000_000 < n < 40_000_000
+    assert max_classes("softmax", 256, A100["memory_bytes"]) < n / 2   # + B x C logits, probabilities, grads

@@ -125,7 +125,7 @@ def _load_split(folder: Path, split: str, classes: int) -> tuple[np.ndarray, int
 
 
 # -- one training run (in a worker process) -------------------------------------------
-def _evaluate(head, x, y, k: int = 5) -> tuple[float, float]:
+def _evaluate(head, x, y, k: int = 5, hits: list | None = None) -> tuple[float, float]:
     import torch
 
     head.eval()
@@ -136,8 +136,23 @@ def _evaluate(head, x, y, k: int = 5) -> tuple[float, float]:
             hit = pred == y[lo: lo + 1024, None]
             top1 += int(hit[:, 0].sum())
             top5 += int(hit.any(dim=1).sum())
+            if hits is not None:
+                hits.append(hit[:, 0])
     head.train()
     return top1 / x.shape[0], top5 / x.shape[0]
+
+
+def _by_cluster(head, y, hit) -> dict | None:
+    """Adaptive softmax: test top-1 of the classes in its head cluster and in each tail cluster."""
+    import torch
+
+    if getattr(head, "name", "") != "adaptive":
+        return None
+    rank = head.rank[y]
+    edges = [0, *head.cutoffs, head.num_classes]
+    return {f"cluster {i} (class ranks {lo}-{hi - 1})": float(hit[(rank >= lo) & (rank < hi)].float().mean())
+            for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True))
+            if bool(((rank >= lo) & (rank < hi)).any())} if torch.is_tensor(hit) else None
 
 
 def _subset(n_rows: int, n_per: int, keep: int, seed: int):
@@ -218,7 +233,9 @@ def train_worker(spec: dict) -> dict:
             if trained >= spec["max_seconds"]:
                 stopped = "max_seconds"
                 break
-    top1, top5 = _evaluate(head, test_x, test_y)
+    hits: list = []
+    top1, top5 = _evaluate(head, test_x, test_y, hits=hits)
+    clusters = _by_cluster(head, test_y, torch.cat(hits))
     state = sum(t.numel() * t.element_size() for t in list(head.parameters()) + list(head.buffers()))
     if opt is not None:
         for st in opt.state.values():
@@ -227,7 +244,8 @@ def train_worker(spec: dict) -> dict:
             "test_top1": top1, "test_top5": top5, "steps": step, "train_seconds": trained,
             "median_step_s": statistics.median(step_times) if step_times else None,
             "stopped_by": stopped, "peak_rss_bytes": _vm_hwm(), "state_bytes": state,
-            "test_samples": int(test_y.numel()), "val_samples": int(val_y.numel())}
+            "test_samples": int(test_y.numel()), "val_samples": int(val_y.numel()),
+            **({"test_top1_by_cluster": clusters} if clusters else {})}
 
 
 def _spawn(spec: dict, timeout: float) -> dict:

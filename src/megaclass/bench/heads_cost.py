@@ -107,8 +107,13 @@ def check(rows: list[dict], flops_per_s: float, bytes_per_s: float, **kw) -> lis
     return out
 
 
-def max_classes(head: str, d: int, memory_bytes: float, *, optimizer_states: int = 1,
+def max_classes(head: str, d: int, memory_bytes: float, *, batch: int = 256, optimizer_states: int = 1,
                 reserve: float = 0.8) -> int:
-    """Largest C whose head state fits in ``reserve`` of ``memory_bytes`` (one device, no sharding)."""
-    per_class = step_cost(head, 1_000_000, d, 256, optimizer_states=optimizer_states)["state_bytes"] / 1e6
+    """Largest C whose head state -- plus, for dense heads, three ``B x C`` float buffers (logits,
+    probabilities, their gradient) -- fits in ``reserve`` of ``memory_bytes`` (one device, no sharding)."""
+    per_class = step_cost(head, 1_000_000, d, batch, optimizer_states=optimizer_states)["state_bytes"] / 1e6
+    if head in ("softmax", "cosface", "arcface", "normface"):
+        per_class += 3 * 4 * batch
+    elif head == "adaptive":
+        per_class += 3 * 4 * batch * 0.5
     return int(reserve * memory_bytes / per_class)
