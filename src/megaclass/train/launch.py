@@ -40,7 +40,7 @@ def launch(nproc: int, entrypoint: str | Callable, args: Sequence = (), *,
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex[:12],
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-                          monitor_interval=monitor_interval, start_method="spawn")
+                          monitor_interval=monitor_interval, start_method="spawn", shutdown_timeout=10)
     try:
         return elastic_launch(config, entrypoint)(*args)
     except ChildFailedError as exc:
