@@ -26,13 +26,14 @@ def tiny_model_dir(tiny_encoder, tmp_path_factory):
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
     """One real Milvus standalone server (the ``milvus`` package's binary) for the session,
-    on free ports with its own data directory; stopped at the end. Skipped without the
+    on free ports with its own data directory, authorization on (``server.token``,
+    ``server.uri_base`` carry the credentials); stopped at the end. Skipped without the
     package (``make setup`` installs it)."""
     pytest.importorskip("milvus")
     pytest.importorskip("pymilvus")
     from _milvus_server import MilvusProcess
 
-    server = MilvusProcess(tmp_path_factory.mktemp("milvus"))
+    server = MilvusProcess(tmp_path_factory.mktemp("milvus"), authorization_enabled=True)
     server.start()
     yield server
     server.stop()

@@ -117,3 +117,47 @@ def test_foreign_or_other_dim_collections_refused(tmp_path):
         assert g.labels() == ["a"]
         with pytest.raises(UnknownLabelError):
             g.erase("b")
+
+
+def test_recognizer_uri_cli_and_migrate(tmp_path):
+    """Recognizer and the CLI open milvus-lite:// URIs; `gallery migrate` copies a local
+    gallery into Milvus Lite and back, and resumes (classes already there are skipped)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from megaclass import GlyphSource, Recognizer
+    from megaclass.cli import _register_area_commands, app
+    from megaclass.gallery import Gallery
+    from megaclass.models.encoder import Encoder, EncoderConfig
+
+    _register_area_commands()  # what main() does: the gallery command group
+    encoder = Encoder(EncoderConfig(dim=16, widths=(8,), blocks=1))  # untrained: only plumbing here
+    uri = f"milvus-lite://{tmp_path}/rec.db"
+    with Recognizer(encoder, gallery=uri) as rec:
+        assert type(rec.gallery).__name__ == "MilvusGallery"
+        for c in (1, 2, 3):
+            rec.enroll(f"g{c}", GlyphSource.samples(c, n=1))
+        best = rec.identify(GlyphSource.samples(2, n=1), k=2, threshold=None)[0]
+        assert best.candidates[0].label == "g2" and best.candidates[0].score == pytest.approx(1.0, abs=1e-4)
+    with Gallery.open(tmp_path / "local", dim=8) as local:
+        local.enroll_many([(f"c{i}", _unit(2, 8, i), {"i": i}) for i in range(30)])
+        local.set_setting("threshold", 0.4)
+    dst = f"milvus-lite://{tmp_path}/mig.db"
+    r = CliRunner().invoke(app, ["gallery", "migrate", str(tmp_path / "local"), dst, "--batch", "7",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["copied"] == 30
+    with Gallery.open(tmp_path / "local") as local:
+        local.enroll("late", _unit(1, 8, 99))
+    r = CliRunner().invoke(app, ["gallery", "migrate", str(tmp_path / "local"), dst, "--json"])
+    out = json.loads(r.output)
+    assert (out["copied"], out["skipped"], out["destination_classes"]) == (1, 30, 31)
+    r = CliRunner().invoke(app, ["gallery", "migrate", dst, str(tmp_path / "back"), "--json"])
+    assert r.exit_code == 0, r.output
+    with Gallery.open(tmp_path / "local") as a, Gallery.open(tmp_path / "back") as b:
+        assert a.labels() == b.labels() and b.get_setting("threshold") == 0.4
+        np.testing.assert_allclose(a.templates("c5"), b.templates("c5"), atol=1e-6)
+        assert b.class_meta("c5") == {"i": 5}
+    r = CliRunner().invoke(app, ["stats", "-g", dst, "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["classes"] == 31

@@ -20,6 +20,7 @@ from .cli_common import (
     GalleryOpt,
     JsonOpt,
     KeyOpt,
+    MilvusTokenOpt,
     ModelOpt,
     QuietOpt,
     SamplesArg,
@@ -31,6 +32,7 @@ from .cli_common import (
     _labelled,
     _open_gallery,
     _recognizer,
+    _use_milvus_token,
     console,
     err_console,
 )
@@ -52,8 +54,10 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _top(version: Annotated[bool, typer.Option(
-        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+         milvus_token: MilvusTokenOpt = None) -> None:
     """megaclass: recognition among millions of classes that keep growing after training."""
+    _use_milvus_token(milvus_token)
 
 
 #: Python keyword arguments that error messages name, and the CLI flags that set them

@@ -7,6 +7,7 @@ never from ``megaclass.cli``, so the CLI has no import cycles.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +22,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model directory (config.json + model.safetensors), or a shipped model by name: reference.")]
-GalleryOpt = Annotated[Path, typer.Option("--gallery", "-g", help="Gallery directory (created on first enroll).")]
+GalleryOpt = Annotated[Path, typer.Option("--gallery", "-g", parser=lambda s: s if "://" in s else Path(s), help="Gallery directory (created on first enroll), or milvus://HOST:PORT/COLLECTION (a Milvus server; token: --milvus-token / $MEGACLASS_MILVUS_TOKEN) or milvus-lite://FILE.db.")]
+MilvusTokenOpt = Annotated[str | None, typer.Option(
+    "--milvus-token", help="Credentials of a secured Milvus (token or user:password) for -g milvus://... "
+                           "(default: $MEGACLASS_MILVUS_TOKEN).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-files", help="Image folders: warn about and leave out corrupt image files instead of stopping (default: stop, nothing written).")]
@@ -103,6 +107,12 @@ def _load_samples(items: list[str], size, seed: int, index: int = 0):
     return _collect_samples(items, size, seed, index)[0]
 
 
+def _use_milvus_token(token: str | None) -> None:
+    """``--milvus-token``: hand it to every Milvus gallery this process opens."""
+    if token:
+        os.environ["MEGACLASS_MILVUS_TOKEN"] = token
+
+
 def _read_key_file(key_file: Path | None) -> bytes | None:
     """The 32-byte key in ``key_file`` (None: leave it to the environment), or EncryptionKeyError."""
     if key_file is None:
@@ -119,25 +129,26 @@ def _recognizer(model: Path, gallery: Path, create: bool = False, threshold: flo
     Without ``key`` the environment decides (``$MEGACLASS_GALLERY_KEY_FILE`` /
     ``$MEGACLASS_GALLERY_KEY``); a new gallery created with a key is encrypted.
     """
-    from .gallery import Gallery
+    from .gallery.open import gallery_exists, open_gallery
     from .models import load_encoder
     from .recognizer import Recognizer
 
     key_bytes = _read_key_file(key)
     encoder = load_encoder(model)
-    if not create and not (gallery / "gallery.db").exists():
+    if not create and not gallery_exists(gallery):
         raise InvalidInputError(f"{gallery} is not a gallery (enroll something first)")
-    return Recognizer(encoder, Gallery.open(gallery, dim=encoder.dim, key=key_bytes), threshold=threshold)
+    return Recognizer(encoder, open_gallery(gallery, dim=encoder.dim, key=key_bytes, create=create),
+                      threshold=threshold)
 
 
 def _open_gallery(gallery: Path, key: Path | None = None):
     """Open an existing gallery (never create one); ``key`` as in :func:`_recognizer`."""
-    from .gallery import Gallery
+    from .gallery.open import gallery_exists, open_gallery
 
     key_bytes = _read_key_file(key)
-    if not (gallery / "gallery.db").exists():
+    if not gallery_exists(gallery):
         raise InvalidInputError(f"{gallery} is not a gallery")
-    return Gallery.open(gallery, create=False, key=key_bytes)
+    return open_gallery(gallery, create=False, key=key_bytes)
 
 
 def _labelled(spec: str, size, per_class: int, seed: int, *, with_files: bool = False,

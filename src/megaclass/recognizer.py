@@ -39,7 +39,7 @@ from .errors import (
     UnknownLabelError,
 )
 from .evaluate.open_set import Calibration, calibrate_threshold, too_few_non_mated
-from .gallery import Gallery, GalleryProtocol, Match
+from .gallery import GalleryProtocol, Match
 from .models import Encoder, load_encoder
 
 THRESHOLD_KEY = "threshold"
@@ -151,7 +151,10 @@ class Recognizer:
             self.gallery = gallery
         else:
             try:
-                self.gallery = Gallery.open(Path(gallery), dim=self.encoder.dim, key=key)
+                from .gallery.open import open_gallery
+
+                self.gallery = open_gallery(gallery if isinstance(gallery, str) else Path(gallery),
+                                            dim=self.encoder.dim, key=key)
             except DimensionMismatchError as exc:
                 raise DimensionMismatchError(
                     f"model makes {self.encoder.dim}-d embeddings, which gallery {gallery} "

@@ -1,4 +1,4 @@
-"""CLI commands of the gallery area: ``megaclass gallery check|compact|tune|export|import|keygen|reembed``."""
+"""CLI commands of the gallery area: ``megaclass gallery check|compact|tune|export|import|migrate|keygen|reembed``."""
 
 from __future__ import annotations
 
@@ -98,6 +98,26 @@ def import_cmd(source: Annotated[Path, typer.Argument(help="A folder written by 
         _emit({"gallery": str(gallery), "classes": n, "encrypted": enc}, True)
     else:
         console.print(f"imported {n:,} classes into {gallery} ({'encrypted' if enc else 'in clear'})")
+
+
+@gallery_app.command()
+def migrate(source: Annotated[str, typer.Argument(help="Gallery to copy: a folder, milvus://HOST:PORT/COLLECTION or milvus-lite://FILE.db.")],
+            dest: Annotated[str, typer.Argument(help="Where to copy it (created with the source's dim when missing).")],
+            batch: Annotated[int, typer.Option(help="Classes per all-or-nothing write.")] = 500,
+            key_file: KeyOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
+    """Copy every class and the settings of SOURCE into DEST, with a progress bar; run it again
+    to resume (classes DEST holds are skipped). --key-file opens an encrypted local SOURCE."""
+    from .migrate import migrate as run
+
+    if batch < 1:
+        raise InvalidInputError(f"--batch must be >= 1, got {batch}")
+    out = run(source, dest, batch=batch, key=_read_key_file(key_file), progress=not (quiet or as_json))
+    if as_json:
+        _emit(out, True)
+    else:
+        console.print(f"copied {out['copied']:,} classes ({out['templates']:,} templates), skipped "
+                      f"{out['skipped']:,} already there; {dest} holds {out['destination_classes']:,} "
+                      f"classes ({out['seconds']} s)")
 
 
 @gallery_app.command()

@@ -19,7 +19,7 @@ from .metrics import MetricsMiddleware
 from .routers import admin, classes, health, recognition, reports
 from .routers import gallery as gallery_router
 from .service import Service
-from .thumbnails import open_thumbnails
+from .thumbnails import NoThumbnails, open_thumbnails
 
 API_DESCRIPTION = """\
 Enroll classes from a few images (or embeddings) without retraining, identify images among
@@ -62,10 +62,17 @@ def create_app(model: str | os.PathLike | Encoder | Recognizer, gallery: str | o
         if gallery is None:
             raise TypeError("create_app needs a gallery directory")
         encoder = load_encoder(Path(model)) if isinstance(model, str | os.PathLike) else model
-        rec = Recognizer(encoder, Gallery.open(Path(gallery), dim=encoder.dim, key=key))
+        from ..gallery.open import open_gallery
+
+        rec = Recognizer(encoder, open_gallery(gallery if isinstance(gallery, str) else Path(gallery),
+                                               dim=encoder.dim, key=key))
     try:
         service = Service(rec, ServiceDB(rec.gallery.path), limits or Limits())
-        service.thumbnails = open_thumbnails(service.db, key)
+        if isinstance(rec.gallery, Gallery):
+            service.thumbnails = open_thumbnails(service.db, key)
+        else:
+            service.thumbnails = NoThumbnails(
+                f"{type(rec.gallery).__name__} keeps no thumbnails: enroll without retain_thumbnails")
     except BaseException:
         rec.close()
         raise

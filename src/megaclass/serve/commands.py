@@ -11,19 +11,32 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..cli_common import GalleryOpt, JsonOpt, KeyOpt, ModelOpt, _emit, _read_key_file, console, err_console
+from ..cli_common import (
+    GalleryOpt,
+    JsonOpt,
+    KeyOpt,
+    MilvusTokenOpt,
+    ModelOpt,
+    _emit,
+    _read_key_file,
+    _use_milvus_token,
+    console,
+    err_console,
+)
 
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys of a served gallery.")
 
 
 def _service_db(gallery: Path, model: Path | None = None, key: Path | None = None):
+    from ..gallery.open import is_uri, open_gallery
     from .db import DB_NAME, ServiceDB
 
-    if model is not None and not (gallery / DB_NAME).exists():  # create the gallery for the model
-        from ..gallery import Gallery
+    if is_uri(gallery) or (model is not None and not (gallery / DB_NAME).exists()):  # create it for the model
         from ..models import load_encoder
 
-        Gallery.open(gallery, dim=load_encoder(model).dim, key=_read_key_file(key)).close()
+        dim = load_encoder(model).dim if model is not None else None
+        with open_gallery(gallery, dim=dim, key=_read_key_file(key), create=model is not None) as g:
+            gallery = g.path  # a Milvus gallery's side folder holds the service's database
     return ServiceDB(gallery)
 
 
@@ -40,11 +53,12 @@ def serve(model: ModelOpt, gallery: GalleryOpt,
           max_calibration_images: Annotated[int, typer.Option(help="Images per POST /v1/calibrate (at most 1000, the multipart parser's own limit).")] = 1000,
           max_refusals: Annotated[int, typer.Option(help="Refused (401) requests per client and minute that are audited; past it: 429.")] = 30,
           log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
-          key_file: KeyOpt = None) -> None:
+          key_file: KeyOpt = None, milvus_token: MilvusTokenOpt = None) -> None:
     """Serve enroll / identify / verify / erase over HTTP (FastAPI + uvicorn), with API keys, and
     the operator console at / (open it in a browser and sign in with a key)."""
     import uvicorn
 
+    _use_milvus_token(milvus_token)
     from .app import create_app
     from .limits import Limits
 

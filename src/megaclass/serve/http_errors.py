@@ -8,7 +8,7 @@
 | DuplicateLabelError | 409 |
 | NotCalibratedError (a decision on a gallery never calibrated, no threshold given) | 409 |
 | InvalidInputError (NaN, wrong dimension, empty), ConfigError, body validation | 422 |
-| ReadOnlyGalleryError (a write to a read-only gallery) | 503 |
+| ReadOnlyGalleryError (a write to a read-only gallery); a gallery backend that is down (retry) | 503 |
 | any other MegaclassError | 400 |
 | anything else (a bug, an exhausted resource) | 500, ``{"error": "InternalError"}`` |
 
@@ -43,7 +43,7 @@ from .limits import PayloadTooLargeError
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (PayloadTooLargeError, 413), (CorruptImageError, 400), (UnknownLabelError, 404),
     (DuplicateLabelError, 409), (NotCalibratedError, 409), (InvalidInputError, 422), (ConfigError, 422),
-    (ReadOnlyGalleryError, 503), (MegaclassError, 400),
+    (ReadOnlyGalleryError, 503), (ConnectionError, 503), (MegaclassError, 400),
 )
 _HTTP_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
                405: "MethodNotAllowed", 413: "PayloadTooLargeError", 422: "ValidationError",

@@ -171,3 +171,27 @@ def open_thumbnails(db: ServiceDB, key) -> ThumbnailStore:
     cipher = TemplateCipher(raw)
     cipher.verify_key_check(encryption["key_check"], gallery_uuid, "thumbnails")
     return ThumbnailStore(db, cipher, gallery_uuid)
+
+
+class NoThumbnails:
+    """The thumbnail store of a gallery that keeps none (a Milvus gallery: its classes are
+    not rows of the local database the thumbnails would refer to). Retention is refused
+    with the reason; lookups find nothing."""
+
+    def __init__(self, why: str):
+        self.unavailable = why
+
+    def put(self, label: str, images, *, replace: bool = False) -> int:
+        raise ConfigError(self.unavailable)
+
+    def drop(self, label: str) -> None:
+        return None
+
+    def of(self, label: str) -> list[bytes]:
+        return []
+
+    def first(self, labels: list[str]) -> dict[str, bytes]:
+        return {}
+
+    def counts(self, labels: list[str]) -> dict[str, int]:
+        return {}

@@ -117,6 +117,16 @@ def parse_uri(text: str, token: str | None = None) -> MilvusTarget:
     return target
 
 
+def local_folder(target: MilvusTarget) -> Path:
+    """The gallery's local side folder (``local=`` or one per URI under $MEGACLASS_HOME)."""
+    if target.local is not None:
+        return target.local
+    import hashlib
+
+    home = Path(os.environ.get("MEGACLASS_HOME", Path.home() / ".megaclass"))
+    return home / "milvus" / hashlib.sha256(target.redacted().encode()).hexdigest()[:16]
+
+
 def _reachable(target: MilvusTarget) -> None:
     """Fail fast (one TCP connect within the timeout) with host:port in the message."""
     host, _, port = target.where.rpartition(":")
@@ -153,7 +163,9 @@ def connect(target: MilvusTarget):
 
 _AUTH = ("auth", "credential", "password", "token", "unauthenticated", "permission denied")
 _DOWN = ("unavailable", "deadline", "timeout", "connect", "retry", "not ready", "closed channel",
-         "failed to connect", "socket", "stream removed", "reset by peer", "eof")
+         "failed to connect", "socket", "stream removed", "reset by peer", "eof", "not loaded",
+         "no available", "shard leader", "not serviceable", "channel", "node not found",
+         "not found in querynode", "loading", "server is not healthy", "stopping")
 
 
 @contextmanager
@@ -167,8 +179,12 @@ def calling(target: MilvusTarget, what: str):
         mod = type(exc).__module__ or ""
         if not (mod.startswith("pymilvus") or mod.startswith("grpc")):
             raise
-        msg = str(getattr(exc, "message", None) or exc).splitlines()[0][:300]
-        low = msg.lower()
+        full = str(getattr(exc, "message", None) or exc)
+        details = getattr(exc, "details", None)
+        if callable(details):  # a raw gRPC error: its details say what happened
+            full = f"{details()} ({exc.code().name})"
+        msg = " ".join(full.split())[:300]
+        low = full.lower()
         if any(w in low for w in _AUTH):
             raise MilvusAuthError(f"Milvus at {target.where} refused the credentials ({what}): {msg}; "
                                   f"give --milvus-token / ${TOKEN_ENV} (token or user:password)") from None

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import secrets
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -24,8 +24,8 @@ from ...errors import (
 from ..gallery import Match
 from ..vectors import as_rows, as_unit_vectors, unit_rows
 from . import schema
-from .connect import MilvusTarget, calling, connect, parse_uri
-from .errors import MilvusKeyError, NotAMilvusGalleryError
+from .connect import MilvusTarget, calling, connect, local_folder, parse_uri
+from .errors import MilvusKeyError, MilvusUnavailableError, NotAMilvusGalleryError
 from .records import MARKER, Records, lit, lits
 from .validate import check_label, check_meta, enroll_items
 
@@ -34,6 +34,7 @@ from .validate import check_label, check_meta, enroll_items
 logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
 
 INSERT_ROWS = 2000  # rows per insert request (well under gRPC's 64 MiB at dim 4096)
+DDL_TIMEOUT = 120.0  # s: creating and loading a collection (seconds on a busy server)
 MAX_FETCH = 16384  # Milvus's topk limit
 MODEL_KEY = "model_fingerprint"
 _RESERVED = frozenset({"milvus_index", "milvus_search_params", "milvus_recall"})
@@ -59,9 +60,7 @@ class MilvusGallery:
         self._unresolved: set[int] = set()
         self._last_w = 0
         self._search_params: dict = {}
-        local = target.local or Path(os.environ.get("MEGACLASS_HOME", Path.home() / ".megaclass")) \
-            / "milvus" / hashlib.sha256(target.redacted().encode()).hexdigest()[:16]
-        self._path = Path(local)
+        self._path = local_folder(target)
 
     # ------------------------------------------------------------------ open / close
     @classmethod
@@ -82,7 +81,7 @@ class MilvusGallery:
 
     @classmethod
     def _attach(cls, t, client, version, dim, create, read_only) -> MilvusGallery:
-        meta_name, tout = t.collection + schema.META_SUFFIX, t.timeout
+        meta_name, tout = t.collection + schema.META_SUFFIX, max(t.timeout, DDL_TIMEOUT)
         with calling(t, "describe the collections"):
             have = client.has_collection(t.collection, timeout=tout)
             have_meta = client.has_collection(meta_name, timeout=tout)
@@ -147,8 +146,11 @@ class MilvusGallery:
     # ------------------------------------------------------------------ basics
     @property
     def path(self) -> Path:
-        """The local side folder (audit database and other files of the service)."""
-        self._path.mkdir(parents=True, exist_ok=True)
+        """The local side folder: the service keeps its API keys and audit log there, in a
+        ``gallery.db`` of its own tables only (templates stay in Milvus)."""
+        if not (self._path / "gallery.db").exists():
+            self._path.mkdir(parents=True, exist_ok=True)
+            sqlite3.connect(self._path / "gallery.db").close()  # an empty database file
         return self._path
 
     @property
@@ -167,6 +169,16 @@ class MilvusGallery:
         if self._closed:
             raise GalleryClosedError(f"Milvus gallery {self.uri} is closed")
         kwargs.setdefault("timeout", self._t.timeout)
+        try:
+            with calling(self._t, what):
+                return fn(*args, **kwargs)
+        except MilvusUnavailableError as exc:
+            if "not loaded" not in str(exc):
+                raise
+        # a restarted server may not have reloaded the collections yet: ask it to, once
+        with calling(self._t, "load the collections"):
+            for name in (self.meta_name, self.name):
+                self._client.load_collection(name, timeout=max(self._t.timeout, 30.0))
         with calling(self._t, what):
             return fn(*args, **kwargs)
 
@@ -384,8 +396,8 @@ class MilvusGallery:
             if replaced:
                 commit = {"labels": list(replaced), "keep": w}
                 self.records.mark_commit(w, commit["labels"], keep=w)
-        except Exception:
-            self._rollback_or_remember(w)
+        except Exception as exc:
+            self._rollback_or_remember(w, exc)
             raise
         self._finish(w, commit)
         return w
@@ -398,17 +410,22 @@ class MilvusGallery:
                            filter=f"label in {lits(commit['labels'])} and w != {int(commit['keep'])}")
             self.records.end(w)
             self._fence()
-        except Exception:
+        except Exception as exc:
             if commit is not None:  # committed: readers see the new state; recovery finishes it
                 self._unresolved.add(w)
                 return
-            self._rollback_or_remember(w)
+            self._rollback_or_remember(w, exc)
             raise
 
-    def _rollback_or_remember(self, w: int) -> None:
+    def _rollback_or_remember(self, w: int, exc: Exception) -> None:
+        """Undo a failed write now, or (server unreachable) remember it: it stays hidden and
+        is rolled back by this client's next write."""
+        if isinstance(exc, MilvusUnavailableError):  # do not wait a second timeout for nothing
+            self._unresolved.add(w)
+            return
         try:
             self._recover_one(w, None)
-        except Exception:  # server gone: the write stays hidden; recovered on the next write
+        except Exception:  # noqa: BLE001
             self._unresolved.add(w)
 
     def _recover_one(self, w: int, commit: dict | None) -> None:
