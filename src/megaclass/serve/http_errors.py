@@ -7,6 +7,8 @@
 | UnknownLabelError | 404 |
 | DuplicateLabelError | 409 |
 | NotCalibratedError (a decision on a gallery never calibrated, no threshold given) | 409 |
+| ModelMismatchError (queries of another model than the gallery's templates: re-embedded?) | 409 |
+| GalleryClosedError (the gallery is closing), StoreBusyError (another process holds its write lock: retry) | 503 |
 | InvalidInputError (NaN, wrong dimension, empty), ConfigError, body validation | 422 |
 | ReadOnlyGalleryError (a write to a read-only gallery); a gallery backend that is down (retry) | 503 |
 | any other MegaclassError | 400 |
@@ -32,17 +34,21 @@ from ..errors import (
     ConfigError,
     CorruptImageError,
     DuplicateLabelError,
+    GalleryClosedError,
     InvalidInputError,
     MegaclassError,
+    ModelMismatchError,
     NotCalibratedError,
     ReadOnlyGalleryError,
+    StoreBusyError,
     UnknownLabelError,
 )
 from .limits import PayloadTooLargeError
 
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (PayloadTooLargeError, 413), (CorruptImageError, 400), (UnknownLabelError, 404),
-    (DuplicateLabelError, 409), (NotCalibratedError, 409), (InvalidInputError, 422), (ConfigError, 422),
+    (DuplicateLabelError, 409), (NotCalibratedError, 409), (ModelMismatchError, 409),
+    (GalleryClosedError, 503), (StoreBusyError, 503), (InvalidInputError, 422), (ConfigError, 422),
     (ReadOnlyGalleryError, 503), (ConnectionError, 503), (MegaclassError, 400),
 )
 _HTTP_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
