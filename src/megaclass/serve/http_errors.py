@@ -8,7 +8,7 @@
 | DuplicateLabelError | 409 |
 | NotCalibratedError (a decision on a gallery never calibrated, no threshold given) | 409 |
 | ModelMismatchError (queries of another model than the gallery's templates: re-embedded?) | 409 |
-| GalleryClosedError (the gallery is closing), StoreBusyError (another process holds its write lock: retry) | 503 |
+| GalleryClosedError (closing), StoreBusyError (another process holds the write lock: retry) | 503 |
 | InvalidInputError (NaN, wrong dimension, empty), ConfigError, body validation | 422 |
 | ReadOnlyGalleryError (a write to a read-only gallery); a gallery backend that is down (retry) | 503 |
 | any other MegaclassError | 400 |
