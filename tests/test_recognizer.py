@@ -144,3 +144,14 @@ def test_each_mode_keeps_every_template(tiny_encoder, tmp_path):
     with pytest.raises(ConfigError, match="keeps templates='each'"):
         Recognizer(tiny_encoder, gallery=tmp_path / "e", templates="mean")
     assert Recognizer(tiny_encoder, gallery=tmp_path / "e").templates == "each"
+
+
+def test_enroll_many_takes_meta_like_the_gallery(tmp_path):
+    """(label, samples[, meta]) items, as Gallery.enroll_many takes (label, vectors[, meta])."""
+    with Recognizer(Encoder(EncoderConfig(dim=16, widths=(8,))), gallery=tmp_path / "g") as r:
+        r.enroll_many([("a", GlyphSource.samples(1, n=2), {"site": "x"}), ("b", GlyphSource.samples(2, n=2))])
+        assert r.gallery.class_meta("a")["site"] == "x" and "site" not in r.gallery.class_meta("b")
+        assert [d.label for d in r.identify(GlyphSource.samples(1, n=1), where={"site": "x"},
+                                            threshold=None)] == ["a"]
+        with pytest.raises(InvalidInputError, match="expected"):
+            r.enroll_many([("c",)])

@@ -212,9 +212,10 @@ class Recognizer:
         self.gallery.enroll(label, *self._templates(vectors, meta), replace=replace)
         return len(vectors)
 
-    def enroll_many(self, items: Iterable[tuple[str, object]], *, replace: bool = False,
+    def enroll_many(self, items: Iterable[tuple], *, replace: bool = False,
                     progress=None, chunk_images: int = 4096) -> int:
-        """Enroll several ``(label, samples)`` classes in one transaction (all or nothing).
+        """Enroll several ``(label, samples[, meta])`` classes in one transaction (all or
+        nothing), as :meth:`Gallery.enroll_many` takes ``(label, vectors[, meta])``.
 
         Samples are converted and embedded about ``chunk_images`` images at a time, so
         memory stays bounded whatever the number of classes (only the embeddings are kept);
@@ -223,6 +224,7 @@ class Recognizer:
         Returns the number of samples used.
         """
         labels: list[str] = []
+        metas: list[dict | None] = []
         per_class: list[np.ndarray] = []
         pending: list[torch.Tensor] = []
 
@@ -237,9 +239,12 @@ class Recognizer:
             pending.clear()
 
         waiting = 0  # images in pending
-        for label, samples in items:
-            labels.append(label)
-            pending.append(to_batch(samples, spec=self.encoder.input_spec))
+        for item in items:
+            if not isinstance(item, tuple | list) or len(item) not in (2, 3):
+                raise InvalidInputError(f"item {len(labels)}: expected (label, samples[, meta])")
+            labels.append(item[0])
+            metas.append(item[2] if len(item) == 3 else None)
+            pending.append(to_batch(item[1], spec=self.encoder.input_spec))
             waiting += len(pending[-1])
             if waiting >= chunk_images:
                 embed_pending()
@@ -247,7 +252,8 @@ class Recognizer:
         embed_pending()
         if not labels:
             return 0
-        prepared = [(label, *self._templates(v, None)) for label, v in zip(labels, per_class, strict=True)]
+        prepared = [(label, *self._templates(v, meta))
+                    for label, v, meta in zip(labels, per_class, metas, strict=True)]
         self._mark_model()
         self.gallery.enroll_many(prepared, replace=replace)
         return sum(len(v) for v in per_class)
