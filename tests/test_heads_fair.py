@@ -75,3 +75,16 @@ def test_hierarchical_head_saved_without_row_state_still_loads(tmp_path):
     save_file(old, str(tmp_path / "head.safetensors"))
     again = load_head(tmp_path)
     assert torch.equal(again.weight, head.weight)
+
+
+def test_hierarchical_ranks_the_beams_classes_by_their_own_score():
+    """rank="class" (default) orders the beam's classes by their cosine, not by P(group) P(class|group)."""
+    torch.manual_seed(0)
+    head = make_head("hierarchical", 40, 8, num_groups=4, beam=4)       # beam = every group
+    emb = F.normalize(torch.randn(6, 8), dim=1)
+    cos = emb @ F.normalize(head.weight, dim=1).t()
+    assert torch.equal(head.predict(emb, k=3)[1], cos.topk(3, dim=1).indices)
+    assert torch.equal(head.predict(emb, k=3, rank="joint")[1], head.logits(emb).topk(3, dim=1).indices)
+    assert head.rank == "class" and head.hparams()["rank"] == "class"
+    with pytest.raises(ConfigError, match="rank must be"):
+        make_head("hierarchical", 40, 8, rank="nope")

@@ -86,7 +86,7 @@ def test_hierarchical_groups_beam_and_taxonomy(tmp_path):
     emb = torch.randn(5, 8)
     full = head.logits(emb)
     assert torch.allclose(full.exp().sum(1), torch.ones(5), atol=1e-4)     # a distribution
-    best, ids = head.predict(emb, k=2)                                       # beam = all groups
+    best, ids = head.predict(emb, k=2, rank="joint")                         # beam = all groups
     assert torch.equal(ids, full.topk(2, dim=1).indices)
     assert torch.allclose(best, full.topk(2, dim=1).values, atol=1e-4)
     names = [f"c{i}" for i in range(6)]
