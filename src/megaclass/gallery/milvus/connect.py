@@ -183,6 +183,12 @@ def calling(target: MilvusTarget, what: str):
         details = getattr(exc, "details", None)
         if callable(details):  # a raw gRPC error: its details say what happened
             full = f"{details()} ({exc.code().name})"
+        cause, seen = exc, 0  # pymilvus wraps the gRPC status (e.g. UNAUTHENTICATED) it failed on
+        while cause is not None and seen < 8:
+            if callable(getattr(cause, "details", None)) and callable(getattr(cause, "code", None)):
+                full += f" ({cause.code().name}: {cause.details()})"
+                break
+            cause, seen = cause.__cause__ or cause.__context__, seen + 1
         msg = " ".join(full.split())[:300]
         low = full.lower()
         if any(w in low for w in _AUTH):
