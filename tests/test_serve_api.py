@@ -12,9 +12,16 @@ from _serve_helpers import files, glyph_pngs  # noqa: E402
 from megaclass.serve import Limits, create_app  # noqa: E402
 
 
-@pytest.fixture()
-def served(tiny_encoder, tmp_path):
-    app = create_app(tiny_encoder, tmp_path / "g", limits=Limits(max_images=8, max_vectors=16,
+@pytest.fixture(params=["local", "milvus"])
+def served(request, tiny_encoder, tmp_path):
+    """The app on a local gallery, and once more on a collection of the session's real
+    Milvus server (the same tests, nothing above the gallery knows which it has)."""
+    gallery = tmp_path / "g"
+    if request.param == "milvus":
+        pytest.importorskip("pymilvus")
+        server = request.getfixturevalue("milvus_server")
+        gallery = f"{server.uri_base}/serve_{tmp_path.name[-40:].replace('-', '_')}?local={tmp_path / 'side'}"
+    app = create_app(tiny_encoder, gallery, limits=Limits(max_images=8, max_vectors=16,
                                                                 max_body_bytes=200_000))
     svc = app.state.service
     tokens = {role: svc.keys.add(f"test-{role}", role)[1] for role in ("reader", "enroller", "admin")}
