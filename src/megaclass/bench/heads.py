@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .workers import spawn_worker, worker_main
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 DEFAULT_HEADS = ("softmax", "cosface", "partial_fc", "adaptive", "hierarchical")
@@ -124,17 +123,7 @@ def _speed_worker(spec: dict) -> dict:
 
 
 def _spawn(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, "-m", "megaclass.bench.heads", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"worker failed (exit {proc.returncode}): {tail}"}
-    return json.loads(lines[-1])
+    return spawn_worker("megaclass.bench.heads", spec, timeout)
 
 
 def run_heads_bench(out, *, sizes=DEFAULT_SIZES, heads=DEFAULT_HEADS, dim: int = 256, batch: int = 256,
@@ -265,18 +254,7 @@ def format_bytes(n: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Worker entry point: ``python -m megaclass.bench.heads '<json spec>'`` prints one JSON line."""
-    spec = json.loads((argv or sys.argv[1:])[0])
-    import torch
-
-    from ..errors import MegaclassError
-
-    torch.set_num_threads(int(spec.get("threads", 1)))
-
-    try:
-        result = _speed_worker(spec)
-    except (MegaclassError, MemoryError) as exc:
-        result = {"error": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps(result), flush=True)
+    worker_main(_speed_worker, argv)
 
 
 if __name__ == "__main__":

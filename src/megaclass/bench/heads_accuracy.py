@@ -29,12 +29,12 @@ import json
 import math
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .workers import spawn_worker, worker_main
 
 FIRST_ID = 10_000_000  # disjoint from the reference model's training classes (0-19,999)
 SPLITS = {"train": 0, "val": 555, "test": 777}  # split -> drawing seed
@@ -249,17 +249,7 @@ def train_worker(spec: dict) -> dict:
 
 
 def _spawn(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, "-m", "megaclass.bench.heads_accuracy", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"worker failed (exit {proc.returncode}): {tail}"}
-    return json.loads(lines[-1])
+    return spawn_worker("megaclass.bench.heads_accuracy", spec, timeout)
 
 
 # -- the protocol ----------------------------------------------------------------------
@@ -286,17 +276,7 @@ def time_to(curve: list[dict], top1: float) -> float | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Worker entry point: ``python -m megaclass.bench.heads_accuracy '<json spec>'`` prints one JSON line."""
-    spec = json.loads((argv or sys.argv[1:])[0])
-    import torch
-
-    from ..errors import MegaclassError
-
-    torch.set_num_threads(int(spec.get("threads", 1)))
-    try:
-        result = train_worker(spec)
-    except (MegaclassError, MemoryError) as exc:
-        result = {"error": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps(result), flush=True)
+    worker_main(train_worker, argv)
 
 
 if __name__ == "__main__":

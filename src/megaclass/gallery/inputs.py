@@ -52,9 +52,13 @@ def check_meta(meta) -> dict:
         raise InvalidInputError(f"class meta is not JSON-serialisable: {exc}") from exc
 
 
-def enroll_items(items: Iterable[tuple], dim: int
+def enroll_items(items: Iterable[tuple], dim: int, *, label_check=None
                  ) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
-    """``(label, vectors[, meta])`` items -> ``(labels, unit rows, rows per item, metas)``."""
+    """``(label, vectors[, meta])`` items -> ``(labels, unit rows, rows per item, metas)``.
+
+    ``label_check`` replaces :func:`check_new_label` (a backend with its own label limits).
+    """
+    check_new = label_check or check_new_label
     labels: list[str] = []
     rows: list[np.ndarray] = []
     metas: list[dict] = []
@@ -62,7 +66,7 @@ def enroll_items(items: Iterable[tuple], dim: int
     for i, item in enumerate(items):
         if not isinstance(item, tuple | list) or len(item) not in (2, 3):
             raise InvalidInputError(f"item {i}: expected (label, vectors[, meta])")
-        label = check_new_label(item[0])
+        label = check_new(item[0])
         if label in seen:
             raise DuplicateLabelError(f"item {i}: label {label!r} appears twice in batch")
         try:
@@ -72,6 +76,6 @@ def enroll_items(items: Iterable[tuple], dim: int
             raise type(exc)(f"item {i} ({label!r}): {exc}") from exc
         labels.append(label)
         seen.add(label)
-    vectors = unit_rows_of_items(labels, rows)
+    vectors = unit_rows_of_items(labels, rows) if rows else np.empty((0, dim), np.float32)
     counts = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     return labels, vectors, counts, metas

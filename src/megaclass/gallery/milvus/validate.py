@@ -8,8 +8,8 @@ import unicodedata
 
 import numpy as np
 
-from ...errors import DuplicateLabelError, InvalidInputError
-from ..vectors import as_rows, unit_rows_of_items
+from ...errors import InvalidInputError
+from ..inputs import enroll_items as local_enroll_items
 from .schema import LABEL_BYTES
 
 
@@ -47,21 +47,5 @@ def check_meta(meta, what: str = "class meta") -> dict:
 
 def enroll_items(items, dim: int) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
     """``(label, vectors[, meta])`` items -> ``(labels, unit rows, rows per item, metas)``,
-    every item checked before anything is written."""
-    labels, rows, metas, seen = [], [], [], set()
-    for i, item in enumerate(items):
-        if not isinstance(item, tuple | list) or len(item) not in (2, 3):
-            raise InvalidInputError(f"item {i}: expected (label, vectors[, meta])")
-        label = check_new_label(item[0])
-        if label in seen:
-            raise DuplicateLabelError(f"item {i}: label {label!r} appears twice in batch")
-        try:
-            rows.append(as_rows(item[1], dim))
-            metas.append(check_meta(item[2] if len(item) == 3 else None))
-        except InvalidInputError as exc:
-            raise type(exc)(f"item {i} ({label!r}): {exc}") from exc
-        labels.append(label)
-        seen.add(label)
-    vectors = unit_rows_of_items(labels, rows) if rows else np.empty((0, dim), np.float32)
-    counts = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    return labels, vectors, counts, metas
+    every item checked before anything is written (the local gallery's rules, Milvus's labels)."""
+    return local_enroll_items(items, dim, label_check=check_new_label)
