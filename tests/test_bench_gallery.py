@@ -47,21 +47,28 @@ def test_the_default_model_is_the_shipped_reference(tmp_path):
 
 
 def test_tuning_raises_the_rerank_depth_and_restarts_the_probe_search():
-    """4-bit codes too coarse: k_factor goes up, and nprobe is searched again from the start."""
-    from megaclass.bench import gallery as bench
+    """4-bit codes too coarse: k_factor goes up, and nprobe is searched again from the start
+    (the benchmark fits knobs with the gallery's own fit_knobs, through gallery_measure.fit)."""
+    from types import SimpleNamespace
+
+    from megaclass.bench.gallery_measure import fit, k_factors_from
 
     state = {"nprobe": 0, "k_factor": 8}
-    truth = np.zeros(100, dtype=int)
+    tried = []
+
+    def set_knobs(nprobe, k_factor):
+        state.update(nprobe=nprobe, k_factor=k_factor)
+        tried.append((nprobe, k_factor))
 
     def search_cls(_queries):  # 0.99 needs k_factor >= 32 and nprobe >= 300
         ok = state["k_factor"] >= 32 and state["nprobe"] >= 300
         return np.where(np.arange(100) < (100 if ok else 90), 0, 1)
 
-    knobs = {"nprobe": 16, "k_factor": 8}
-    recall = bench._tune_refined(lambda v: state.__setitem__("nprobe", v),
-                                 lambda kf: state.__setitem__("k_factor", kf), knobs, search_cls,
-                                 None, truth, 4096)
-    assert recall == 1.0 and knobs["k_factor"] == 32 and 300 <= knobs["nprobe"] <= 320
+    data = SimpleNamespace(mated=np.zeros((100, 4), np.float32), truth=np.zeros(100, dtype=int))
+    nprobe, k_factor, recall = fit(set_knobs, search_cls, data, 16, 4096, k_factors_from(8))
+    assert recall == 1.0 and k_factor == 32 and 300 <= nprobe <= 320
+    assert (16, 32) in tried                                 # nprobe searched again from the start
+    assert state == {"nprobe": nprobe, "k_factor": 32}       # left at the choice
 
 
 def test_a_timed_out_peer_says_how_far_it_got():
