@@ -76,15 +76,16 @@ def _build(name: str, c: int, d: int, spec: dict):
     return head, opt
 
 
-def _step(head, opt, emb, labels) -> float:
+def train_step(head, opt, emb, labels, lr: float = LR):
+    """One head-only step: loss, backward, the optimizer (if any) and the head's own sparse update."""
     loss = head(emb, labels)
     if opt is not None:
         opt.zero_grad(set_to_none=True)
     loss.backward()
     if opt is not None:
         opt.step()
-    head.sparse_step(LR)
-    return float(loss.detach())
+    head.sparse_step(lr)
+    return loss
 
 
 def _m_per_class_labels(rng: np.random.Generator, c: int, b: int, m: int = 4) -> np.ndarray:
@@ -92,7 +93,8 @@ def _m_per_class_labels(rng: np.random.Generator, c: int, b: int, m: int = 4) ->
     return np.repeat(classes, m)
 
 
-def _state_bytes(head, opt) -> int:
+def state_bytes(head, opt) -> int:
+    """Bytes of the head's parameters, buffers and optimizer state."""
     n = sum(t.numel() * t.element_size() for t in list(head.parameters()) + list(head.buffers()))
     if opt is not None:
         for st in opt.state.values():
@@ -114,12 +116,12 @@ def _speed_worker(spec: dict) -> dict:
         emb = F.normalize(torch.randn(b, d), dim=1).requires_grad_()
         labels = torch.from_numpy(_m_per_class_labels(rng, c, b))
         t0 = time.perf_counter()
-        loss = _step(head, opt, emb, labels)
+        loss = float(train_step(head, opt, emb, labels).detach())
         if i >= spec["warmup"]:
             times.append(time.perf_counter() - t0)
     return {"median_step_s": statistics.median(times), "step_times_s": times, "final_loss": loss,
             "peak_rss_bytes": _rss_bytes("VmHWM"),
-            "rss_before_head_bytes": base, "state_bytes": _state_bytes(head, opt)}
+            "rss_before_head_bytes": base, "state_bytes": state_bytes(head, opt)}
 
 
 def _spawn(spec: dict, timeout: float) -> dict:

@@ -167,6 +167,7 @@ def train_worker(spec: dict) -> dict:
     import torch
 
     from ..heads import make_head
+    from .heads import state_bytes, train_step
 
     torch.manual_seed(spec.get("seed", 0))
     rng = np.random.default_rng(spec.get("seed", 0))
@@ -199,13 +200,7 @@ def train_worker(spec: dict) -> dict:
         idx = torch.from_numpy(np.repeat(classes, m) * n_tr + rng.integers(0, n_tr, batch))
         labels = torch.from_numpy(np.repeat(classes, m))
         t0 = time.perf_counter()
-        loss = head(tr[idx], labels)
-        if opt is not None:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if opt is not None:
-            opt.step()
-        head.sparse_step(lr)
+        loss = train_step(head, opt, tr[idx], labels, lr)
         dt = time.perf_counter() - t0
         step_times.append(dt)
         trained += dt
@@ -236,10 +231,7 @@ def train_worker(spec: dict) -> dict:
     hits: list = []
     top1, top5 = _evaluate(head, test_x, test_y, hits=hits)
     clusters = _by_cluster(head, test_y, torch.cat(hits))
-    state = sum(t.numel() * t.element_size() for t in list(head.parameters()) + list(head.buffers()))
-    if opt is not None:
-        for st in opt.state.values():
-            state += sum(v.numel() * v.element_size() for v in st.values() if hasattr(v, "numel"))
+    state = state_bytes(head, opt)
     return {"curve": curve, "best_val_top1": max((p["val_top1"] for p in curve), default=0.0),
             "test_top1": top1, "test_top5": top5, "steps": step, "train_seconds": trained,
             "median_step_s": statistics.median(step_times) if step_times else None,

@@ -40,16 +40,16 @@ def check_new_label(label) -> str:
     return label
 
 
-def check_meta(meta) -> dict:
-    """Class meta as a JSON round-tripped copy (None: empty)."""
+def check_meta(meta, what: str = "class meta") -> dict:
+    """``meta`` (class meta by default, ``what`` names it) as a JSON round-tripped copy (None: empty)."""
     if meta is None:
         return {}
     if not isinstance(meta, dict):
-        raise InvalidInputError(f"class meta must be a dict, got {type(meta).__name__}")
+        raise InvalidInputError(f"{what} must be a dict, got {type(meta).__name__}")
     try:
         return json.loads(json.dumps(meta, allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"class meta is not JSON-serialisable: {exc}") from exc
+        raise InvalidInputError(f"{what} is not JSON-serialisable: {exc}") from exc
 
 
 def enroll_items(items: Iterable[tuple], dim: int, *, label_check=None

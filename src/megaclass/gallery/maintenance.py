@@ -177,10 +177,8 @@ def export_gallery(gallery: Gallery, out: str | os.PathLike) -> Path:
     return out
 
 
-def import_gallery(src: str | os.PathLike, path: str | os.PathLike, *, key=None) -> Gallery:
-    """Create a new gallery at ``path`` from an export (one transaction: all or nothing)."""
-    from .gallery import Gallery
-
+def read_export(src: str | os.PathLike) -> tuple[dict, list[tuple]]:
+    """An export's manifest and its ``(label, templates, meta)`` items, checked (any backend)."""
     src = Path(src)
     try:
         manifest = json.loads((src / "manifest.json").read_text())
@@ -197,6 +195,14 @@ def import_gallery(src: str | os.PathLike, path: str | os.PathLike, *, key=None)
     bounds = np.searchsorted(owner[order], np.arange(len(classes) + 1))
     items = [(c["label"], vectors[order[bounds[k]: bounds[k + 1]]], c.get("meta") or None)
              for k, c in enumerate(classes)]
+    return manifest, items
+
+
+def import_gallery(src: str | os.PathLike, path: str | os.PathLike, *, key=None) -> Gallery:
+    """Create a new gallery at ``path`` from an export (one transaction: all or nothing)."""
+    from .gallery import Gallery
+
+    manifest, items = read_export(src)
     gallery = Gallery.open(path, dim=int(manifest["dim"]), key=key)
     try:
         if len(gallery):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import ConfigError, InvalidInputError
-from ..maintenance import EXPORT_FORMAT, EXPORT_VERSION
+from ...errors import ConfigError
+from ..maintenance import EXPORT_FORMAT, EXPORT_VERSION, read_export
 from .connect import calling
 
 
@@ -132,20 +132,7 @@ def export(g, out) -> Path:
 
 def import_into(cls, src, uri, *, key=None):
     """A new Milvus gallery at ``uri`` holding an export, in one journaled write."""
-    src = Path(src)
-    try:
-        manifest = json.loads((src / "manifest.json").read_text())
-        vectors = np.load(src / "templates.npy", allow_pickle=False)
-        owner = np.load(src / "template_class.npy", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"{src} is not a readable gallery export: {exc}") from exc
-    if manifest.get("format") != EXPORT_FORMAT or manifest.get("version") != EXPORT_VERSION:
-        raise InvalidInputError(f"{src}: not a megaclass gallery export (version 1)")
-    classes = manifest["classes"]
-    order = np.argsort(owner, kind="stable")
-    bounds = np.searchsorted(owner[order], np.arange(len(classes) + 1))
-    items = [(c["label"], vectors[order[bounds[k]:bounds[k + 1]]], c.get("meta") or None)
-             for k, c in enumerate(classes)]
+    manifest, items = read_export(src)
     g = cls.open(str(uri), dim=int(manifest["dim"]), key=key)
     try:
         if len(g):

@@ -3,12 +3,12 @@ rules and error types as the local gallery, plus Milvus's label length."""
 
 from __future__ import annotations
 
-import json
 import unicodedata
 
 import numpy as np
 
 from ...errors import InvalidInputError
+from ..inputs import check_meta  # noqa: F401  (re-exported: the same rule for both backends)
 from ..inputs import enroll_items as local_enroll_items
 from .schema import LABEL_BYTES
 
@@ -31,18 +31,6 @@ def check_new_label(label) -> str:
         raise InvalidInputError(f"label of {len(label.encode())} bytes: a Milvus gallery keeps at most "
                                 f"{LABEL_BYTES}")
     return label
-
-
-def check_meta(meta, what: str = "class meta") -> dict:
-    """A JSON round-tripped copy of a dict (None: empty)."""
-    if meta is None:
-        return {}
-    if not isinstance(meta, dict):
-        raise InvalidInputError(f"{what} must be a dict, got {type(meta).__name__}")
-    try:
-        return json.loads(json.dumps(meta, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"{what} is not JSON-serialisable: {exc}") from exc
 
 
 def enroll_items(items, dim: int) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
