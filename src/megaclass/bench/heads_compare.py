@@ -15,7 +15,10 @@ import json
 import time
 from pathlib import Path
 
-from .heads_accuracy import SOFTMAX_SCALES, SWEEP, _spawn, accuracy_at, glyph_features, sweep_grid, time_to
+from .heads_accuracy import SOFTMAX_SCALES, SWEEP, accuracy_at, glyph_features, sweep_grid, time_to
+from .workers import spawn_worker
+
+WORKER = "megaclass.bench.heads_accuracy"
 
 BUDGETS_S = (10.0, 60.0, 300.0)
 QUICK = {"sweep_steps": 30, "eval_every": 10, "max_steps": 60, "max_seconds": 30.0, "patience": 2,
@@ -56,7 +59,7 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
                         "eval_every": knobs["sweep_steps"] // 4 or 1, "patience": 10**6,
                         "max_seconds": 10**9, "lr_drop": False}
                 log and log(f"sweep C={sweep_c:,} {name}: {s['optimizer']} lr={s['lr']} {s['head_options']}")
-                res = _spawn(spec, timeout)
+                res = spawn_worker(WORKER, spec, timeout)
                 tried.append({**s, "best_val_top1": res.get("best_val_top1"), "error": res.get("error"),
                               "stopped_by": res.get("stopped_by")})
             ok = [t for t in tried if t["best_val_top1"] is not None and t.get("stopped_by") != "diverged"]
@@ -75,7 +78,8 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
                     "eval_every": knobs["eval_every"], "patience": knobs["patience"],
                     "max_seconds": knobs["max_seconds"]}
             log and log(f"converge C={c:,} {name} with {chosen[name]}")
-            runs.append({"classes": c, "head": name, "settings": chosen[name], **_spawn(spec, timeout)})
+            res = spawn_worker(WORKER, spec, timeout)
+            runs.append({"classes": c, "head": name, "settings": chosen[name], **res})
             _write(report_path, quick, model, knobs, sweep, runs, started)
     report = _write(report_path, quick, model, knobs, sweep, runs, started)
     _plot(runs, out / "head_comparison.png")
