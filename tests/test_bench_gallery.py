@@ -79,3 +79,17 @@ def test_a_timed_out_peer_says_how_far_it_got():
     done = partial + '{"built": 1000, "of": 1000, "seconds": 4.0}\n'
     assert _how_far(done) == "; built all 1,000 in 4 s (250 templates/s), then ran out of time"
     assert _how_far("no progress lines") == ""
+
+
+def test_megaclass_milvus_runs_beside_the_local_gallery(tmp_path, milvus_server, monkeypatch):
+    """``--system megaclass-milvus``: the Milvus gallery on the session's real server (HNSW
+    forced so that its ``ef`` is fitted like every other system's knob)."""
+    monkeypatch.setenv("MEGACLASS_BENCH_MILVUS_URI", milvus_server.uri_base)
+    monkeypatch.setenv("MEGACLASS_BENCH_MILVUS_INDEX", "HNSW")
+    cfg = GalleryBenchConfig(classes=300, dim=16, queries=50, non_mated=10, single=10, data="random")
+    report = run_bench(cfg, tmp_path, systems=("megaclass", "megaclass-milvus"), log=lambda *a: None)
+    r = report["results"]["megaclass-milvus"]
+    assert "skipped" not in r, r
+    assert r["index"] == "milvus:HNSW" and r["recall_at_1"] >= 0.99 and "ef" in r["knob"]
+    assert r["durable"] is True and r["p50_ms"] > 0 and r["single_enroll_per_s"] > 0
+    assert 0 <= r["accuracy"] <= 1

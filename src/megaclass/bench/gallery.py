@@ -11,7 +11,9 @@ in its own subprocess (clean peak RSS, a crash cannot take the run down) on the 
 - ``faiss``: raw FAISS with the same index spec and search knob (the floor);
 - ``numpy``: brute-force ``templates @ query`` (what DeepFace's ``find`` does);
 - ``hnswlib`` and ``usearch``: HNSW libraries; ``milvus``: Milvus Lite (pymilvus);
-  ``lancedb``: LanceDB's IVF_PQ (Chroma installs here too, but is HNSW again, as hnswlib).
+  ``lancedb``: LanceDB's IVF_PQ (Chroma installs here too, but is HNSW again, as hnswlib);
+- ``megaclass-milvus``: the Milvus gallery on a real Milvus server
+  (:mod:`megaclass.bench.gallery_milvus`).
 
 Approximate systems raise their search knob until recall@1 (best *class* equal to exact
 search's) reaches 0.99; latency is measured there. Missing optional packages are
@@ -48,9 +50,10 @@ from .gallery_measure import (
     speed,
     timed,
 )
+from .gallery_milvus import run_megaclass_milvus
 from .gallery_peers import RUNNERS as PEER_RUNNERS
 
-SYSTEMS = ("megaclass", "faiss", "numpy", "hnswlib", "usearch", "milvus", "lancedb")
+SYSTEMS = ("megaclass", "faiss", "numpy", "hnswlib", "usearch", "milvus", "lancedb", "megaclass-milvus")
 
 
 @dataclass
@@ -235,7 +238,8 @@ def run_faiss(d: BenchData) -> dict:
                timed(lambda: faiss.read_index(str(path))), path.stat().st_size, False)
 
 
-RUNNERS: dict[str, Runner] = {"megaclass": run_megaclass, "faiss": run_faiss, **PEER_RUNNERS}
+RUNNERS: dict[str, Runner] = {"megaclass": run_megaclass, "faiss": run_faiss, **PEER_RUNNERS,
+                              "megaclass-milvus": run_megaclass_milvus}
 assert tuple(RUNNERS) == SYSTEMS
 
 
@@ -258,7 +262,8 @@ def _run_subprocess(name: str, work: Path, data: Path, cfg: GalleryBenchConfig) 
     proc = subprocess.Popen([sys.executable, "-m", "megaclass.bench.gallery", name, str(data),
                              str(work), str(cfg.single)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
-    limit = cfg.timeout if name in ("megaclass", "faiss", "numpy") or cfg.peer_timeout is None \
+    limit = cfg.timeout if name in ("megaclass", "faiss", "numpy", "megaclass-milvus") \
+        or cfg.peer_timeout is None \
         else cfg.peer_timeout
     try:
         out, err = proc.communicate(timeout=limit)

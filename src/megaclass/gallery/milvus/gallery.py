@@ -475,6 +475,25 @@ class MilvusGallery:
         from .tune import tune
         return tune(self, queries, index=index, target=target)
 
+    def search_knobs(self) -> dict:
+        """The index's search knob as ``{"knob", "value", "limit"}`` (``{}`` for FLAT)."""
+        from .tune import KNOBS
+
+        kind = self._call("describe the index", self._client.describe_index, self.name,
+                          "vector").get("index_type")
+        if kind not in KNOBS:
+            return {}
+        name, values = KNOBS[kind]
+        return {"knob": name, "value": int(self._search_params.get(name, values[0])), "limit": values[-1]}
+
+    def set_search_knobs(self, **knobs: int) -> None:
+        """Hold the search at these knobs (``ef`` / ``nprobe``) in this client until the
+        next :meth:`tune`: for measuring at equal recall (``megaclass bench gallery``)."""
+        bad = set(knobs) - {"ef", "nprobe"}
+        if bad or not all(type(v) is int and v >= 1 for v in knobs.values()):
+            raise ConfigError(f"search knobs are ef= / nprobe= ints >= 1, got {knobs!r}")
+        self._search_params = dict(knobs)
+
     def iter_classes(self, batch: int = 1000):
         from .ops import iter_classes
         return iter_classes(self, batch)
