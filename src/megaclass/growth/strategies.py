@@ -138,7 +138,7 @@ class Imprint(UpdateStrategy):
                 g["lr"] = cosine_lr(step, self.steps, self.lr)
             w = F.normalize(torch.cat([old_rows, new_rows]), dim=1)
             logits = head.margin_logits(emb @ w.t(), y)
-            loss = head.loss_from_logits(logits, y)
+            loss = head.reduction(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
