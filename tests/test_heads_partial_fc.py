@@ -3,7 +3,16 @@ import torch
 import torch.nn.functional as F
 
 from megaclass.errors import ConfigError, InvalidInputError
-from megaclass.heads import ArcFaceHead, CosFaceHead, load_head, make_head
+from megaclass.heads import (
+    ArcFaceHead,
+    ArcFaceMargin,
+    CosFaceHead,
+    CosFaceMargin,
+    LossReduction,
+    MarginSoftmaxHead,
+    load_head,
+    make_head,
+)
 from megaclass.heads.base import InsufficientMemoryError
 from megaclass.heads.partial_fc import PartialFCHead
 
@@ -96,11 +105,70 @@ def test_pfc_learns_and_round_trips(tmp_path):
 
 
 def test_focal_and_class_weights_run():
-    head = PartialFCHead(30, 8, sample_rate=0.5).set_loss(focal_gamma=2.0)
+    head = PartialFCHead(30, 8, sample_rate=0.5, reduction=LossReduction(focal_gamma=2.0))
     head(torch.randn(6, 8), torch.arange(6)).backward()
-    head = PartialFCHead(30, 8, sample_rate=0.5).set_loss(class_weight=torch.rand(30) + 0.1)
+    head = PartialFCHead(30, 8, sample_rate=0.5, reduction=LossReduction(class_weight=torch.rand(30) + 0.1))
     head(torch.randn(6, 8), torch.arange(6)).backward()
     assert head._pending[1].grad is not None
+
+
+@pytest.mark.parametrize("reduction", [LossReduction(focal_gamma=2.0),
+                                       LossReduction(class_weight=torch.arange(1.0, 51.0))])
+def test_rate_one_equals_dense_head_with_the_same_reduction(reduction):
+    """The reduction is a part both heads take: focal loss (plain autograd path) and class
+    weights (the fused loss's per-sample weights) give the dense head's loss and gradient."""
+    dense, pfc = _pair("arcface")
+    dense.reduction = pfc.reduction = reduction
+    emb = torch.randn(16, 12)
+    labels = torch.randint(0, 50, (16,))
+    e1, e2 = emb.clone().requires_grad_(), emb.clone().requires_grad_()
+    l1, l2 = dense(e1, labels), pfc(e2, labels)
+    l1.backward()
+    l2.backward()
+    assert l2.item() == pytest.approx(l1.item(), rel=1e-5, abs=1e-6)
+    assert torch.allclose(e1.grad, e2.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_margin_is_a_part_given_to_both_heads(tmp_path):
+    """One margin object serves the dense head and Partial FC (rate 1: the same loss), and a
+    head saves it as margin_type + margin, so it loads back with the same margin."""
+    torch.manual_seed(0)
+    margin = ArcFaceMargin(0.3)
+    dense = MarginSoftmaxHead(40, 8, margin=margin)
+    pfc = PartialFCHead(40, 8, sample_rate=1.0, margin=margin, weight_decay=0.0)
+    pfc.weight.copy_(dense.weight.detach())
+    emb, labels = torch.randn(10, 8), torch.randint(0, 40, (10,))
+    assert pfc(emb, labels).item() == pytest.approx(dense(emb, labels).item(), rel=1e-5)
+    assert pfc.margin_type == dense.margin_fn.name == "arcface" and pfc.margin == 0.3
+    dense.save(tmp_path / "dense")
+    pfc.save(tmp_path / "pfc")
+    for again in (load_head(tmp_path / "dense"), load_head(tmp_path / "pfc")):
+        assert isinstance(again.margin_fn, ArcFaceMargin) and again.margin_fn.m == 0.3
+    with pytest.raises(ConfigError, match="contradicts"):
+        PartialFCHead(40, 8, margin=margin, margin_type="cosface")
+    with pytest.raises(ConfigError, match="margin_type must be one of"):
+        make_head("partial_fc", 40, 8, margin_type="sphereface")
+
+
+def test_head_files_from_before_margins_were_parts_still_load(tmp_path):
+    """head.json written before margin_type was saved for dense heads (and with the old key
+    order for Partial FC) loads with the class's own margin."""
+    import json
+
+    for name, hparams, kind in [
+        ("cosface", {"scale": 30.0, "margin": 0.2, "learn_scale": False}, CosFaceMargin),
+        ("arcface", {"scale": 30.0, "margin": 0.5, "learn_scale": False}, ArcFaceMargin),
+        ("partial_fc", {"sample_rate": 0.5, "margin_type": "arcface", "scale": 30.0, "margin": 0.4,
+                        "dtype": "float32", "optimizer": "sgd", "momentum": 0.9,
+                        "weight_decay": 0.0005}, ArcFaceMargin),
+    ]:
+        head = make_head(name, 6, 4, **hparams)
+        head.save(tmp_path / name)
+        (tmp_path / name / "head.json").write_text(json.dumps(
+            {"kind": "megaclass.head", "name": name, "num_classes": 6, "dim": 4, "hparams": hparams}))
+        again = load_head(tmp_path / name)
+        assert type(again.margin_fn) is kind and again.margin == hparams["margin"]
+        assert torch.equal(again.class_centers(), head.class_centers())
 
 
 def test_bad_input():

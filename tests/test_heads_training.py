@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from megaclass import GlyphSource, Trainer
 from megaclass.errors import ConfigError
-from megaclass.heads import HEADS, load_head, make_head
+from megaclass.heads import HEADS, LossReduction, load_head, make_head
 from megaclass.train import latest_checkpoint
 
 TINY = dict(batch_size=32, dim=16, widths=(8, 16), progress=False, num_workers=0)
@@ -62,7 +62,8 @@ def test_focal_and_class_balanced_options():
     src = ArraySource(torch.rand(len(labels), 1, 32, 32), labels)
     t = Trainer(src, head="cosface", steps=2, focal_gamma=2.0, class_balanced=True, m_per_class=2, **TINY)
     t.fit()
-    assert t.head_.focal_gamma == 2.0 and t.head_.class_weight[0] < t.head_.class_weight[1]
+    weight = t.head_.reduction.class_weight
+    assert t.head_.reduction.focal_gamma == 2.0 and weight[0] < weight[1]
     with pytest.raises(ConfigError, match="no softmax loss"):
         Trainer(src, head="triplet", steps=1, focal_gamma=1.0, m_per_class=2, **TINY).fit()
     with pytest.raises(ConfigError, match="unknown head"):
@@ -74,8 +75,14 @@ def test_focal_loss_downweights_easy_samples():
     emb = F.normalize(head.weight.detach()[:2], dim=1)
     labels = torch.tensor([0, 1])
     plain = head(emb, labels).item()
-    head.set_loss(focal_gamma=2.0)
+    head.reduction = LossReduction(focal_gamma=2.0)
     assert head(emb, labels).item() < plain
+    with pytest.raises(ConfigError, match="focal_gamma must be >= 0"):
+        LossReduction(focal_gamma=-1.0)
+    with pytest.raises(ConfigError, match="class_weight needs 4 entries"):
+        make_head("cosface", 4, 3, reduction=LossReduction(class_weight=torch.ones(3)))
+    with pytest.raises(ConfigError, match="no softmax loss"):
+        make_head("adaptive", 4, 3, reduction=LossReduction(focal_gamma=1.0))
 
 
 def test_hierarchical_groups_beam_and_taxonomy(tmp_path):

@@ -25,6 +25,8 @@ Example
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
@@ -32,6 +34,9 @@ from torch import nn
 from ..errors import ConfigError
 from .base import Head
 from .scale import Scale
+
+if TYPE_CHECKING:
+    from ..data.base import Source
 
 DEFAULT_MASS = (0.5, 0.85)
 
@@ -92,7 +97,7 @@ class AdaptiveHead(Head):
         self.asm = nn.AdaptiveLogSoftmaxWithLoss(dim, num_classes, cutoffs, div_value=self.div_value)
 
     @classmethod
-    def source_options(cls, source, options: dict) -> dict:
+    def source_options(cls, source: Source, options: dict) -> dict:
         """Trainer hook: rank classes by their frequency in ``source``."""
         if "class_counts" not in options and "cutoffs" not in options:
             options = {**options, "class_counts": np.bincount(source.labels, minlength=source.num_classes)}

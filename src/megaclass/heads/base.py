@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import ConfigError, InvalidInputError, MegaclassError, ModelFormatError
-from ..tensorio import read_json, read_tensors
-from .losses import classification_loss
+from ..errors import ConfigError, InvalidInputError, MegaclassError
+from .reduction import LossReduction
+
+if TYPE_CHECKING:
+    from ..data.base import Source
 
 
 class TaxonomyError(InvalidInputError):
@@ -41,8 +43,10 @@ class Head(nn.Module):
     #: True for heads that update their own (row-sparse) state in :meth:`sparse_step`
     #: instead of exposing it as ``nn.Parameter`` to the trainer's optimizer.
     sparse: ClassVar[bool] = False
-    #: True for heads whose loss is a cross-entropy over logits (focal / class weights apply).
-    softmax_type: ClassVar[bool] = False
+    #: How a softmax-type head reduces its cross-entropy (focal loss, class weights; see
+    #: :mod:`.reduction`), given to its constructor as ``reduction=``. None for heads whose
+    #: loss is not a cross-entropy over logits (``adaptive``, ``triplet``).
+    reduction: LossReduction | None = None
 
     def __init__(self, num_classes: int, dim: int) -> None:
         super().__init__()
@@ -52,42 +56,15 @@ class Head(nn.Module):
             raise ConfigError(f"embedding dim must be >= 1, got {dim}")
         self.num_classes = int(num_classes)
         self.dim = int(dim)
-        self.focal_gamma = 0.0
-        self.class_weight: torch.Tensor | None = None
 
-    # -- loss options (training-time only, not saved) ---------------------------------
-    def set_loss(self, *, focal_gamma: float = 0.0, class_weight: torch.Tensor | None = None) -> Head:
-        """Use focal loss (``focal_gamma > 0``) and/or per-class weights in the cross-entropy.
+    @classmethod
+    def source_options(cls, source: Source, options: dict) -> dict:
+        """Constructor options completed from the training ``source`` (the trainer calls it).
 
-        Only softmax-type heads accept these (``softmax``, ``normface``, ``cosface``,
-        ``arcface``, ``partial_fc``, ``hierarchical``). ``class_weight`` has one entry per
-        class, e.g. :func:`megaclass.data.samplers.class_weights` (Cui et al. 2019).
+        The default returns ``options`` unchanged; a head that needs something of the data
+        (class frequencies, class names) adds it here.
         """
-        if focal_gamma < 0:
-            raise ConfigError(f"focal_gamma must be >= 0, got {focal_gamma}")
-        if (focal_gamma or class_weight is not None) and not self.softmax_type:
-            raise ConfigError(f"the {self.name} head has no softmax loss: focal loss and class "
-                              "weights do not apply to it")
-        if class_weight is not None:
-            class_weight = torch.as_tensor(class_weight, dtype=torch.float32).flatten()
-            if class_weight.numel() != self.num_classes:
-                raise ConfigError(f"class_weight needs {self.num_classes} entries, "
-                                  f"got {class_weight.numel()}")
-        self.focal_gamma = float(focal_gamma)
-        self.class_weight = class_weight
-        return self
-
-    def loss_from_logits(self, logits: torch.Tensor, targets: torch.Tensor,
-                         labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-entropy of ``logits`` at column ``targets`` with the head's focal/weight options.
-
-        ``labels`` (global class ids, default ``targets``) select the class weights when the
-        logit columns are a subset of classes (Partial FC, hierarchical).
-        """
-        weight = None
-        if self.class_weight is not None:
-            weight = self.class_weight.to(logits.device)[targets if labels is None else labels]
-        return classification_loss(logits, targets, gamma=self.focal_gamma, sample_weight=weight)
+        return options
 
     def sparse_step(self, lr: float) -> None:
         """Apply the head's own update after ``loss.backward()`` (sparse heads only)."""
@@ -155,16 +132,3 @@ class Head(nn.Module):
         (out / "head.json").write_text(json.dumps(cfg, indent=2))
         return out
 
-
-def load_head(path: str | os.PathLike) -> Head:
-    """Load a head written by :meth:`Head.save`."""
-    from .registry import make_head
-
-    root = Path(path)
-    cfg = read_json(root / "head.json")
-    state = read_tensors(root / "head.safetensors")
-    if cfg.get("kind") != "megaclass.head":
-        raise ModelFormatError(f"{root}/head.json does not describe a megaclass head")
-    head = make_head(cfg["name"], cfg["num_classes"], cfg["dim"], **cfg.get("hparams", {}))
-    head.load_state_dict(state)
-    return head

@@ -39,7 +39,7 @@ def predict(model: ModelOpt, head: HeadOpt, samples: SamplesArg,
     classes and repeated queries, `export-head` into a gallery and use `identify` instead.
     """
     from ..models import load_encoder
-    from .base import load_head
+    from .registry import load_head
 
     enc = load_encoder(model)
     h = load_head(head)
@@ -63,8 +63,8 @@ def export_head(head: Annotated[Path, typer.Argument(help="Head directory to exp
                 replace: Annotated[bool, typer.Option(help="Replace classes already enrolled.")] = False,
                 as_json: JsonOpt = False) -> None:
     """Enroll a trained head's class centres into a gallery (one template per class)."""
-    from .base import load_head
     from .export import export_to_gallery
+    from .registry import load_head
 
     h = load_head(head)
     g = export_to_gallery(h, gallery, labels=_names(h, data), replace=replace)

@@ -37,6 +37,7 @@ torch.Size([2, 3])
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -45,8 +46,12 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import Head
+from .reduction import LossReduction, reduction_for
 from .rowwise import OPTIMIZERS, init_rows_, make_state, rowwise_step, state_names
 from .scale import Scale
+
+if TYPE_CHECKING:
+    from ..data.base import Source
 
 
 class HierarchicalHead(Head):
@@ -66,6 +71,7 @@ class HierarchicalHead(Head):
         ``"joint"`` (log P(group) + log P(class | group)).
     optimizer, momentum, weight_decay : the row-wise update of the class rows (``"sgd"`` or
         ``"adam"``); the trainer picks the one matching its own optimizer.
+    reduction : how both levels' cross-entropies are reduced (focal loss, class weights).
 
     Attributes
     ----------
@@ -73,15 +79,17 @@ class HierarchicalHead(Head):
     """
 
     name = "hierarchical"
-    softmax_type = True
     sparse = True
+    reduction: LossReduction
 
     def __init__(self, num_classes: int, dim: int, *, groups=None, taxonomy=None, class_names=None,
                  centers=None, num_groups: int | None = None, group_names: list[str] | None = None,
                  scale: float = 30.0, margin: float = 0.0, beam: int = 8, seed: int = 0,
                  learn_scale: bool = False, optimizer: str = "sgd", momentum: float = 0.9,
-                 weight_decay: float = 0.0, rank: str = "class") -> None:
+                 weight_decay: float = 0.0, rank: str = "class",
+                 reduction: LossReduction | None = None) -> None:
         super().__init__(num_classes, dim)
+        self.reduction = reduction_for(reduction, num_classes)
         self.scale, self.margin, self.beam = float(scale), float(margin), int(beam)
         self.s = Scale(self.scale, learn_scale)
         if self.beam < 1:
@@ -132,7 +140,7 @@ class HierarchicalHead(Head):
                 "optimizer": self.optimizer, "momentum": self.momentum, "weight_decay": self.weight_decay}
 
     @classmethod
-    def source_options(cls, source, options: dict) -> dict:
+    def source_options(cls, source: Source, options: dict) -> dict:
         """Trainer hook: a taxonomy is matched against the source's class names."""
         if options.get("taxonomy") is not None and options.get("class_names") is None:
             options = {**options, "class_names": list(source.class_names)}
@@ -167,7 +175,7 @@ class HierarchicalHead(Head):
         labels = labels.long()
         e = F.normalize(embeddings, dim=1)
         groups = self.group_of[labels]
-        loss = self.loss_from_logits(self._group_logits(e), groups, labels)
+        loss = self.reduction(self._group_logits(e), groups, labels)
         ug, inv = groups.unique(return_inverse=True)
         rows = self._members[ug]                                  # (U, Smax), -1 = padding
         index, pos = rows.clamp(min=0).flatten().unique(return_inverse=True)
@@ -179,7 +187,7 @@ class HierarchicalHead(Head):
         target = self._slot[labels][:, None]
         cos = cos.scatter(1, target, cos.gather(1, target) - self.margin)
         logits = (self.s() * cos).masked_fill(rows[inv] < 0, -math.inf)
-        return loss + self.loss_from_logits(logits, target.squeeze(1), labels)
+        return loss + self.reduction(logits, target.squeeze(1), labels)
 
     def sparse_step(self, lr: float) -> None:
         """Row-wise optimizer update of the class rows used by the last forward (after backward)."""

@@ -41,10 +41,9 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .base import Head
+from .margins import Margin, resolve_margin
+from .reduction import LossReduction, reduction_for
 from .rowwise import DTYPES, OPTIMIZERS, check_memory, make_state, rowwise_step, state_names
-from .softmax import ArcFaceHead, CosFaceHead, MarginSoftmaxHead
-
-_MARGINS = {"cosface": CosFaceHead, "arcface": ArcFaceHead, "normface": MarginSoftmaxHead}
 
 
 class _MarginCrossEntropy(torch.autograd.Function):
@@ -136,8 +135,12 @@ class PartialFCHead(Head):
     num_classes, dim : size of the class-centre matrix (num_classes x dim).
     sample_rate : float in (0, 1], default 0.1
         Share of centres used per step (positives are always included).
-    margin_type : ``"cosface"`` (default), ``"arcface"`` or ``"normface"`` (no margin).
-    scale, margin : the margin softmax's ``s`` and ``m`` (defaults of the margin type).
+    margin : a :class:`~.margins.Margin` (e.g. ``ArcFaceMargin(0.5)``), or the number ``m``
+        for the margin named by ``margin_type`` (default: that margin's own ``m``).
+    margin_type : ``"cosface"`` (default), ``"arcface"`` or ``"normface"`` (no margin), when
+        ``margin`` is a number.
+    scale : the margin softmax's ``s`` (default 30).
+    reduction : how the cross-entropy is reduced (focal loss, class weights); default the mean.
     dtype : ``"float32"`` (default), ``"bfloat16"`` or ``"float16"`` storage of centres and state.
     optimizer : ``"sgd"`` (momentum, Nesterov) or ``"adam"`` (AdamW-style, lazy): the row-wise
         update :meth:`sparse_step` applies. The trainer picks the one matching its optimizer.
@@ -158,27 +161,26 @@ class PartialFCHead(Head):
 
     name = "partial_fc"
     sparse = True
-    softmax_type = True
+    default_scale = 30.0
+    reduction: LossReduction
 
     def __init__(self, num_classes: int, dim: int, *, sample_rate: float = 0.1,
-                 margin_type: str = "cosface", scale: float | None = None, margin: float | None = None,
+                 margin_type: str | None = None, scale: float | None = None,
+                 margin: float | Margin | None = None, reduction: LossReduction | None = None,
                  dtype: str = "float32", optimizer: str = "sgd", momentum: float = 0.9,
                  weight_decay: float = 5e-4, check_memory: bool = True,
                  shard: tuple[int, int] | None = None) -> None:
         super().__init__(num_classes, dim)
         if isinstance(sample_rate, bool) or not 0.0 < float(sample_rate) <= 1.0:
             raise ConfigError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
-        if margin_type not in _MARGINS:
-            raise ConfigError(f"margin_type must be one of {sorted(_MARGINS)}, got {margin_type!r}")
+        self.margin_fn = resolve_margin(margin, margin_type, "cosface")
+        self.reduction = reduction_for(reduction, num_classes)
         if dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        margin_cls = _MARGINS[margin_type]
         self.sample_rate = float(sample_rate)
-        self.margin_type = margin_type
-        self.scale = float(margin_cls.default_scale if scale is None else scale)
-        self.margin = float(margin_cls.default_margin if margin is None else margin)
+        self.scale = float(self.default_scale if scale is None else scale)
         self.dtype_name, self.optimizer = dtype, optimizer
         self.momentum, self.weight_decay = float(momentum), float(weight_decay)
         storage = DTYPES[dtype]
@@ -201,9 +203,15 @@ class PartialFCHead(Head):
                 "margin": self.margin, "dtype": self.dtype_name, "optimizer": self.optimizer,
                 "momentum": self.momentum, "weight_decay": self.weight_decay}
 
-    def target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
-        """The margin of ``margin_type`` (CosFace ``cos - m``, ArcFace ``cos(theta + m)``)."""
-        return _MARGINS[self.margin_type].target_logit(self, cos_target)
+    @property
+    def margin_type(self) -> str:
+        """The margin's name (``cosface``, ``arcface``, ``normface``)."""
+        return self.margin_fn.name
+
+    @property
+    def margin(self) -> float:
+        """``m`` of the margin."""
+        return self.margin_fn.m
 
     # -- sampling -----------------------------------------------------------------
     def sample(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,17 +252,16 @@ class PartialFCHead(Head):
         if self.training:
             self._pending = (index, rows)
         self.last_sampled_ = index.numel()
-        if self.focal_gamma:  # focal loss: plain autograd (keeps more B x k buffers)
+        reduction = self.reduction
+        if reduction.focal_gamma:  # focal loss: plain autograd (keeps more B x k buffers)
+            if group is not None:
+                raise ConfigError("focal loss is not available with a sharded partial_fc head (--nproc > 1)")
             cos = F.linear(e, F.normalize(rows, dim=1))
             t = cos.gather(1, targets[:, None])
-            logits = self.scale * cos.scatter(1, targets[:, None], self.target_logit(t))
-            return self.loss_from_logits(logits, targets, labels)
-        if self.class_weight is not None:
-            a = self.class_weight[labels]
-            a = a / a.sum().clamp_min(1e-12)
-        else:
-            a = torch.full((labels.numel(),), 1.0 / labels.numel())
-        return _MarginCrossEntropy.apply(e, rows, targets, a, self.scale, self.target_logit, group)
+            logits = self.scale * cos.scatter(1, targets[:, None], self.margin_fn(t))
+            return reduction(logits, targets, labels)
+        a = reduction.sample_weights(labels)
+        return _MarginCrossEntropy.apply(e, rows, targets, a, self.scale, self.margin_fn, group)
 
     def sparse_step(self, lr: float) -> None:
         """Row-wise optimizer update of the rows used by the last forward (after backward)."""

@@ -60,7 +60,8 @@ class ShardedPartialFCHead(PartialFCHead):
     num_classes, dim : the whole head's size (C x D); this rank stores ``class_range`` rows.
     rank, world : this process's rank and the number of shards.
     group : the process group of the head's collectives (None: the default group).
-    **options : :class:`PartialFCHead` options (``sample_rate``, ``dtype``, ``optimizer``, ...).
+    **options : :class:`PartialFCHead` options (``sample_rate``, ``margin``, ``dtype``,
+        ``optimizer``, ``reduction`` -- class weights only: no focal loss across shards).
 
     Attributes
     ----------
@@ -69,13 +70,11 @@ class ShardedPartialFCHead(PartialFCHead):
 
     def __init__(self, num_classes: int, dim: int, *, rank: int, world: int, group=None,
                  **options) -> None:
+        reduction = options.get("reduction")
+        if reduction is not None and reduction.focal_gamma:
+            raise ConfigError("focal loss is not available with a sharded partial_fc head (--nproc > 1)")
         super().__init__(num_classes, dim, shard=shard_range(num_classes, rank, world), **options)
         self.rank, self.world, self.group = int(rank), int(world), group
-
-    def set_loss(self, *, focal_gamma: float = 0.0, class_weight=None):
-        if focal_gamma:
-            raise ConfigError("focal loss is not available with a sharded partial_fc head (--nproc > 1)")
-        return super().set_loss(class_weight=class_weight)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_batch(embeddings, labels)

@@ -1,10 +1,12 @@
 """Dense softmax heads: plain softmax and the cosine-margin family (CosFace, ArcFace).
 
-CosFace (Wang et al. 2018, "CosFace: Large Margin Cosine Loss") subtracts a
-margin from the target cosine; ArcFace (Deng et al. 2019, "ArcFace: Additive
-Angular Margin Loss") adds it to the target angle. Both are a one-method
-override of :class:`MarginSoftmaxHead`, which scales cosines by ``s`` and applies
-cross-entropy. Their weight rows, normalised, are the class centres.
+:class:`MarginSoftmaxHead` scales cosines by ``s``, replaces the target class's cosine by a
+:class:`~.margins.Margin` (a callable it is given) and reduces the cross-entropy with a
+:class:`~.reduction.LossReduction`. CosFace (Wang et al. 2018, "CosFace: Large Margin
+Cosine Loss") subtracts a margin from the target cosine; ArcFace (Deng et al. 2019,
+"ArcFace: Additive Angular Margin Loss") adds it to the target angle: :class:`CosFaceHead`
+and :class:`ArcFaceHead` are the margin head with that margin by default. The weight rows,
+normalised, are the class centres.
 
 Example
 -------
@@ -17,13 +19,15 @@ Example
 
 from __future__ import annotations
 
-import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Head
+from .margins import ArcFaceMargin, CosFaceMargin, Margin, NoMargin, resolve_margin
+from .reduction import LossReduction, reduction_for
 from .scale import Scale
 
 
@@ -36,12 +40,13 @@ class SoftmaxHead(Head):
     """
 
     name = "softmax"
-    softmax_type = True
     default_scale = 16.0
+    reduction: LossReduction
 
     def __init__(self, num_classes: int, dim: int, *, scale: float | None = None,
-                 learn_scale: bool = False) -> None:
+                 learn_scale: bool = False, reduction: LossReduction | None = None) -> None:
         super().__init__(num_classes, dim)
+        self.reduction = reduction_for(reduction, num_classes)
         self.scale = float(self.default_scale if scale is None else scale)
         self.s = Scale(self.scale, learn_scale)
         self.weight = nn.Parameter(torch.empty(num_classes, dim))
@@ -56,7 +61,7 @@ class SoftmaxHead(Head):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_batch(embeddings, labels)
-        return self.loss_from_logits(self.logits(embeddings), labels)
+        return self.reduction(self.logits(embeddings), labels)
 
     def class_centers(self) -> torch.Tensor:
         return F.normalize(self.weight.detach().float(), dim=1)
@@ -65,33 +70,47 @@ class SoftmaxHead(Head):
 class MarginSoftmaxHead(Head):
     """Normalised-weight softmax ``s * cos(theta)`` with a margin on the target class.
 
-    Subclasses override :meth:`target_logit` only. With ``margin=0`` every variant
-    is the same normalised softmax (NormFace).
+    With the default margin (:class:`~.margins.NoMargin`) this is NormFace.
 
     Parameters
     ----------
     num_classes, dim : size of the class-centre matrix ``W`` (num_classes x dim).
     scale : ``s``, the inverse temperature applied to cosines.
-    margin : ``m``, the variant's margin.
+    margin : a :class:`~.margins.Margin` (e.g. ``ArcFaceMargin(0.5)``), or the number ``m``
+        for the margin named by ``margin_type`` (default: the class's own margin).
+    margin_type : ``"normface"``, ``"cosface"`` or ``"arcface"`` when ``margin`` is a number.
     learn_scale : learn ``s`` with the head, starting from ``scale`` (NormFace).
+    reduction : how the cross-entropy is reduced (focal loss, class weights); default the mean.
+
+    Attributes
+    ----------
+    margin_fn : the :class:`~.margins.Margin` applied to the target cosine.
     """
 
     name = "normface"
-    softmax_type = True
     default_scale = 30.0
-    default_margin = 0.0
+    margin_kind: ClassVar[type[Margin]] = NoMargin
+    reduction: LossReduction
 
     def __init__(self, num_classes: int, dim: int, *, scale: float | None = None,
-                 margin: float | None = None, learn_scale: bool = False) -> None:
+                 margin: float | Margin | None = None, margin_type: str | None = None,
+                 learn_scale: bool = False, reduction: LossReduction | None = None) -> None:
         super().__init__(num_classes, dim)
+        self.margin_fn = resolve_margin(margin, margin_type, self.margin_kind.name)
+        self.reduction = reduction_for(reduction, num_classes)
         self.scale = float(self.default_scale if scale is None else scale)
-        self.margin = float(self.default_margin if margin is None else margin)
         self.s = Scale(self.scale, learn_scale)
         self.weight = nn.Parameter(torch.empty(num_classes, dim))
         nn.init.normal_(self.weight, std=0.01)
 
+    @property
+    def margin(self) -> float:
+        """``m`` of the margin."""
+        return self.margin_fn.m
+
     def hparams(self) -> dict:
-        return {"scale": self.scale, "margin": self.margin, "learn_scale": self.s.learn}
+        return {"scale": self.scale, "margin": self.margin, "margin_type": self.margin_fn.name,
+                "learn_scale": self.s.learn}
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1))
@@ -99,49 +118,28 @@ class MarginSoftmaxHead(Head):
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.cosine(embeddings)
 
-    def target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
-        """The margin-modified cosine of each sample's own class (identity here)."""
-        return cos_target
-
     def margin_logits(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Scaled logits with the target column replaced by :meth:`target_logit`."""
+        """Scaled logits with the target column replaced by ``margin_fn`` of it."""
         target = cos.gather(1, labels[:, None])
-        return self.s() * cos.scatter(1, labels[:, None], self.target_logit(target))
+        return self.s() * cos.scatter(1, labels[:, None], self.margin_fn(target))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_batch(embeddings, labels)
-        return self.loss_from_logits(self.margin_logits(self.cosine(embeddings), labels), labels)
+        return self.reduction(self.margin_logits(self.cosine(embeddings), labels), labels)
 
     def class_centers(self) -> torch.Tensor:
         return F.normalize(self.weight.detach().float(), dim=1)
 
 
 class CosFaceHead(MarginSoftmaxHead):
-    """CosFace / large-margin cosine loss: target logit ``cos(theta) - m``."""
+    """CosFace / large-margin cosine loss: target logit ``cos(theta) - m`` (m = 0.35 by default)."""
 
     name = "cosface"
-    default_scale = 30.0
-    default_margin = 0.35
-
-    def target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
-        return cos_target - self.margin
+    margin_kind = CosFaceMargin
 
 
 class ArcFaceHead(MarginSoftmaxHead):
-    """ArcFace / additive angular margin: target logit ``cos(theta + m)``.
-
-    Where ``theta + m`` would pass pi the logit continues linearly
-    (``cos(theta) - m sin(m)``), keeping it monotonic in theta, as in the
-    paper's reference implementation.
-    """
+    """ArcFace / additive angular margin: target logit ``cos(theta + m)`` (m = 0.5 by default)."""
 
     name = "arcface"
-    default_scale = 30.0
-    default_margin = 0.5
-
-    def target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
-        m = self.margin
-        cos_c = cos_target.clamp(-1 + 1e-7, 1 - 1e-7)
-        sin = torch.sqrt(1.0 - cos_c * cos_c)
-        phi = cos_c * math.cos(m) - sin * math.sin(m)
-        return torch.where(cos_c > math.cos(math.pi - m), phi, cos_c - m * math.sin(m))
+    margin_kind = ArcFaceMargin

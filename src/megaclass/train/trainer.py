@@ -24,7 +24,7 @@ from ..data.base import Source
 from ..data.input_spec import InputSpec
 from ..data.samplers import MPerClassSampler, class_weights
 from ..errors import ConfigError
-from ..heads import HEADS, Head, make_head
+from ..heads import HEADS, Head, LossReduction, make_head
 from ..models import Encoder, EncoderConfig
 from ..models.backbones import parse_backbone
 from ..models.finetune import (
@@ -203,10 +203,12 @@ class Trainer:
             options.setdefault("optimizer", "adam" if c.optimizer == "adamw" else "sgd")
             options.setdefault("momentum", c.momentum)
             options.setdefault("weight_decay", c.weight_decay)
-        if hasattr(cls, "source_options"):
-            options = cls.source_options(self.source, options)
+        options = cls.source_options(self.source, options)
+        reduction = self._reduction()
+        if reduction is not None:
+            options["reduction"] = reduction
         head = self._make_head(c.head, dict(scale=c.scale, margin=c.margin, **options))
-        return encoder, self._loss_options(head), self._optimizer(encoder, head)
+        return encoder, head, self._optimizer(encoder, head)
 
     def _make_head(self, name: str, options: dict) -> Head:
         return make_head(name, self.source.num_classes, self.config.dim, **options)
@@ -235,14 +237,22 @@ class Trainer:
         self._pretrained = pretrained
         return encoder
 
-    def _loss_options(self, head: Head) -> Head:
+    def _reduction(self) -> LossReduction | None:
+        """The loss reduction ``focal_gamma`` and ``class_balanced`` ask for (None: the plain mean)."""
         c = self.config
         weight = None
         if c.class_balanced:
             weight = class_weights(self.source.labels, beta=c.balance_beta,
                                    num_classes=self.source.num_classes)
-        if c.focal_gamma or weight is not None:
-            head.set_loss(focal_gamma=c.focal_gamma, class_weight=weight)
+        if not c.focal_gamma and weight is None:
+            return None
+        return LossReduction(focal_gamma=c.focal_gamma, class_weight=weight)
+
+    def _loss_options(self, head: Head) -> Head:
+        """``head`` (loaded from a checkpoint) with the run's loss reduction (not saved with it)."""
+        reduction = self._reduction()
+        if reduction is not None:
+            head.reduction = reduction
         return head
 
     def _optimizer(self, encoder: Encoder, head: Head) -> torch.optim.Optimizer:
