@@ -323,6 +323,8 @@ class Trainer:
         encoder.to(device)
         head.to(device)
         encoder, head, opt, step = self._resume(encoder, head, opt, device)
+        if hasattr(head, "update_in_backward"):  # Partial FC: row update inside backward (less peak memory)
+            head.update_in_backward(lambda: opt.param_groups[0]["lr"])
         influence = None  # BCT: the old model's classifier, frozen
         if c.compatible_with:
             from ..growth.bct import influence_loss
