@@ -4,7 +4,7 @@ Side by side in one run, each world started by the same elastic launcher as trai
 (:func:`megaclass.train.launch.launch`): world 1 (one :class:`PartialFCHead` holding all C
 centres) and world N (:class:`ShardedPartialFCHead`, C/N centres per process). Every
 process times head-only steps (forward with the all-gather and the normaliser all-reduces,
-backward, row-wise SGD-momentum update) on random unit embeddings, its slice of a global
+backward with the row-wise SGD-momentum update inside it) on random unit embeddings, its slice of a global
 m-per-class batch of B, one torch thread each. Reported per process: median step time,
 peak resident memory (``VmHWM`` of ``/proc/self/status``: the process's own high-water
 mark, which ``ru_maxrss`` is not for a process forked from a big parent), and head state
@@ -88,6 +88,8 @@ def _worker(spec: dict) -> dict:
     else:
         rank, head = 0, PartialFCHead(c, d, **opts)
     state = sum(t.numel() * t.element_size() for t in head.buffers())
+    if spec.get("update", "backward") == "backward":
+        head.update_in_backward(LR)  # what the trainer does; "after": backward, then sparse_step
     rng = np.random.default_rng(0)
     times, sent, tcp = [], 0, None
     try:
@@ -121,18 +123,23 @@ def _worker(spec: dict) -> dict:
 def run_distributed_heads_bench(out, *, classes: int = 2_000_000, dim: int = 256, batch: int = 256,
                                 nproc: int = 2, steps: int = 10, warmup: int = 2, sample_rate: float = 0.1,
                                 dtype: str = "float32", threads: int = 1, timeout: float = 600,
-                                log=print) -> dict:
-    """Measure world 1 and world ``nproc`` one after the other; write JSON + PNG to ``out``."""
+                                update: str = "backward", log=print) -> dict:
+    """Measure world 1 and world ``nproc`` one after the other; write JSON + PNG to ``out``.
+
+    ``update``: ``"backward"`` (the row update inside backward, as the trainer does) or
+    ``"after"`` (backward holds the rows' whole gradient, then ``sparse_step``)."""
     from ..errors import ConfigError
     from ..train.distributed import comm_bytes_per_step
     from ..train.launch import launch
 
     if nproc < 2:
         raise ConfigError(f"--nproc must be >= 2 to compare with one process, got {nproc}")
+    if update not in ("backward", "after"):
+        raise ConfigError(f"update must be 'backward' or 'after', got {update!r}")
     if batch % (4 * nproc):
         raise ConfigError(f"--batch ({batch}) must be a multiple of 4 x --nproc ({4 * nproc})")
     spec = dict(classes=classes, dim=dim, batch=batch, steps=steps, warmup=warmup, sample_rate=sample_rate,
-                dtype=dtype, threads=threads, timeout=timeout)
+                dtype=dtype, threads=threads, timeout=timeout, update=update)
     worlds = {}
     for world in (1, nproc):
         if log:
