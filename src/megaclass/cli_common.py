@@ -16,12 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import InvalidInputError
+from .errors import ConfigError, InvalidInputError
 
 console = Console()
 err_console = Console(stderr=True)
 
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model directory (config.json + model.safetensors), or a shipped model by name: reference.")]
+ModelsOpt = Annotated[list[Path], typer.Option("--model", "-m", help="Model directory (config.json + model.safetensors), or a shipped model by name: reference. Repeat it for an ensemble (-m a/ -m b/): one gallery per model under -g (-g/model-0, -g/model-1, ...), scores fused (z-score sum, threshold calibrated on the fused score); always give the same models in the same order.")]
 GalleryOpt = Annotated[Path, typer.Option("--gallery", "-g", parser=lambda s: s if "://" in s else Path(s), help="Gallery directory (created on first enroll), or milvus://HOST:PORT/COLLECTION (a Milvus server; token: --milvus-token / $MEGACLASS_MILVUS_TOKEN) or milvus-lite://FILE.db.")]
 MilvusTokenOpt = Annotated[str | None, typer.Option(
     "--milvus-token", help="Credentials of a secured Milvus (token or user:password) for -g milvus://... "
@@ -122,30 +123,45 @@ def _read_key_file(key_file: Path | None) -> bytes | None:
     return resolve_key(Path(key_file))
 
 
-def _recognizer(model: Path, gallery: Path, create: bool = False, threshold: float | None = None,
-                key: Path | None = None):
+def _recognizer(model: Path | list[Path], gallery: Path, create: bool = False,
+                threshold: float | None = None, key: Path | None = None):
     """A Recognizer on ``gallery``; ``key`` (a key file) decrypts an encrypted one.
 
+    Several models (``-m`` repeated), or a gallery folder that holds an ensemble, give a
+    :class:`~megaclass.fusion.FusedRecognizer` (see :mod:`megaclass.fusion_gallery`; a
+    mismatch between the models given and those enrolled is a ConfigError naming it).
     Without ``key`` the environment decides (``$MEGACLASS_GALLERY_KEY_FILE`` /
     ``$MEGACLASS_GALLERY_KEY``); a new gallery created with a key is encrypted.
     """
+    from .fusion_gallery import is_ensemble, open_ensemble
     from .gallery.open import gallery_exists, open_gallery
     from .models import load_encoder
     from .recognizer import Recognizer
 
+    models = list(model) if isinstance(model, list | tuple) else [model]
     key_bytes = _read_key_file(key)
-    encoder = load_encoder(model)
+    if len(models) > 1 or is_ensemble(gallery):
+        return open_ensemble(models, gallery, create=create, key=key_bytes, threshold=threshold)
+    encoder = load_encoder(models[0])
     if not create and not gallery_exists(gallery):
         raise InvalidInputError(f"{gallery} is not a gallery (enroll something first)")
     return Recognizer(encoder, open_gallery(gallery, dim=encoder.dim, key=key_bytes, create=create),
                       threshold=threshold)
 
 
-def _open_gallery(gallery: Path, key: Path | None = None):
-    """Open an existing gallery (never create one); ``key`` as in :func:`_recognizer`."""
+def _open_gallery(gallery: Path, key: Path | None = None, *, ensemble_ok: bool = False):
+    """Open an existing gallery (never create one); ``key`` as in :func:`_recognizer`.
+    An ensemble folder gives its :class:`~megaclass.fusion_gallery.MemberGalleries` when
+    ``ensemble_ok`` (erase, stats), else ConfigError saying to give its models."""
+    from .fusion_gallery import MemberGalleries, single_model_refusal
     from .gallery.open import gallery_exists, open_gallery
 
     key_bytes = _read_key_file(key)
+    refusal = single_model_refusal(gallery)
+    if refusal:
+        if ensemble_ok:
+            return MemberGalleries(gallery, key_bytes)
+        raise ConfigError(refusal)
     if not gallery_exists(gallery):
         raise InvalidInputError(f"{gallery} is not a gallery")
     return open_gallery(gallery, create=False, key=key_bytes)

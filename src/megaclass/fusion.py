@@ -38,14 +38,15 @@ Example
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import ConfigError, InvalidInputError, NotCalibratedError
-from .evaluate.open_set import Calibration, calibrate_threshold
+from .errors import ConfigError, InvalidInputError, NotCalibratedError, UnknownLabelError
+from .evaluate.open_set import Calibration, calibrate_threshold, too_few_non_mated
 from .gallery import Match
-from .recognizer import Decision, Recognizer
+from .recognizer import UNSET, Decision, Recognizer, Verdict
 
 __all__ = ["FusedRecognizer", "RULES", "ENSEMBLE_KEY"]
 
@@ -63,16 +64,25 @@ class FusedRecognizer:
     weights : one weight per member (default: equal).
     adopt : build the ensemble on galleries already enrolled on their own or in another
         ensemble (they must hold the same classes); it needs :meth:`calibrate` before use.
+    threshold : a fused decision threshold that overrides the calibrated one (not stored).
+
+    ``Recognizer([enc_a, enc_b], gallery="g/")`` builds one on a single gallery folder
+    (``g/model-0``, ``g/model-1``: see :func:`~megaclass.fusion_gallery.open_ensemble`).
+    It offers what the CLI and the service use of a Recognizer (enroll, enroll_many,
+    add_samples, erase, identify, verify, calibrate, ``gallery``, ``encoder``); its
+    embeddings are the members' side by side (:meth:`embed`, :meth:`split`).
 
     Attributes
     ----------
     stats_ : per member ``{"mean", "std", "min", "max"}`` of non-mated top-1 scores (set by
         :meth:`calibrate`, read back from the galleries), or None.
     threshold : the fused decision threshold, or None before calibration.
+    calibration_ : the fused calibration (threshold, achieved FPIR, interval), or None.
     """
 
     def __init__(self, members: Sequence[Recognizer], *, rule: str = "zsum",
-                 weights: Sequence[float] | None = None, adopt: bool = False) -> None:
+                 weights: Sequence[float] | None = None, adopt: bool = False,
+                 threshold: float | None = None) -> None:
         members = list(members)
         if not members:
             raise ConfigError("an ensemble needs at least one member recognizer")
@@ -86,7 +96,8 @@ class FusedRecognizer:
             raise ConfigError("each member needs its own gallery (one gallery per model)")
         self.members, self.rule, self.weights = members, rule, w
         self.fingerprints = [m.fingerprint for m in members]
-        self.stats_, self.threshold = None, None
+        self.stats_, self._threshold, self.calibration_ = None, None, None
+        self._override = threshold
         self._load_state(adopt)
 
     # -- state shared by the member galleries -------------------------------------------
@@ -115,13 +126,61 @@ class FusedRecognizer:
                               f"e.g. {diff}): erase those classes and enroll them again")
         st = states[0]
         if st is not None and st.get("rule") == self.rule:
-            self.stats_, self.threshold = st.get("stats"), st.get("threshold")
+            self.stats_, self._threshold = st.get("stats"), st.get("threshold")
+            self.calibration_ = st.get("calibration")
 
     def _save_state(self) -> None:
         state = {"members": self.fingerprints, "rule": self.rule, "stats": self.stats_,
-                 "threshold": self.threshold}
+                 "threshold": self._threshold, "calibration": self.calibration_}
         for m in self.members:
             m.gallery.set_setting(ENSEMBLE_KEY, state)
+
+
+    # -- what the CLI and the service read of a recognizer --------------------------------
+    @property
+    def threshold(self) -> float | None:
+        """The fused decision threshold: the one given to the constructor, else the calibrated one."""
+        return self._override if self._override is not None else self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float | None) -> None:
+        self._threshold = value
+
+    @property
+    def calibrated(self) -> bool:
+        return self.threshold is not None
+
+    @property
+    def fingerprint(self) -> str:
+        """The members' fingerprints joined by ``+`` (in order)."""
+        return "+".join(self.fingerprints)
+
+    @property
+    def templates(self) -> str:
+        """The template mode of the members (``"mean"`` or ``"each"``)."""
+        return self.members[0].templates
+
+    @property
+    def encoder(self):
+        """What callers read of an encoder (input contract, dim), for the whole ensemble."""
+        from .fusion_gallery import EnsembleEncoder
+
+        return EnsembleEncoder([m.encoder for m in self.members])
+
+    @property
+    def gallery(self):
+        """The member galleries seen as one (:class:`~megaclass.fusion_gallery.EnsembleGallery`)."""
+        from .fusion_gallery import EnsembleGallery
+
+        return EnsembleGallery(self)
+
+    @property
+    def dims(self) -> list[int]:
+        return [m.gallery.dim for m in self.members]
+
+    #: As :meth:`Recognizer.decision_threshold`, for the fused threshold: ``threshold`` when
+    #: given (None: candidates only), else the calibrated one, else NotCalibratedError.
+    decision_threshold = Recognizer.decision_threshold
 
     # -- gallery operations --------------------------------------------------------------
     def __len__(self) -> int:
@@ -130,30 +189,85 @@ class FusedRecognizer:
     def __contains__(self, label: str) -> bool:
         return label in self.members[0].gallery
 
-    def enroll(self, label: str, samples, meta: dict | None = None) -> int:
-        """Enroll ``label`` in every member's gallery, or in none (members done are undone)."""
+    def _all_or_none(self, label_sets: list[str], replace: bool, work) -> list:
+        """Run ``work(member)`` on every member; when one fails, put the members already
+        changed back (new classes erased, replaced ones restored) and re-raise."""
         if not len(self.members[0].gallery):
             self._save_state()
-        done = []
+        saved = {lb: [(m.gallery.templates(lb), m.gallery.class_meta(lb)) for m in self.members]
+                 for lb in label_sets if replace and lb in self}
+        done, out = [], []
         try:
             for m in self.members:
-                n = m.enroll(label, samples, meta)
+                out.append(work(m))
                 done.append(m)
         except BaseException:
-            for m in done:
-                m.erase(label)
+            for i, m in enumerate(done):
+                for lb in label_sets:
+                    if lb in saved:
+                        m.gallery.enroll(lb, *saved[lb][i], replace=True)
+                    elif lb in m.gallery:
+                        m.gallery.erase(lb)
             raise
-        return n
+        return out
 
-    def erase(self, label: str) -> None:
-        """Erase ``label`` from every member (KeyError-like UnknownLabelError when absent)."""
-        for m in self.members:
-            m.erase(label)
+    def enroll(self, label: str, samples, meta: dict | None = None, *, replace: bool = False) -> int:
+        """Enroll ``label`` in every member's gallery, or in none (members done are undone)."""
+        return self._all_or_none([label], replace, lambda m: m.enroll(label, samples, meta,
+                                                                       replace=replace))[0]
+
+    def enroll_many(self, items, *, replace: bool = False, progress=None, chunk_images: int = 4096) -> int:
+        """:meth:`Recognizer.enroll_many` on every member (the items are read once into memory);
+        all classes in all members, or none. ``progress(n)`` counts classes once, not per member."""
+        items = list(items)
+        labels = [it[0] for it in items if isinstance(it, tuple | list) and it]
+        counted = [0, 0]  # classes reported by all members together, classes passed on
+
+        def tick(n: int) -> None:
+            counted[0] += n
+            step = counted[0] // len(self.members) - counted[1]
+            if step > 0 and progress is not None:
+                counted[1] += step
+                progress(step)
+
+        return self._all_or_none(labels, replace, lambda m: m.enroll_many(
+            items, replace=replace, progress=tick, chunk_images=chunk_images))[0]
+
+    def add_samples(self, label: str, samples) -> int:
+        """Add samples to an enrolled class in every member (all members or none)."""
+        if label not in self:
+            raise UnknownLabelError(f"cannot add samples to {label!r}: it is not enrolled")
+        return self._all_or_none([label], True, lambda m: m.add_samples(label, samples))[0]
+
+    def erase(self, label: str) -> int:
+        """Erase ``label`` from every member (UnknownLabelError when absent); returns the
+        number of templates removed from the first member."""
+        missing = [str(m.gallery.path) for m in self.members if label not in m.gallery]
+        if missing:
+            raise UnknownLabelError(f"cannot erase {label!r}: it is not enrolled in {', '.join(missing)}")
+        return [m.erase(label) for m in self.members][0]
 
     # -- scoring ---------------------------------------------------------------------------
-    def embed(self, samples) -> list[np.ndarray]:
-        """Each member's embeddings of the samples."""
-        return [m.embed(samples) for m in self.members]
+    def embed(self, samples) -> np.ndarray:
+        """The samples' ensemble embeddings: each member's, side by side ``(N, sum of dims)``
+        (member order; :meth:`split` takes them apart)."""
+        return np.concatenate([m.embed(samples) for m in self.members], axis=1)
+
+    def split(self, vectors) -> list[np.ndarray]:
+        """Ensemble embeddings ``(N, sum of dims)`` -> one ``(N, dim_m)`` array per member."""
+        if isinstance(vectors, list | tuple):
+            parts = [np.asarray(v, dtype=np.float32) for v in vectors]
+            if len(parts) != len(self.members):
+                raise InvalidInputError(f"{len(parts)} embedding arrays for {len(self.members)} members")
+            return parts
+        v = np.asarray(vectors, dtype=np.float32)
+        if v.ndim == 1:
+            v = v[None, :]
+        if v.ndim != 2 or v.shape[1] != sum(self.dims):
+            raise InvalidInputError(
+                f"ensemble embeddings have {sum(self.dims)} columns (the members' {self.dims} side "
+                f"by side), got shape {tuple(v.shape)}")
+        return np.split(v, np.cumsum(self.dims)[:-1], axis=1)
 
     def _norm(self, i: int, s: np.ndarray) -> np.ndarray:
         st = self.stats_[i]
@@ -161,17 +275,19 @@ class FusedRecognizer:
             return (s - st["mean"]) / max(st["std"], 1e-6)
         return (s - st["min"]) / max(st["max"] - st["min"], 1e-6)
 
-    def search_vectors(self, vectors: Sequence[np.ndarray], k: int = 5) -> list[list[Match]]:
-        """Fused best ``k`` classes per query from each member's embeddings (best first)."""
-        if len(vectors) != len(self.members):
-            raise InvalidInputError(f"{len(vectors)} embedding arrays for {len(self.members)} members")
+    def _need_stats(self) -> None:
         if self.rule != "borda" and self.stats_ is None:
             raise NotCalibratedError(f"fusion rule {self.rule!r} normalises scores with non-mated "
                                      "statistics: calibrate the ensemble first (or use rule='borda')")
+
+    def search_vectors(self, vectors, k: int = 5, *, where: dict | None = None) -> list[list[Match]]:
+        """Fused best ``k`` classes per query from ensemble embeddings (best first)."""
+        vectors = self.split(vectors)
+        self._need_stats()
         n = {len(v) for v in vectors}
         if len(n) != 1:
             raise InvalidInputError(f"members embedded different numbers of samples: {sorted(n)}")
-        hits = [m.gallery.search(v, k=2 * k) for m, v in zip(self.members, vectors, strict=True)]
+        hits = [m.gallery.search(v, k=2 * k, where=where) for m, v in zip(self.members, vectors, strict=True)]
         cache = [{} for _ in self.members]  # label -> templates, per member
         out = []
         for q in range(len(vectors[0])):
@@ -193,11 +309,13 @@ class FusedRecognizer:
         return out
 
     def calibrate(self, non_mated_samples=None, target_fpir: float = 1e-3, *,
-                  vectors: Sequence[np.ndarray] | None = None, save: bool = True) -> Calibration:
+                  vectors=None, save: bool = True, allow_few: bool = False) -> Calibration:
         """Fit each member's non-mated score statistics, then the fused threshold for
-        ``target_fpir`` on the same non-mated searches (samples, or ``vectors`` per member)."""
-        vectors = self.embed(non_mated_samples) if vectors is None else list(vectors)
-        if len(vectors) != len(self.members) or not len(vectors[0]):
+        ``target_fpir`` on the same non-mated searches (samples, or ensemble ``vectors``).
+        Too few searches for the target (fewer than 10/FPIR) raise InvalidInputError
+        unless ``allow_few``, as :meth:`Recognizer.calibrate`."""
+        vectors = self.split(self.embed(non_mated_samples) if vectors is None else vectors)
+        if not len(vectors[0]):
             raise InvalidInputError("calibration needs non-mated searches embedded by every member")
         if len(self) == 0:
             raise InvalidInputError("the ensemble's galleries are empty: enroll classes first")
@@ -209,17 +327,58 @@ class FusedRecognizer:
         self.stats_ = stats
         fused = np.array([h[0].score if h else -np.inf for h in self.search_vectors(vectors, 1)])
         cal = calibrate_threshold(fused, target_fpir)
-        self.threshold = cal.threshold
+        few = too_few_non_mated(cal)
+        if few and not allow_few:
+            raise InvalidInputError(few + " (or pass allow_few=True)")
+        if few:
+            warnings.warn(few, stacklevel=2)
+        self._threshold, self.calibration_ = cal.threshold, {**cal.to_dict(), "model": self.fingerprint}
         if save:
             self._save_state()
         return cal
 
-    def identify(self, samples, k: int = 5, *, threshold=...) -> list[Decision]:
-        """1:N with fused scores: the best class, or None below the fused threshold."""
-        thr = self.threshold if threshold is ... else threshold
-        if thr is None and threshold is ...:
-            raise NotCalibratedError("the ensemble has no fused threshold: calibrate it on non-mated "
-                                     "samples, or pass threshold=None for candidates only")
-        res = self.search_vectors(self.embed(samples), k)
+    def calibrate_vectors(self, vectors, target_fpir: float = 1e-3, **kw) -> Calibration:
+        """:meth:`calibrate` on ensemble embeddings already computed."""
+        return self.calibrate(None, target_fpir, vectors=vectors, **kw)
+
+    def identify(self, samples, k: int = 5, *, where: dict | None = None, threshold=UNSET) -> list[Decision]:
+        """1:N with fused scores: the best class, or None below the fused threshold
+        (``threshold`` as in :meth:`Recognizer.identify`; None: candidates only)."""
+        thr = self.decision_threshold(threshold)
+        return self.identify_vectors(self.embed(samples), k, where=where, threshold=thr)
+
+    def identify_vectors(self, vectors, k: int = 5, *, where: dict | None = None,
+                         threshold=UNSET) -> list[Decision]:
+        """:meth:`identify` on ensemble embeddings (the members' side by side)."""
+        thr = self.decision_threshold(threshold)
+        res = self.search_vectors(vectors, k, where=where)
         return [Decision(label=(c[0].label if c and (thr is None or c[0].score >= thr) else None),
                          score=c[0].score if c else float("-inf"), candidates=c) for c in res]
+
+    def verify(self, sample, label: str, *, threshold=UNSET) -> Verdict:
+        """1:1 with the fused score of ``label`` (each member's best template, normalised and
+        weighted as in identify; rule ``borda`` ranks classes and cannot score one: ConfigError)."""
+        thr = self.decision_threshold(threshold)
+        if self.rule == "borda":
+            raise ConfigError("rule 'borda' fuses ranks among candidates, not scores: verify (1:1) "
+                              "needs rule 'zsum' or 'minmax'")
+        self._need_stats()
+        if label not in self:
+            raise UnknownLabelError(f"cannot verify against {label!r}: it is not enrolled")
+        vectors = self.split(self.embed(sample)[:1])
+        best = [np.array([(m.gallery.templates(label) @ v[0]).max()])
+                for m, v in zip(self.members, vectors, strict=True)]
+        score = float(sum(self.weights[i] * self._norm(i, s)[0] for i, s in enumerate(best)))
+        return Verdict(label, thr is None or score >= thr, score, thr)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        for m in self.members:
+            m.close()
+
+    def __enter__(self) -> FusedRecognizer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+

@@ -118,7 +118,9 @@ class Recognizer:
     Parameters
     ----------
     encoder : an :class:`Encoder`, an imported ONNX encoder, or the path of a model directory
-        of either kind.
+        of either kind. A *list* of them gives an ensemble instead
+        (``Recognizer([enc_a, enc_b], gallery="g/")`` returns a
+        :class:`~megaclass.fusion.FusedRecognizer`, see :meth:`__new__`).
     gallery : any gallery (:class:`~megaclass.gallery.GalleryProtocol`: the local
         :class:`Gallery`, or another backend), or a directory path for a local
         :class:`Gallery` (created when missing).
@@ -139,6 +141,18 @@ class Recognizer:
 
     gallery: GalleryProtocol
 
+    def __new__(cls, encoder=None, *args, **kwargs):
+        """A list of encoders (or model paths) gives an ensemble: a
+        :class:`~megaclass.fusion.FusedRecognizer` with one gallery per model under the one
+        folder ``gallery`` (``gallery/model-0``, ``gallery/model-1``, ...; layout and checks in
+        :func:`megaclass.fusion_gallery.open_ensemble`, which takes the fusion options
+        ``rule=`` and ``weights=`` too). Anything else gives a Recognizer."""
+        if cls is Recognizer and isinstance(encoder, list | tuple):
+            from .fusion_gallery import open_ensemble
+
+            return open_ensemble(encoder, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, encoder: Encoder | str | os.PathLike, gallery: GalleryProtocol | str | os.PathLike,
                  *, threshold: float | None = None, templates: str | None = None,
                  key=None, allow_model_mismatch: bool = False) -> None:
@@ -150,6 +164,11 @@ class Recognizer:
                                   f"got {type(gallery).__name__}")
             self.gallery = gallery
         else:
+            from .fusion_gallery import single_model_refusal
+
+            refusal = single_model_refusal(gallery)
+            if refusal:
+                raise ConfigError(refusal)
             try:
                 from .gallery.open import open_gallery
 

@@ -11,7 +11,7 @@ from rich.table import Table
 from ..cli_common import (
     GalleryOpt,
     JsonOpt,
-    ModelOpt,
+    ModelsOpt,
     QuietOpt,
     SeedOpt,
     SkipBadOpt,
@@ -113,7 +113,7 @@ def _pct(v) -> str:
     return "undefined" if v is None else f"{v:.2%}"
 
 
-def evaluate(model: ModelOpt, gallery: GalleryOpt,
+def evaluate(model: ModelsOpt, gallery: GalleryOpt,
              queries: Annotated[str, typer.Option("--queries", "--mated", "-q", help="Samples of ENROLLED classes (labels must match): glyphs:START-END or a folder root/<class>/<img>.")],
              non_mated: Annotated[str | None, typer.Option(help="Samples of classes NOT enrolled (for FPIR, FNIR@FPIR).")] = None,
              report: Annotated[Path | None, typer.Option(help="Write report.html + metrics.json to this folder.")] = None,
@@ -165,6 +165,8 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
 
         nm_table = read_probe_meta(non_mated_meta)
     sizes = _sizes(gallery_sizes)
+    if len(model) > 1 and (sizes or baseline):
+        raise ConfigError("--gallery-sizes and --baseline measure one model: not with several -m")
     rec = _recognizer(model, gallery, key=key_file)
     with rec:
         images, truth, files = _labelled(queries, rec.encoder.input_spec, per_class, seed, with_files=True,
@@ -225,7 +227,7 @@ def evaluate(model: ModelOpt, gallery: GalleryOpt,
             from .report import write_report
 
             path = write_report(report, ev, images=images, labels=truth, scaling=scaling,
-                                context={"model": str(model), "gallery": str(gallery),
+                                context={"model": " + ".join(map(str, model)), "gallery": str(gallery),
                                          "queries": queries, "non-mated": non_mated or "none",
                                          **({"baseline": baseline} if baseline else {}),
                                          **({"gallery samples": gallery_samples}

@@ -32,14 +32,20 @@ console (a browser page over this API) is served at `/`.
 """
 
 
-def create_app(model: str | os.PathLike | Encoder | Recognizer, gallery: str | os.PathLike | None = None,
+def create_app(model: str | os.PathLike | Encoder | Recognizer | list,
+               gallery: str | os.PathLike | None = None,
                *, limits: Limits | None = None, key: str | os.PathLike | bytes | None = None) -> FastAPI:
     """Build the FastAPI application serving one model and one gallery.
 
     Parameters
     ----------
     model : a model directory, an :class:`Encoder`, or a ready :class:`Recognizer`
-        (then ``gallery`` is ignored).
+        (then ``gallery`` is ignored); a list of models (or a ready
+        :class:`~megaclass.fusion.FusedRecognizer`) serves an ensemble with fused scores, its
+        galleries under the one folder ``gallery`` (see :mod:`megaclass.fusion_gallery`; the
+        service's keys and audit log live in the first member's gallery). A gallery folder
+        that holds an ensemble is served as one even when one model is given, so that a
+        mismatch is refused naming the models.
     gallery : the gallery directory (created with the model's dimension if missing).
     limits : request limits; :class:`Limits` defaults otherwise.
     key : the gallery's encryption key (32 bytes or a key-file path; default:
@@ -56,18 +62,25 @@ def create_app(model: str | os.PathLike | Encoder | Recognizer, gallery: str | o
     ...     client.get("/healthz").json()
     {'status': 'ok'}
     """
-    if isinstance(model, Recognizer):
+    from ..fusion import FusedRecognizer
+    from ..fusion_gallery import is_ensemble, open_ensemble, service_folder
+
+    if isinstance(model, Recognizer | FusedRecognizer):
         rec = model
+    elif gallery is None:
+        raise TypeError("create_app needs a gallery directory")
+    elif isinstance(model, list | tuple) and len(model) == 1 and not is_ensemble(gallery):
+        return create_app(model[0], gallery, limits=limits, key=key)
+    elif isinstance(model, list | tuple) or is_ensemble(gallery):
+        rec = open_ensemble(model if isinstance(model, list | tuple) else [model], gallery, key=key)
     else:
-        if gallery is None:
-            raise TypeError("create_app needs a gallery directory")
         encoder = load_encoder(Path(model)) if isinstance(model, str | os.PathLike) else model
         from ..gallery.open import open_gallery
 
         rec = Recognizer(encoder, open_gallery(gallery if isinstance(gallery, str) else Path(gallery),
                                                dim=encoder.dim, key=key))
     try:
-        service = Service(rec, ServiceDB(rec.gallery.path), limits or Limits())
+        service = Service(rec, ServiceDB(service_folder(rec.gallery.path)), limits or Limits())
         if isinstance(rec.gallery, Gallery):
             service.thumbnails = open_thumbnails(service.db, key)
         else:
@@ -93,3 +106,4 @@ def create_app(model: str | os.PathLike | Encoder | Recognizer, gallery: str | o
     app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost: sees every request
     return app
+

@@ -17,6 +17,7 @@ from ..cli_common import (
     KeyOpt,
     MilvusTokenOpt,
     ModelOpt,
+    ModelsOpt,
     _emit,
     _read_key_file,
     _use_milvus_token,
@@ -28,9 +29,12 @@ keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API k
 
 
 def _service_db(gallery: Path, model: Path | None = None, key: Path | None = None):
+    from ..fusion_gallery import is_ensemble, service_folder
     from ..gallery.open import is_uri, open_gallery
     from .db import DB_NAME, ServiceDB
 
+    if is_ensemble(gallery):  # the service's tables live in the first member's gallery
+        return ServiceDB(service_folder(gallery))
     if is_uri(gallery) or (model is not None and not (gallery / DB_NAME).exists()):  # create it for the model
         from ..models import load_encoder
 
@@ -40,7 +44,7 @@ def _service_db(gallery: Path, model: Path | None = None, key: Path | None = Non
     return ServiceDB(gallery)
 
 
-def serve(model: ModelOpt, gallery: GalleryOpt,
+def serve(model: ModelsOpt, gallery: GalleryOpt,
           host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
           max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 16 * 1024 * 1024,
@@ -72,7 +76,8 @@ def serve(model: ModelOpt, gallery: GalleryOpt,
     if not app.state.service.recognizer.calibrated:
         err_console.print("[yellow]the gallery is not calibrated:[/yellow] identify and verify answer 409 "
                           "unless a request gives ?threshold= or ?no_threshold=true; set one with "
-                          f"`megaclass calibrate -m {model} -g {gallery} --non-mated DATA`")
+                          f"`megaclass calibrate {' '.join(f'-m {m}' for m in model)} -g {gallery} "
+                          "--non-mated DATA`")
     err_console.print(f"console: http://{host}:{port}/  (API docs: /docs)")
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 

@@ -1,0 +1,170 @@
+"""Ensembles on one gallery folder (issue 19 part 3): ``Recognizer([a, b], gallery=...)``, the CLI
+with ``-m a -m b`` end to end, ``megaclass serve`` with two models (a real uvicorn process),
+and the ensemble's bad input (a gallery opened with fewer / other / reordered models, a plain
+gallery with several models, vectors of the wrong width)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megaclass import GlyphSource
+from megaclass.errors import ConfigError, DuplicateLabelError
+from megaclass.fusion import FusedRecognizer
+from megaclass.recognizer import Recognizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, check=True):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, "-m", "megaclass.cli", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def second_model_dir(tmp_path_factory):
+    """Another quickly trained model: other seed, other head, other dimension (24)."""
+    from megaclass import train_encoder
+
+    enc = train_encoder(GlyphSource(range(100), samples_per_class=16), head="arcface", steps=120,
+                        batch_size=64, dim=24, widths=(16, 32), progress=False, num_workers=0, seed=1)
+    path = tmp_path_factory.mktemp("model_b")
+    enc.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dir, second_model_dir):
+    return ["-m", tiny_model_dir, "-m", second_model_dir]
+
+
+def test_cli_two_models_enroll_calibrate_identify_verify_evaluate_erase(models, tmp_path):
+    g = tmp_path / "g"
+    out = json.loads(run("enroll", *models, "-g", g, "--from", "glyphs:7000-7030", "--per-class", "4",
+                         "--json").stdout)
+    assert out == {"classes": 30, "samples": 120, "gallery_classes": 30}
+    manifest = json.loads((g / "ensemble.json").read_text())
+    assert manifest["dims"] == [32, 24] and manifest["members"] == ["model-0", "model-1"]
+    assert (g / "model-0" / "gallery.db").is_file() and (g / "model-1" / "gallery.db").is_file()
+
+    cal = json.loads(run("calibrate", *models, "-g", g, "--non-mated", "glyphs:8000-8100",
+                         "--target-fpir", "0.05", "--json").stdout)
+    assert cal["n_non_mated"] == 200 and cal["achieved_fpir"] <= 0.05
+    res = json.loads(run("identify", *models, "-g", g, "glyph:7003", "-k", "3", "--json").stdout)
+    assert res["threshold"] == pytest.approx(cal["threshold"])  # the fused threshold, stored
+    top = res["results"][0]["candidates"]
+    assert top[0]["label"] == "glyph-7003" and len(top) == 3
+    v = run("verify", *models, "-g", g, "glyph-7003", "glyph:7003", "--threshold", "-100", "--json")
+    assert json.loads(v.stdout)["accepted"] and v.returncode == 0
+
+    ev = json.loads(run("evaluate", *models, "-g", g, "-q", "glyphs:7000-7030", "--non-mated",
+                        "glyphs:8100-8350", "--json").stdout)
+    assert ev["mated_searches"] == 30 and ev["non_mated_searches"] == 250
+    assert ev["gallery"] == {"classes": 30, "dim": 56}
+    assert ev["top1"] >= 0.6  # two weak tiny models; chance is 1/30
+    assert ev["identification"]["gallery_threshold"] == pytest.approx(cal["threshold"])
+
+    erased = json.loads(run("erase", "-g", g, "glyph-7003", "--json").stdout)
+    assert erased["gallery_classes"] == 29
+    with Recognizer([Path(models[1]), Path(models[3])], gallery=g) as ens:  # gone from both
+        assert all("glyph-7003" not in m.gallery and len(m.gallery) == 29 for m in ens.members)
+    stats = json.loads(run("stats", "-g", g, "--json").stdout)
+    assert stats["classes"] == 29 and stats["dims"] == [32, 24]
+
+
+def test_cli_ensemble_opened_with_other_models_is_refused(models, tiny_model_dir, second_model_dir,
+                                                          tmp_path):
+    g = tmp_path / "g"
+    run("enroll", *models, "-g", g, "--from", "glyphs:7000-7004", "--per-class", "2")
+    fps = json.loads((g / "ensemble.json").read_text())["models"]
+    cases = [(["-m", tiny_model_dir], f"opened with 1 ({fps[0]}): missing {fps[1]}"),
+             (["-m", second_model_dir, "-m", tiny_model_dir], "the same models in another order"),
+             (["-m", tiny_model_dir, "-m", tiny_model_dir], f"missing {fps[1]}")]
+    for ms, says in cases:
+        p = run("identify", *ms, "-g", g, "glyph:7001", "--no-threshold", check=False)
+        assert p.returncode == 2 and says in p.stderr, (ms, p.stderr)
+        assert f"enrolled with 2 models (fingerprints {fps[0]}, {fps[1]})" in p.stderr
+    single = tmp_path / "single"
+    run("enroll", "-m", tiny_model_dir, "-g", single, "--from", "glyphs:7000-7002", "--per-class", "2")
+    p = run("identify", *models, "-g", single, "glyph:7001", "--no-threshold", check=False)
+    assert p.returncode == 2 and "is a single-model gallery" in p.stderr
+    p = run("enroll", *models, "-g", g, "--from", "glyphs:7010-7012", "--retain-samples", check=False)
+    assert p.returncode == 2 and "--retain-samples" in p.stderr
+
+
+def test_recognizer_of_a_list_is_an_ensemble_atomic_across_models(tiny_encoder, second_model_dir, tmp_path):
+    from megaclass.models import load_encoder
+
+    b = load_encoder(second_model_dir)
+    ens = Recognizer([tiny_encoder, b], gallery=tmp_path / "g")
+    assert isinstance(ens, FusedRecognizer) and ens.dims == [32, 24]
+    assert [m.gallery.path for m in ens.members] == [tmp_path / "g" / "model-0", tmp_path / "g" / "model-1"]
+    for c in range(5):
+        ens.enroll(f"c{c}", GlyphSource.samples(c, 3, seed=1))
+    # a class the second member already holds (a crash between members, say): the first
+    # member's enroll is undone, so the class is in both galleries or in neither
+    ens.members[1].gallery.enroll("late", ens.members[1].embed(GlyphSource.samples(9, 1)))
+    with pytest.raises(DuplicateLabelError):
+        ens.enroll("late", GlyphSource.samples(9, 3, seed=1))
+    assert "late" not in ens.members[0].gallery
+    ens.members[1].gallery.erase("late")
+    # ensemble embeddings are the members' side by side; the gallery view takes them whole
+    vec = ens.embed(GlyphSource.samples(2, 1, seed=4))
+    assert vec.shape == (1, 56)
+    ens.calibrate(GlyphSource.batch(list(range(5000, 5200)), 1, seed=5)[0], target_fpir=0.05)
+    assert [c.label for c in ens.gallery.search(vec, k=5)[0]] == \
+        [c.label for c in ens.identify(GlyphSource.samples(2, 1, seed=4), threshold=None)[0].candidates]
+    # the gallery view's templates are scaled so that a dot product ranks like the fused score
+    fused = {c.label: c.score for c in ens.gallery.search(vec, k=5)[0]}
+    dots = {lb: float(ens.gallery.templates(lb)[0] @ vec[0]) for lb in fused}
+    assert sorted(fused, key=fused.get) == sorted(dots, key=dots.get)
+    with pytest.raises(Exception, match="56 columns"):
+        ens.identify_vectors(vec[:, :32], threshold=None)
+    ens.close()
+    with pytest.raises(ConfigError, match="holds an ensemble of 2 models"):
+        Recognizer(tiny_encoder, tmp_path / "g")
+    with pytest.raises(ConfigError, match="missing"):
+        Recognizer([tiny_encoder], gallery=tmp_path / "g")
+
+
+@pytest.mark.slow
+def test_serve_two_models_real_server(tiny_model_dir, second_model_dir, models, tmp_path):
+    """`megaclass serve -m a -m b`: enroll and identify over HTTP, fused; keys in model-0."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    from _serve_helpers import files, glyph_pngs
+    from megaclass.serve.process import ServerProcess
+
+    g = tmp_path / "g"
+    run("enroll", *models, "-g", g, "--from", "glyphs:7000-7020", "--per-class", "3")
+    run("calibrate", *models, "-g", g, "--non-mated", "glyphs:8000-8100", "--target-fpir", "0.05")
+    token = json.loads(run("keys", "add", "-g", g, "--role", "admin", "--json").stdout)["token"]
+    assert (g / "model-0" / "gallery.db").is_file()
+    log = tmp_path / "server.log"
+    with ServerProcess(tiny_model_dir, g, log=log, extra_args=("--model", str(second_model_dir))) as server:
+        h = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=server.url, headers=h, timeout=60) as http:
+            r = http.post("/v1/classes", data={"label": "c31"}, files=files(glyph_pngs(31, 3)))
+            assert r.status_code == 201 and r.json()["gallery_classes"] == 22, r.text
+            r = http.post("/v1/identify", files=files(glyph_pngs(31, 1, seed=4)), params={"k": 3})
+            assert r.status_code == 200, r.text
+            assert r.json()["results"][0]["candidates"][0]["label"] == "c31"
+            stats = http.get("/v1/stats").json()
+            assert stats["dim"] == 56 and stats["threshold"] is not None
+            # vectors of one model's width are not ensemble embeddings: 422 naming the widths
+            r = http.post("/v1/identify/vectors", json={"vectors": [[0.1] * 32]})
+            assert r.status_code == 422 and "56 columns" in r.text
+            assert http.delete("/v1/classes/c31").status_code == 200
+    assert "not calibrated" not in log.read_text()
+    with Recognizer([tiny_model_dir, second_model_dir], gallery=g) as ens:
+        assert all("c31" not in m.gallery for m in ens.members) and len(ens) == 21
+    # served with one model of the two: refused at start, naming the missing one
+    p = run("serve", "-m", tiny_model_dir, "-g", g, "--port", "1", check=False)
+    assert p.returncode == 2 and "missing" in p.stderr
