@@ -25,7 +25,7 @@ Examples
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -332,6 +332,22 @@ class GlyphSource:
         items = np.array([self._index(i) for i in indices], dtype=np.int64)
         imgs = self._render(items)
         return list(zip(imgs, (items // self.samples_per_class).tolist(), strict=True))
+
+    def iter_classes(self, chunk: int = 1024) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(glyph-<id>, its samples_per_class drawings)`` per class, rendered ``chunk`` classes
+        at a time (the items ``source[i]`` of each class, so the epoch's drawings).
+
+        >>> [(name, tuple(x.shape)) for name, x in GlyphSource([7, 9], samples_per_class=2).iter_classes()]
+        [('glyph-7', (2, 1, 32, 32)), ('glyph-9', (2, 1, 32, 32))]
+        """
+        if not isinstance(chunk, int | np.integer) or chunk < 1:
+            raise ConfigError(f"chunk must be an integer >= 1, got {chunk!r}")
+        per = self.samples_per_class
+        for lo in range(0, self.num_classes, int(chunk)):
+            hi = min(self.num_classes, lo + int(chunk))
+            images = self._render(np.arange(lo * per, hi * per, dtype=np.int64))
+            for k, cid in enumerate(self.class_ids[lo:hi].tolist()):
+                yield f"glyph-{cid}", images[k * per:(k + 1) * per]
 
     @staticmethod
     def samples(class_id: int, n: int = 1, *, seed: int = 0, size: int = 32,

@@ -53,10 +53,9 @@ def glyph_distractors(first_id: int = 10_000_000, per_class: int = 3, seed: int 
     from ..data.glyphs import GlyphSource
 
     def make(offset: int, count: int):
-        ids = np.arange(first_id + offset, first_id + offset + count)
-        images, _ = GlyphSource.batch(ids, per_class, seed=seed, size=size)
-        for k, cid in enumerate(ids):
-            yield f"glyph-{cid}", images[k * per_class:(k + 1) * per_class]
+        start = first_id + offset
+        return GlyphSource(range(start, start + count), samples_per_class=per_class, seed=seed,
+                           size=size).iter_classes(chunk=count)
 
     return make
 

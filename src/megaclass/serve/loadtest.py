@@ -143,8 +143,7 @@ def run_against_server(model: str | Path, gallery: str | Path | None = None, *, 
         size = encoder.input_size
         ids = np.arange(900_000, 900_000 + classes)
         with Recognizer(encoder, Gallery.open(gallery, dim=encoder.dim)) as rec:
-            images, _ = GlyphSource.batch(ids, 3, seed=seed, size=size)
-            rec.enroll_many([(f"glyph-{c}", images[k * 3:(k + 1) * 3]) for k, c in enumerate(ids)],
+            rec.enroll_many(GlyphSource(ids, samples_per_class=3, seed=seed, size=size).iter_classes(),
                             replace=True)
         with ServiceDB(gallery) as db:
             _, token = KeyStore(db).add("loadtest", "enroller")
