@@ -33,7 +33,7 @@ STEM_STAGE1 = ("features.0.", "features.1.", "features.3.")  # widths (8, 16), 1
 def ref_dir(tmp_path_factory):
     """A small glyph model (dim 16, widths 8,16) to start from."""
     path = tmp_path_factory.mktemp("ref")
-    Trainer(GlyphSource(range(20), samples_per_class=8), steps=3, seed=5, **TINY).fit().save(path)
+    Trainer(GlyphSource(range(20), samples_per_class=8), steps=3, seed=5, **TINY).fit().encoder_.save(path)
     return path
 
 
@@ -59,7 +59,7 @@ def test_finetune_on_folder_keeps_frozen_stages_and_trains_the_rest(ref_dir, fol
     before = {k: v.clone() for k, v in ref.state_dict().items()}
     trainer = Trainer(ImageFolderSource(folder), steps=4, init_from=str(ref_dir),
                       freeze=["stem", "stage1"], m_per_class=4, **{**TINY, "batch_size": 16})
-    enc = trainer.fit()
+    enc = trainer.fit().encoder_
     after = enc.state_dict()
     assert set(after) == set(before)
     frozen = [k for k in after if _frozen(k)]
@@ -106,7 +106,7 @@ def test_one_to_three_channels_adapts_the_stem(ref_dir):
     # and through the trainer, from a 3-channel source
     t = Trainer(GlyphSource(range(10), samples_per_class=8, channels=3), steps=1,
                 init_from=str(ref_dir), **TINY)
-    assert t.fit().config.in_channels == 3 and list(t.init_report_.adapted) == ["features.0.weight"]
+    assert t.fit().encoder_.config.in_channels == 3 and list(t.init_report_.adapted) == ["features.0.weight"]
 
 
 def test_nothing_compatible_or_not_a_model_is_a_config_error(ref_dir, tmp_path):
@@ -141,10 +141,10 @@ def test_unfreeze_after_and_resume_with_pretrained_lr_scale(ref_dir, tmp_path):
     opts = dict(steps=5, seed=2, init_from=str(ref_dir), freeze=["stem"], unfreeze_after=2,
                 pretrained_lr_scale=0.1, **TINY)
     full = Trainer(src, **opts)
-    enc = full.fit()
+    enc = full.fit().encoder_
     assert not torch.equal(enc.features[0].weight, ref["features.0.weight"])  # trained after step 2
     # frozen for exactly 2 steps: stop there and the stem is still the reference's
-    two = Trainer(src, **{**opts, "steps": 2}).fit()
+    two = Trainer(src, **{**opts, "steps": 2}).fit().encoder_
     assert torch.equal(two.features[0].weight, ref["features.0.weight"])
     assert not torch.equal(two.features[4].conv1.weight, ref["features.4.conv1.weight"])
     # interrupted after the unfreeze, resumed: same run; the pretrained group keeps its scale
@@ -157,7 +157,7 @@ def test_unfreeze_after_and_resume_with_pretrained_lr_scale(ref_dir, tmp_path):
     shutil.rmtree(latest_checkpoint(tmp_path))
     (tmp_path / "latest").write_text("step-00000003")
     resumed = Trainer(src, checkpoint_dir=str(tmp_path), resume=True, **opts)
-    out = resumed.fit()
+    out = resumed.fit().encoder_
     assert [h["loss"] for h in resumed.history_] == pytest.approx([h["loss"] for h in full.history_],
                                                                   abs=1e-4)
     x = GlyphSource.samples(3, n=2)
@@ -170,7 +170,7 @@ def test_backbone_grammar_and_stages():
         "backbone": "resnet", "widths": (16, 32), "blocks": 2, "stem_stride": 1}
     t = Trainer(GlyphSource(range(10), samples_per_class=8), steps=1,
                 backbone="resnet:widths=8,16;blocks=2", freeze="stage1", **TINY)
-    enc = t.fit()
+    enc = t.fit().encoder_
     assert enc.config.blocks == 2 and enc.config.widths == (8, 16)
     assert [stage_of(f"features.{i}", enc.config) for i in range(7)] == [
         "stem", "stem", "stem", "stage1", "stage1", "stage2", "stage2"]
@@ -258,7 +258,7 @@ def test_timm_backbone_path_with_local_weights(fake_timm, tmp_path):
         Trainer(src, steps=1, backbone="timm:nonet", **TINY).fit()
     t = Trainer(src, steps=2, backbone="timm:fakenet", backbone_weights=str(tmp_path / "w.safetensors"),
                 freeze="backbone", **TINY)
-    enc = t.fit()
+    enc = t.fit().encoder_
     assert fake_timm[-1] == dict(name="fakenet", pretrained=False, num_classes=0, in_chans=1)
     assert t.backbone_report_.unused == ["features.fc.weight"]
     assert "features.conv1.weight" in t.backbone_report_.loaded
@@ -284,7 +284,7 @@ def test_real_timm_backbone(tmp_path):
     src = GlyphSource(range(6), samples_per_class=4, channels=3)
     t = Trainer(src, steps=1, backbone="timm:resnet18", backbone_weights=str(tmp_path / "r18.safetensors"),
                 freeze="backbone", **{**TINY, "batch_size": 8})
-    enc = t.fit()
+    enc = t.fit().encoder_
     assert t.backbone_report_.new == [] and enc.config.backbone == "timm:resnet18"
     enc.save(tmp_path / "m")
     assert Encoder.load(tmp_path / "m").fingerprint() == enc.fingerprint()

@@ -148,7 +148,7 @@ def test_bct_new_queries_match_old_templates_better(base, tmp_path):
     plain = Trainer(_source(range(2 * BASE)), **opts)
     plain.fit()
     bct = Trainer(_source(range(2 * BASE)), compatible_with=str(old_dir), **opts)
-    bct_encoder = bct.fit()
+    bct_encoder = bct.fit().encoder_
     influence = [h["influence"] for h in bct.history_]
     assert np.mean(influence[-10:]) < np.mean(influence[:10])
     assert bct_encoder.config.extra["trained_with"]["compatible_with"] == base.encoder.fingerprint()

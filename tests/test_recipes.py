@@ -56,7 +56,7 @@ def test_devices_are_checked_before_training():
 def test_bf16_autocast_trains_and_the_model_comes_back_float32_on_cpu():
     t = Trainer(GlyphSource(8, samples_per_class=4), precision="bf16", steps=2, batch_size=16,
                 dim=16, widths=(8, 16), progress=False)
-    enc = t.fit()
+    enc = t.fit().encoder_
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in enc.parameters())
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in t.history_)
 
@@ -68,7 +68,7 @@ def test_protocol_is_deterministic_and_separates_a_trained_model_from_an_untrain
     assert a == b
     src = GlyphSource(60, samples_per_class=16)
     trained = Trainer(src, scale=16.0, margin=0.2, steps=150, batch_size=64, dim=32, widths=(8, 16),
-                      progress=False).fit()
+                      progress=False).fit().encoder_
     t = score_encoder(trained, p)
     assert t["top1"] > a["top1"] + 0.15 and t["top5"] > a["top5"] + 0.2, (t, a)
     assert set(t) == {"top1", "top5", "threshold", "fpir", "fnir", "fnir_at_extra_fpir"}

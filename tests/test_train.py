@@ -12,7 +12,7 @@ def test_training_is_deterministic_on_cpu():
     src = GlyphSource(range(20), samples_per_class=8)
     a = Trainer(src, head="arcface", steps=4, seed=3, **TINY)
     b = Trainer(src, head="arcface", steps=4, seed=3, **TINY)
-    ea, eb = a.fit(), b.fit()
+    ea, eb = a.fit().encoder_, b.fit().encoder_
     assert [h["loss"] for h in a.history_] == [h["loss"] for h in b.history_]
     x = GlyphSource.samples(1, n=2)
     assert torch.equal(ea.embed(x), eb.embed(x))
@@ -32,7 +32,7 @@ def test_resume_continues_exactly(tmp_path):
     shutil.rmtree(ckpt)
     (tmp_path / "latest").write_text("step-00000003")
     resumed = Trainer(src, steps=6, seed=1, checkpoint_dir=str(tmp_path), resume=True, **TINY)
-    enc = resumed.fit()
+    enc = resumed.fit().encoder_
     assert [h["loss"] for h in resumed.history_] == pytest.approx(
         [h["loss"] for h in full.history_], abs=1e-4)
     x = GlyphSource.samples(2, n=2)
@@ -63,3 +63,17 @@ def test_bad_training_options():
         Trainer(src, head="nope", steps=1, **TINY).fit()
     with pytest.raises(ConfigError, match="resume needs"):
         Trainer(src, resume=True)
+
+
+def test_trainer_copies_its_config_and_fit_returns_the_trainer():
+    from megaclass.train import TrainConfig
+
+    cfg = TrainConfig(head="cosface", freeze="", head_options={"scale": 8.0}, **TINY)
+    t = Trainer(GlyphSource(range(6), samples_per_class=4), cfg, steps=2, seed=4)
+    assert cfg.steps is None and cfg.seed == 0 and cfg.freeze == ""      # the caller's config is untouched
+    assert t.config is not cfg and t.config.steps == 2 and t.config.freeze == ()
+    t.config.head_options["scale"] = 1.0
+    assert cfg.head_options == {"scale": 8.0}                             # a deep copy
+    assert t.fit() is t and t.encoder_.dim == 16 and len(t.history_) == 2
+    with pytest.raises(ConfigError, match="config must be a TrainConfig"):
+        Trainer(GlyphSource(range(6), samples_per_class=4), {"steps": 2})

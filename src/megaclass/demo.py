@@ -73,7 +73,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None, 
                       head="cosface", scale=16.0, margin=0.2, steps=c.train_steps,
                       batch_size=c.batch_size, augment=c.augment,
                       progress=progress)
-    encoder = trainer.fit()
+    encoder = trainer.fit().encoder_
     train_s = trainer.seconds_
     encoder.save(out / "model")
 

@@ -2,15 +2,16 @@
 
 Example
 -------
->>> from megaclass import GlyphSource, train_encoder
->>> encoder = train_encoder(GlyphSource(classes=50, samples_per_class=8), head="cosface",
-...                         steps=2, batch_size=32, progress=False)
->>> encoder.dim
-128
+>>> from megaclass import GlyphSource, TrainConfig, Trainer
+>>> config = TrainConfig(head="cosface", batch_size=32, progress=False)
+>>> trainer = Trainer(GlyphSource(classes=50, samples_per_class=8), config, steps=2).fit()
+>>> trainer.encoder_.dim, len(trainer.history_), config.steps   # the caller's config is unchanged
+(128, 2, None)
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -107,7 +108,6 @@ class TrainConfig:
     checkpoint_every: int = 0
     resume: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)
     head_options: dict = field(default_factory=dict)
     focal_gamma: float = 0.0
     class_balanced: bool = False
@@ -165,8 +165,13 @@ class TrainConfig:
 class Trainer:
     """Trains an :class:`Encoder` with a :class:`Head` on a :class:`Source`.
 
+    ``config`` (default ``TrainConfig()``) is copied, then ``overrides`` (any
+    :class:`TrainConfig` field) are applied to the copy: the caller's config never changes.
+    :meth:`fit` trains and returns the trainer.
+
     Attributes
     ----------
+    config : the run's own :class:`TrainConfig` (validated copy).
     encoder_, head_ : the trained modules (after :meth:`fit`).
     history_ : list of ``{"step", "loss", "lr"}`` records, one per step.
     init_report_, backbone_report_ : what ``init_from`` / ``backbone_weights`` loaded
@@ -177,7 +182,9 @@ class Trainer:
     is_main = True  # the process that shows progress (rank 0 of a distributed run)
 
     def __init__(self, source: Source, config: TrainConfig | None = None, **overrides) -> None:
-        config = config or TrainConfig()
+        if config is not None and not isinstance(config, TrainConfig):
+            raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
+        config = copy.deepcopy(config) if config is not None else TrainConfig()
         unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
         if unknown:
             raise ConfigError(f"unknown training options: {', '.join(sorted(unknown))}")
@@ -207,7 +214,10 @@ class Trainer:
         reduction = self._reduction()
         if reduction is not None:
             options["reduction"] = reduction
-        head = self._make_head(c.head, dict(scale=c.scale, margin=c.margin, **options))
+        for key in ("scale", "margin"):
+            if getattr(c, key) is not None and options.get(key) not in (None, getattr(c, key)):
+                raise ConfigError(f"{key} is given twice: {getattr(c, key)} and head_options {options[key]}")
+        head = self._make_head(c.head, {"scale": c.scale, "margin": c.margin, **options})
         return encoder, head, self._optimizer(encoder, head)
 
     def _make_head(self, name: str, options: dict) -> Head:
@@ -311,8 +321,10 @@ class Trainer:
         return torch.compile(encoder) if self.config.compile else encoder
 
     # -- the loop ------------------------------------------------------------------
-    def fit(self) -> Encoder:
-        """Run training (resuming from the latest checkpoint if asked); return the encoder."""
+    def fit(self) -> Trainer:
+        """Run training (resuming from the latest checkpoint if asked); return the trainer.
+
+        The trained encoder is ``encoder_`` (on CPU, in eval mode), the head ``head_``."""
         c = self.config
         m = c.m_per_class
         classes_per_batch = min(c.batch_size // m, self.source.num_classes)
@@ -398,7 +410,7 @@ class Trainer:
             encoder.config.extra["trained_with"]["augment"] = augment.describe()
         self._record_finetune(encoder.config.extra["trained_with"])
         self.encoder_, self.head_ = encoder, head
-        return encoder
+        return self
 
     def _record_finetune(self, record: dict) -> None:
         c = self.config
@@ -436,7 +448,7 @@ class Trainer:
 
 def train_encoder(source: Source, *, head: str = "cosface", epochs: int = 3, **options) -> Encoder:
     """Train an encoder on ``source`` with the named head and return it (see :class:`TrainConfig`)."""
-    return Trainer(source, TrainConfig(head=head, epochs=epochs), **options).fit()
+    return Trainer(source, TrainConfig(head=head, epochs=epochs), **options).fit().encoder_
 
 
 def _jsonable(d: dict) -> dict:
