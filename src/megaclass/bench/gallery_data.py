@@ -109,7 +109,7 @@ def resolve_model(model: str | None, cache: Path, log=print) -> Path:
     trainer = Trainer(GlyphSource(range(c.train_classes), samples_per_class=64), head="cosface",
                       scale=16.0, margin=0.2, steps=c.train_steps, batch_size=c.batch_size,
                       progress=False)
-    trainer.fit().save(cached)
+    trainer.fit().encoder_.save(cached)
     return cached
 
 

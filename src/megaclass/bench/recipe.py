@@ -102,7 +102,7 @@ def run_recipe_bench(out: str | Path, *, base: str = "demo", variants: list[str]
         source = open_source(r.data, samples_per_class=r.samples_per_class)
         t = time.perf_counter()
         trainer = Trainer(source, **options)
-        encoder = trainer.fit()
+        encoder = trainer.fit().encoder_
         metrics = {} if speed_only else score_encoder(encoder, protocol)
         row = {"variant": name, "changes": VARIANTS.get(name, {}), "data": r.data, "steps": n_steps,
                "images_per_second": trainer.images_per_second_, "train_seconds": trainer.seconds_,

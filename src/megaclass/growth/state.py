@@ -80,7 +80,7 @@ class Recipe:
                           batch_size=self.batch_size, m_per_class=self.m_per_class, dim=self.dim,
                           widths=tuple(self.widths), lr=self.lr, augment=self.augment, seed=self.seed,
                           progress=False, num_workers=0, **self.extra)
-        encoder = trainer.fit()
+        encoder = trainer.fit().encoder_
         head = trainer.head_
         if not isinstance(head, MarginSoftmaxHead):
             raise ConfigError(f"growth needs a dense cosine head (cosface, arcface, normface), "

@@ -16,7 +16,7 @@
 ``torchrun ... -m megaclass.train``; in Python, inside a launched process::
 
     ctx = init_from_env()
-    encoder = DistributedTrainer(source, ctx=ctx, head="partial_fc", steps=100).fit()
+    encoder = DistributedTrainer(source, ctx=ctx, head="partial_fc", steps=100).fit().encoder_
 """
 
 from __future__ import annotations
@@ -95,20 +95,21 @@ class DistributedTrainer(Trainer):
                      optimizer=opt, info=info)
 
     def fit(self):
-        """Train on this rank (every rank must call it); returns the encoder (same on every rank)."""
+        """Train on this rank (every rank must call it); returns the trainer (``encoder_`` is the
+        same on every rank)."""
         from dataclasses import asdict
 
         options = {**_jsonable(asdict(self.config)), "progress": None, "device": None,
                    "data": [self.source.num_classes, len(self.source), type(self.source).__name__]}
         try:
             check_same_options(self.ctx, options)
-            encoder = super().fit()
+            super().fit()
         except (dist.DistError, RuntimeError) as exc:
             if isinstance(exc, ConfigError):
                 raise
             raise DistributedError(describe_failure(exc, self.ctx)) from exc
         self.images_per_second_ *= self.ctx.world  # every rank read its share of each batch
-        return encoder
+        return self
 
 
 def check_distributed_options(c: TrainConfig, num_classes: int, world: int) -> None:

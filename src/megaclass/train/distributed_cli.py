@@ -25,7 +25,7 @@ def train_on_rank(ctx: DistContext, source, options: dict, model: Path, as_json:
             err_console.print(f"distributed: world size {ctx.world} ({ctx.backend}), partial_fc sharded by "
                               f"class: rank 0 owns {lo_hi[0]}, rank {ctx.world - 1} owns {lo_hi[1]}; "
                               f"global batch {trainer.config.batch_size}", highlight=False)
-        encoder = trainer.fit()
+        encoder = trainer.fit().encoder_
         if ctx.is_main:
             encoder.save(model)
         barrier(ctx)  # nobody reports success before the model is written
