@@ -21,7 +21,7 @@ from .cli_common import (
     JsonOpt,
     KeyOpt,
     MilvusTokenOpt,
-    ModelOpt,
+    ModelsOpt,
     QuietOpt,
     SamplesArg,
     SeedOpt,
@@ -269,7 +269,7 @@ def _input_spec(channels: int, size: int, resize: str | None, polarity: str | No
 
 
 @app.command()
-def enroll(model: ModelOpt, gallery: GalleryOpt,
+def enroll(model: ModelsOpt, gallery: GalleryOpt,
            label: Annotated[str | None, typer.Argument(help="Label of the new class.")] = None,
            samples: Annotated[list[str] | None, typer.Argument(help="Its samples: image files, folders, glyph:ID.")] = None,
            from_data: Annotated[str | None, typer.Option("--from", help="Enroll every class of a folder or glyphs:START-END spec.")] = None,
@@ -285,8 +285,11 @@ def enroll(model: ModelOpt, gallery: GalleryOpt,
     from .progress import ItemProgress
 
     rec = _recognizer(model, gallery, create=True, key=key_file)
-    spec = rec.encoder.input_spec
     with rec:
+        spec = rec.encoder.input_spec
+        if retain_samples and hasattr(rec, "members"):
+            raise ConfigError("--retain-samples keeps samples to re-embed one model's gallery; "
+                              "an ensemble (several -m) does not support it yet")
         if from_data:
             ids = parse_glyph_range(from_data)
             if ids is not None:
@@ -343,7 +346,7 @@ def _threshold_choice(threshold: float | None, no_threshold: bool):
 
 
 @app.command()
-def identify(model: ModelOpt, gallery: GalleryOpt, samples: SamplesArg,
+def identify(model: ModelsOpt, gallery: GalleryOpt, samples: SamplesArg,
              k: Annotated[int, typer.Option("-k", help="Candidates to list per sample.")] = 5,
              threshold: Annotated[float | None, typer.Option(help="Override the calibrated threshold.")] = None,
              no_threshold: NoThresholdOpt = False,
@@ -383,7 +386,7 @@ def identify(model: ModelOpt, gallery: GalleryOpt, samples: SamplesArg,
 
 
 @app.command()
-def verify(model: ModelOpt, gallery: GalleryOpt,
+def verify(model: ModelsOpt, gallery: GalleryOpt,
            label: Annotated[str, typer.Argument(help="The claimed class.")],
            sample: Annotated[str, typer.Argument(help="An image file, glyph:ID, or a folder (flat or root/<class>/<image>): each image is verified.")],
            threshold: Annotated[float | None, typer.Option(help="Override the calibrated threshold.")] = None,
@@ -419,7 +422,7 @@ def verify(model: ModelOpt, gallery: GalleryOpt,
 def erase(gallery: GalleryOpt, label: Annotated[str, typer.Argument(help="Class to remove.")],
           key_file: KeyOpt = None, as_json: JsonOpt = False) -> None:
     """Erase a class and all its templates from the gallery."""
-    with _open_gallery(gallery, key_file) as g:
+    with _open_gallery(gallery, key_file, ensemble_ok=True) as g:  # an ensemble: every member
         n = g.erase(label)
         left = len(g)
     if as_json:
@@ -429,7 +432,7 @@ def erase(gallery: GalleryOpt, label: Annotated[str, typer.Argument(help="Class 
 
 
 @app.command()
-def calibrate(model: ModelOpt, gallery: GalleryOpt,
+def calibrate(model: ModelsOpt, gallery: GalleryOpt,
               non_mated: Annotated[str, typer.Option(help="Classes NOT enrolled: glyphs:START-END or a folder.")],
               target_fpir: Annotated[float, typer.Option(help="Target false-positive identification rate.")] = 0.01,
               per_class: Annotated[int, typer.Option(help="With glyphs: searches per class.")] = 2,
@@ -452,7 +455,7 @@ def calibrate(model: ModelOpt, gallery: GalleryOpt,
 @app.command()
 def stats(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False) -> None:
     """Classes, templates, dimension, index and disk size of a gallery."""
-    with _open_gallery(gallery, key_file) as g:
+    with _open_gallery(gallery, key_file, ensemble_ok=True) as g:
         info = g.stats()
         info["threshold"] = g.get_setting("threshold")
     _emit(info, as_json, _fields_table(str(gallery), info, justify="right"))
@@ -462,7 +465,7 @@ def stats(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False
 # ``register(app)``. Listed here so that the CLI stays one place to look.
 _COMMAND_MODULES = ("megaclass.evaluate.commands", "megaclass.heads.commands", "megaclass.train.commands",
                     "megaclass.data.commands",
-                    "megaclass.bench.commands", "megaclass.serve.commands",
+                    "megaclass.bench.commands", "megaclass.bench.fusion", "megaclass.serve.commands",
                     "megaclass.gallery.commands", "megaclass.models.commands")
 
 
