@@ -28,6 +28,12 @@ import numpy as np
 
 from ..errors import InvalidInputError
 
+#: The default target FPIR of calibration everywhere (``Recognizer.calibrate``, ``megaclass
+#: calibrate``, ``POST /calibrate``, the demo and ``evaluate``): 1 % of non-mated searches
+#: accepted, the operating point of the README's numbers. Calibrating for it needs at least
+#: ``min_non_mated(0.01)`` = 1,000 non-mated searches.
+DEFAULT_TARGET_FPIR = 0.01
+
 
 @dataclass(frozen=True)
 class Calibration:

@@ -29,7 +29,7 @@ import torch
 
 from ..data.glyphs import GlyphSource
 from .closed_set import top_k_accuracy
-from .open_set import calibrate_threshold, fnir, fpir
+from .open_set import DEFAULT_TARGET_FPIR, calibrate_threshold, fnir, fpir
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ProtocolSizes:
     non_mated: int = 1000
     queries_per_class: int = 1
     non_mated_queries: int = 2
-    target_fpir: float = 0.01
+    target_fpir: float = DEFAULT_TARGET_FPIR
     extra_fpir: float = 0.1
     enroll_start: int = 100_000
     calib_start: int = 200_000

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInputError
-from .open_set import fnir_at_fpirs
+from .open_set import DEFAULT_TARGET_FPIR, fnir_at_fpirs
 
 Distractors = Callable[[int, int], Iterable[tuple[str, object]]]
 MAX_CONFUSIONS = 24
@@ -62,7 +62,7 @@ def glyph_distractors(first_id: int = 10_000_000, per_class: int = 3, seed: int 
 
 def gallery_size_curve(rec, queries: np.ndarray, truth: Sequence[str], non_mated: np.ndarray | None,
                        distractors: Distractors, sizes: Sequence[int] = (1000, 2000, 5000, 10_000),
-                       target_fpir: float = 0.01, chunk: int = 2000, workdir=None,
+                       target_fpir: float = DEFAULT_TARGET_FPIR, chunk: int = 2000, workdir=None,
                        index: str | None = None, log=None) -> dict:
     """Rank-1 accuracy and FNIR@FPIR at each gallery size (mated classes + distractors).
 
