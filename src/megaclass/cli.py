@@ -37,6 +37,7 @@ from .cli_common import (
     err_console,
 )
 from .errors import ConfigError, InvalidInputError, MegaclassError
+from .evaluate.open_set import DEFAULT_TARGET_FPIR
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -434,7 +435,7 @@ def erase(gallery: GalleryOpt, label: Annotated[str, typer.Argument(help="Class 
 @app.command()
 def calibrate(model: ModelsOpt, gallery: GalleryOpt,
               non_mated: Annotated[str, typer.Option(help="Classes NOT enrolled: glyphs:START-END or a folder.")],
-              target_fpir: Annotated[float, typer.Option(help="Target false-positive identification rate.")] = 0.01,
+              target_fpir: Annotated[float, typer.Option(help="Target false-positive identification rate.")] = DEFAULT_TARGET_FPIR,
               per_class: Annotated[int, typer.Option(help="With glyphs: searches per class.")] = 2,
               allow_few: Annotated[bool, typer.Option(
                   "--allow-few", help="Accept fewer non-mated searches than 10/FPIR (with a warning).")] = False,

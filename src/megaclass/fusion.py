@@ -44,7 +44,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import ConfigError, InvalidInputError, NotCalibratedError, UnknownLabelError
-from .evaluate.open_set import Calibration, calibrate_threshold, too_few_non_mated
+from .evaluate.open_set import DEFAULT_TARGET_FPIR, Calibration, calibrate_threshold, too_few_non_mated
 from .gallery import Match
 from .recognizer import UNSET, Decision, Recognizer, Verdict
 
@@ -308,7 +308,7 @@ class FusedRecognizer:
             out.append([Match(union[j], float(fused[j])) for j in order])
         return out
 
-    def calibrate(self, non_mated_samples=None, target_fpir: float = 1e-3, *,
+    def calibrate(self, non_mated_samples=None, target_fpir: float = DEFAULT_TARGET_FPIR, *,
                   vectors=None, save: bool = True, allow_few: bool = False) -> Calibration:
         """Fit each member's non-mated score statistics, then the fused threshold for
         ``target_fpir`` on the same non-mated searches (samples, or ensemble ``vectors``).
@@ -337,7 +337,7 @@ class FusedRecognizer:
             self._save_state()
         return cal
 
-    def calibrate_vectors(self, vectors, target_fpir: float = 1e-3, **kw) -> Calibration:
+    def calibrate_vectors(self, vectors, target_fpir: float = DEFAULT_TARGET_FPIR, **kw) -> Calibration:
         """:meth:`calibrate` on ensemble embeddings already computed."""
         return self.calibrate(None, target_fpir, vectors=vectors, **kw)
 

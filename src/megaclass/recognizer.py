@@ -38,7 +38,7 @@ from .errors import (
     NotCalibratedError,
     UnknownLabelError,
 )
-from .evaluate.open_set import Calibration, calibrate_threshold, too_few_non_mated
+from .evaluate.open_set import DEFAULT_TARGET_FPIR, Calibration, calibrate_threshold, too_few_non_mated
 from .gallery import GalleryProtocol, Match
 from .models import Encoder, load_encoder
 
@@ -376,9 +376,10 @@ class Recognizer:
         score = float(np.max(self.gallery.templates(label) @ vector[0]))
         return Verdict(label, threshold is None or score >= threshold, score, threshold)
 
-    def calibrate(self, non_mated_samples, target_fpir: float = 1e-3, *,
+    def calibrate(self, non_mated_samples, target_fpir: float = DEFAULT_TARGET_FPIR, *,
                   save: bool = True, allow_few: bool = False) -> Calibration:
-        """Set the threshold so that FPIR on these non-mated samples is <= ``target_fpir``.
+        """Set the threshold so that FPIR on these non-mated samples is <= ``target_fpir``
+        (default ``DEFAULT_TARGET_FPIR``, 1 %: :mod:`megaclass.evaluate.open_set`).
 
         The samples must come from classes that are *not* enrolled. With
         ``save=True`` the threshold is stored in the gallery, so every later
@@ -391,7 +392,7 @@ class Recognizer:
         vectors = self.embed(non_mated_samples)
         return self.calibrate_vectors(vectors, target_fpir, save=save, allow_few=allow_few)
 
-    def calibrate_vectors(self, vectors: np.ndarray, target_fpir: float = 1e-3, *,
+    def calibrate_vectors(self, vectors: np.ndarray, target_fpir: float = DEFAULT_TARGET_FPIR, *,
                           save: bool = True, allow_few: bool = False) -> Calibration:
         """:meth:`calibrate` on embeddings that were already computed."""
         if len(self.gallery) == 0:

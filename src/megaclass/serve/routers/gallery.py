@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from ...evaluate.open_set import DEFAULT_TARGET_FPIR
 from ...recognizer import CALIBRATION_KEY
 from ..deps import authorize, get_service
 from ..keys import KeyInfo
@@ -42,7 +43,7 @@ async def calibrate(svc: Svc, key: Annotated[KeyInfo, Depends(authorize("admin",
                     files: Annotated[list[UploadFile], File(description=(
                         "Non-mated images: of classes that are NOT enrolled."))],
                     target_fpir: Annotated[float, Form(gt=0, lt=1, description=(
-                        "Largest share of non-mated searches to accept."))] = 0.01,
+                        "Largest share of non-mated searches to accept."))] = DEFAULT_TARGET_FPIR,
                     allow_few: Annotated[bool, Form(description=(
                         "Accept fewer than 10/FPIR non-mated images (the answer warns, with the "
                         "achieved FPIR's 95 % interval)."))] = False) -> CalibrationOut:
