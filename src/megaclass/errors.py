@@ -3,7 +3,9 @@
 Every user-facing failure is a subclass of :class:`MegaclassError`, so callers
 (and the CLI, which turns them into a one-line message and a non-zero exit) can
 catch them in one place. Each also subclasses the closest builtin so ordinary
-``except ValueError`` / ``except KeyError`` code keeps working.
+``except ValueError`` / ``except KeyError`` code keeps working. Every error class lives
+here (the modules that raise them re-export them where they were before); the service
+maps them to HTTP statuses in :mod:`megaclass.serve.http_errors`.
 """
 
 from __future__ import annotations
@@ -87,3 +89,42 @@ class GalleryClosedError(MegaclassError):
 class StoreBusyError(MegaclassError):
     """A write SQLite could not start or commit because another process held the gallery's
     write lock past the busy timeout (HTTP 503: retry)."""
+
+
+class TaxonomyError(InvalidInputError):
+    """A taxonomy (class -> group) file that is unreadable, names unknown classes or misses some."""
+
+
+class InsufficientMemoryError(MegaclassError, MemoryError):
+    """A head whose state (class centres + optimizer state) would not fit in available RAM."""
+
+
+class DistributedError(MegaclassError, RuntimeError):
+    """A distributed job that cannot go on: a rank died, hung or disagrees with the others."""
+
+
+# -- the Milvus gallery backend (:mod:`megaclass.gallery.milvus`) ----------------------------
+class MilvusUnavailableError(MegaclassError, ConnectionError):
+    """The Milvus server did not answer in time (down, restarting, unreachable). Retryable:
+    a write that raised this was rolled back or stays hidden until repaired (see
+    :mod:`megaclass.gallery.milvus`), so the same call may simply be repeated (HTTP 503)."""
+
+    retryable = True
+
+
+class MilvusAuthError(ConfigError, PermissionError):
+    """Milvus refused the credentials (wrong or missing token / user:password)."""
+
+
+class NotAMilvusGalleryError(NotAGalleryError):
+    """A Milvus collection that megaclass did not create (or of another layout): refused
+    and never modified."""
+
+
+class MilvusVersionError(ConfigError):
+    """A Milvus server too old for a feature megaclass uses."""
+
+
+class MilvusKeyError(EncryptionKeyError):
+    """An encryption key given for a Milvus gallery: Milvus stores vectors in clear, so
+    encryption at rest is the storage layer's; megaclass refuses rather than ignore the key."""

@@ -17,19 +17,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import ConfigError, InvalidInputError, MegaclassError
+from ..errors import ConfigError, InvalidInputError
+from ..errors import InsufficientMemoryError as InsufficientMemoryError  # re-exported (errors.py)
+from ..errors import TaxonomyError as TaxonomyError  # re-exported (errors.py)
 from .reduction import LossReduction
 
 if TYPE_CHECKING:
     from ..data.base import Source
-
-
-class TaxonomyError(InvalidInputError):
-    """A taxonomy (class -> group) file that is unreadable, names unknown classes or misses some."""
-
-
-class InsufficientMemoryError(MegaclassError, MemoryError):
-    """A head whose state (class centres + optimizer state) would not fit in available RAM."""
 
 
 class Head(nn.Module):

@@ -24,8 +24,7 @@ import math
 
 import torch
 
-from ..errors import ConfigError
-from .base import InsufficientMemoryError
+from ..errors import ConfigError, InsufficientMemoryError
 
 OPTIMIZERS = ("sgd", "adam")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -26,7 +26,7 @@ import json
 import os
 from pathlib import Path
 
-from .base import TaxonomyError
+from ..errors import TaxonomyError
 
 
 def _read(path: Path) -> dict[str, str]:
