@@ -23,15 +23,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError, MegaclassError
+from ..errors import ConfigError
+from ..errors import DistributedError as DistributedError  # re-exported: defined in errors.py
 
 #: Seconds a collective may wait for the other ranks before the job is declared broken.
 DEFAULT_TIMEOUT = 300.0
 BACKENDS = ("auto", "gloo", "nccl")
-
-
-class DistributedError(MegaclassError, RuntimeError):
-    """A distributed job that cannot go on: a rank died, hung or disagrees with the others."""
 
 
 @dataclass
