@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("pymilvus")
 
+from _milvus_server import drop_gallery  # noqa: E402
 from megaclass.errors import DimensionMismatchError, UnknownLabelError  # noqa: E402
 from megaclass.gallery.milvus import MilvusGallery, NotAMilvusGalleryError  # noqa: E402
 from test_gallery_protocol import check_semantics  # noqa: E402
@@ -44,13 +45,17 @@ def make(request, tmp_path):
     opened = []
 
     def factory(path, dim):
-        g = cls.open(uri_of(path), dim=dim)
-        opened.append(g)
+        uri = uri_of(path)
+        g = cls.open(uri, dim=dim)
+        opened.append((g, uri))
         return g
 
     yield factory
-    for g in opened:
+    for g, uri in opened:
         g.close()
+        if request.param == "milvus-server":  # left loaded, it would slow every later restart
+            with MilvusGallery.open(uri, create=False) as h:
+                drop_gallery(h)
 
 
 def _unit(n, d, seed=0):
@@ -84,7 +89,7 @@ def test_open_write_is_hidden_then_recovered(make, tmp_path):
     g.enroll("kept", _unit(1, 8))
     w = 12345
     g.records.begin(w, ["ghost"])
-    g._client.insert(g.name, [{"label": "ghost", "vector": v, "meta": {}, "model": "", "w": w,
+    g.link.client.insert(g.name, [{"label": "ghost", "vector": v, "meta": {}, "model": "", "w": w,
                                "seq": i, "head": i == 0} for i, v in enumerate(_unit(3, 8).tolist())])
     assert "ghost" not in g and g.labels() == ["kept"] and g.num_templates == 1
     assert all(m.label != "ghost" for m in g.search(_unit(3, 8), k=5)[0])
@@ -92,7 +97,7 @@ def test_open_write_is_hidden_then_recovered(make, tmp_path):
     assert len(g) == 0 and g.search(_unit(1, 8), k=3) == [[]]
     assert not g.check()["ok"]
     assert sorted(g.recover()) == [777, w]
-    assert g.check()["ok"] and g._count("id >= 0") == 0
+    assert g.check()["ok"] and g.link.count("id >= 0") == 0
 
 
 def test_foreign_or_other_dim_collections_refused(tmp_path):
@@ -161,3 +166,19 @@ def test_recognizer_uri_cli_and_migrate(tmp_path):
         assert b.class_meta("c5") == {"i": 5}
     r = CliRunner().invoke(app, ["stats", "-g", dst, "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["classes"] == 31
+
+
+def test_settings_are_the_users_not_the_backends(make, tmp_path):
+    """settings() (the protocol's): every set_setting key, none of the backend's own (its
+    index knobs and recall) -- what export and migrate carry over."""
+    from megaclass.gallery import Gallery
+
+    g = make(tmp_path / "s", 8)
+    g.enroll_many([(f"c{i}", _unit(2, 8, i)) for i in range(20)])
+    g.tune()  # writes the backend's own milvus_* records
+    g.set_setting("threshold", 0.4)
+    g.set_setting("custom", {"a": [1, 2]})
+    assert g.settings() == {"threshold": 0.4, "custom": {"a": [1, 2]}}
+    with Gallery.open(tmp_path / "local", dim=8) as local:
+        local.set_setting("custom", 1)
+        assert local.settings() == {"custom": 1}

@@ -1,5 +1,6 @@
 """Faults on a real Milvus server: ``kill -9`` of the server in the middle of an enroll
-loop, 20 times. Every acknowledged enroll is there after the restart, no class is ever
+loop, 20 times in CI (``$MEGACLASS_MILVUS_FAULT_CYCLES``, set by ``.ci/run``; 5 in a plain
+``make test``). Every acknowledged enroll is there after the restart, no class is ever
 visible with part of its templates, and while the server is down each call fails with a
 retryable MilvusUnavailableError within a bounded time instead of hanging."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import random
 import threading
 import time
@@ -16,9 +18,11 @@ import pytest
 
 pytest.importorskip("pymilvus")
 
+from _milvus_server import drop_gallery  # noqa: E402
 from megaclass.gallery.milvus import MilvusGallery, MilvusUnavailableError  # noqa: E402
 
-CYCLES = 20
+# make test: 5 cycles; CI (.ci/run) sets 20, the issue's claim (a cycle is ~10-25 s here)
+CYCLES = int(os.environ.get("MEGACLASS_MILVUS_FAULT_CYCLES", "5"))
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # it logs every failed RPC with its traceback
 TIMEOUT = 3.0  # per Milvus call (the URI's timeout=)
 PER_CLASS = 3
@@ -34,7 +38,7 @@ def _visible(g) -> dict[str, int]:
     deadline = time.monotonic() + 120
     while True:
         try:
-            rows = g._query(g._visible(), ["label"])
+            rows = g.link.query(g.link.visible(), ["label"])
             return dict(collections.Counter(r["label"] for r in rows))
         except MilvusUnavailableError:
             if time.monotonic() > deadline:
@@ -91,6 +95,7 @@ def test_kill_9_mid_enroll_loop(milvus_server, tmp_path):
     assert report["ok"], report
     assert len(g) >= len(acked) + 1
     applied = failed & set(g.labels())
+    drop_gallery(g)
     g.close()
     took = time.monotonic() - started
     print(f"\n{CYCLES} kill -9 cycles in {took:.0f} s (restart to healthy: median "

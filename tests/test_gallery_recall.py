@@ -137,3 +137,34 @@ def test_tune_with_too_few_probes_says_how_many(tmp_path, data):
     tpl, queries = data
     with _gallery(tmp_path / "g", tpl) as g, pytest.raises(InvalidInputError, match="100"):
         g.tune(queries[:20])
+
+
+def test_live_recall_is_exported_to_metrics(tmp_path, data, tiny_encoder):
+    """/metrics shows the tuned recall and the live recall of served queries (issue 20 part 4)."""
+    from fastapi.testclient import TestClient
+
+    from megaclass.serve import create_app
+    from megaclass.serve.metrics import Metrics, gallery_gauges
+
+    tpl, queries = data
+    with _gallery(tmp_path / "g", tpl) as g:
+        before = Metrics().render(gallery_gauges(g))
+        assert "megaclass_gallery_recall_at_1 0.99" in before  # tuned, on leave-one-out probes
+        assert "megaclass_gallery_live_recall_at_1" not in before  # nothing sampled yet
+        g.monitor_recall(rate=1.0)
+        g._recall.interval, g._recall.batch = 0.0, 200
+        g.search(queries[:200], k=1)  # served queries, each re-run exactly
+        gauges = gallery_gauges(g)
+        text = Metrics().render(gauges)
+    assert gauges["live_recall_samples"] == 200
+    def gauge(name):
+        return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
+
+    live = gauge("megaclass_gallery_live_recall_at_1")
+    assert live == pytest.approx(gauges["live_recall_at_1"]) and live > 0.9
+    lo = gauge("megaclass_gallery_live_recall_ci95_lower")
+    hi = gauge("megaclass_gallery_live_recall_ci95_upper")
+    assert lo <= live <= hi
+    with TestClient(create_app(tiny_encoder, tmp_path / "g")) as client:  # the route serves them
+        served = client.get("/metrics").text
+    assert "megaclass_gallery_recall_at_1 " in served and "megaclass_gallery_templates 3000" in served

@@ -497,6 +497,11 @@ class Gallery:
         with self._state.session() as store:
             store.set_meta(key, value)
 
+    def settings(self) -> dict:
+        """Every setting kept with :meth:`set_setting` (reserved keys left out)."""
+        with self._state.session() as store:
+            return store.settings()
+
     def stats(self) -> dict:
         """Counts and sizes: classes, templates, dim, index type and tuning, disk bytes,
         approximate index memory, whether a background rebuild is running, ..."""

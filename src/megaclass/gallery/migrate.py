@@ -19,8 +19,6 @@ import time
 
 from .open import open_gallery
 
-SETTINGS = ("model_fingerprint", "template_mode", "threshold", "calibration", "ensemble", "last_report")
-
 
 def _batches(src, labels: list[str], batch: int):
     if hasattr(src, "iter_classes"):  # a Milvus source reads many classes per scan
@@ -60,8 +58,7 @@ def migrate(src_spec, dst_spec, *, batch: int = 500, key=None, dst_key=None, pro
                 if bar is not None:
                     bar.stop()
             settings = {}
-            for k in SETTINGS:
-                v = src.get_setting(k)
+            for k, v in src.settings().items():
                 if v is not None and dst.get_setting(k) != v:
                     dst.set_setting(k, v)
                     settings[k] = v

@@ -143,6 +143,11 @@ class GalleryProtocol(Protocol):
         is not JSON; ConfigError for a key the backend reserves for itself)."""
         ...
 
+    def settings(self) -> dict:
+        """Every setting kept with :meth:`set_setting` (not the backend's reserved ones):
+        what an export or a migration to another backend carries over."""
+        ...
+
     # ---------------------------------------------------------------- operations
     def stats(self) -> dict:
         """Counts and sizes; at least ``classes``, ``templates``, ``dim``, ``index`` (what

@@ -4,6 +4,11 @@
 * ``megaclass_http_request_duration_seconds{route}`` (histogram)
 * ``megaclass_decisions_total{operation,decision}`` (counter: known/unknown, accepted/rejected)
 * ``megaclass_gallery_classes``, ``megaclass_gallery_templates`` (gauges, read at scrape time)
+* ``megaclass_gallery_recall_at_1`` (gauge: the recall@1 the index was tuned to, on its probes)
+* ``megaclass_gallery_live_recall_at_1`` and ``..._ci95_lower`` / ``..._ci95_upper`` (gauges:
+  the rolling recall@1 of the index on *served* queries, each sampled query re-run as an
+  exact search, see :mod:`megaclass.gallery.recall`; absent until a query was sampled),
+  ``megaclass_gallery_live_recall_samples`` (gauge: sampled queries in the window)
 
 ``route`` is the route's path template (``/v1/classes/{label}``), never a raw path, so
 labels cannot explode in number.
@@ -12,6 +17,8 @@ Example
 -------
 >>> m = Metrics(); m.observe("GET", "/healthz", 200, 0.001)
 >>> "megaclass_http_requests_total" in m.render({"classes": 0, "templates": 0})
+True
+>>> 'megaclass_gallery_live_recall_at_1 0.985' in m.render({"live_recall_at_1": 0.985})
 True
 """
 
@@ -28,6 +35,37 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 def _esc(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+_GAUGES = (  # (stats key, metric, help): what /metrics shows of the gallery when it has it
+    ("classes", "megaclass_gallery_classes", "Enrolled classes."),
+    ("templates", "megaclass_gallery_templates", "Stored templates."),
+    ("recall_at_1", "megaclass_gallery_recall_at_1",
+     "Recall@1 against exact search the index was tuned to, on its tuning probes."),
+    ("live_recall_at_1", "megaclass_gallery_live_recall_at_1",
+     "Rolling recall@1 against exact search on sampled served queries."),
+    ("live_recall_ci95_lower", "megaclass_gallery_live_recall_ci95_lower",
+     "Lower end of the live recall's 95 % interval."),
+    ("live_recall_ci95_upper", "megaclass_gallery_live_recall_ci95_upper",
+     "Upper end of the live recall's 95 % interval."),
+    ("live_recall_samples", "megaclass_gallery_live_recall_samples",
+     "Served queries re-run exactly in the live recall's window."),
+)
+
+
+def gallery_gauges(gallery) -> dict:
+    """What :meth:`Metrics.render` shows of ``gallery``, from its ``stats()``: counts,
+    tuned recall and live recall (an exact index reports 1.0 for both)."""
+    s = gallery.stats()
+    out = {key: s[key] for key, _, _ in _GAUGES if isinstance(s.get(key), int | float)}
+    ci = s.get("live_recall_ci95")
+    if isinstance(ci, list | tuple) and len(ci) == 2:
+        out["live_recall_ci95_lower"], out["live_recall_ci95_upper"] = ci
+    return out
+
+
+def _number(value, integer: bool) -> str:
+    return str(int(value)) if integer else f"{float(value):.6g}"
 
 
 class Metrics:
@@ -52,7 +90,7 @@ class Metrics:
             self._decisions[(operation, decision)] += n
 
     def render(self, gallery: dict) -> str:
-        """The exposition text; ``gallery`` gives the ``classes`` and ``templates`` gauges."""
+        """The exposition text; ``gallery`` (:func:`gallery_gauges`) gives the gallery's gauges."""
         out = ["# HELP megaclass_http_requests_total HTTP requests by method, route and status.",
                "# TYPE megaclass_http_requests_total counter"]
         with self._lock:
@@ -74,12 +112,10 @@ class Metrics:
                     "# TYPE megaclass_decisions_total counter"]
             for (op, dec), n in sorted(self._decisions.items()):
                 out.append(f'megaclass_decisions_total{{operation="{_esc(op)}",decision="{_esc(dec)}"}} {n}')
-        out += ["# HELP megaclass_gallery_classes Enrolled classes.",
-                "# TYPE megaclass_gallery_classes gauge",
-                f"megaclass_gallery_classes {int(gallery.get('classes', 0))}",
-                "# HELP megaclass_gallery_templates Stored templates.",
-                "# TYPE megaclass_gallery_templates gauge",
-                f"megaclass_gallery_templates {int(gallery.get('templates', 0))}"]
+        for key, name, text in _GAUGES:
+            if key in ("classes", "templates") or key in gallery:
+                out += [f"# HELP {name} {text}", f"# TYPE {name} gauge",
+                        f"{name} {_number(gallery.get(key, 0), integer=key in ('classes', 'templates'))}"]
         return "\n".join(out) + "\n"
 
 

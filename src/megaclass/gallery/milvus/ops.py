@@ -11,21 +11,21 @@ import numpy as np
 
 from ...errors import ConfigError
 from ..maintenance import EXPORT_FORMAT, EXPORT_VERSION, read_export
-from .connect import calling
 
 
 def stats(g) -> dict:
     """Counts, the index Milvus answers with, its search params and measured recall."""
-    idx = g._call("describe the index", g._client.describe_index, g.name, "vector")
+    idx = g.link.call("describe the index", g.link.client.describe_index, g.name, "vector")
     params = {k: v for k, v in idx.items() if k in ("M", "efConstruction", "nlist")}
-    disk = Path(g._t.uri).stat().st_size if g._t.lite and Path(g._t.uri).exists() else None
+    file = Path(g.link.target.uri)
+    disk = file.stat().st_size if g.link.target.lite and file.exists() else None
     return {"uri": g.uri, "classes": len(g), "templates": g.num_templates, "dim": g.dim,
             "index": f"milvus:{idx.get('index_type')}", "index_params": params,
-            "search_params": dict(g._search_params),
+            "search_params": dict(g.link.search_params),
             "recall_at_1": g.records.setting("milvus_recall", {}).get("recall_at_1",
                                                                       1.0 if idx.get("index_type") == "FLAT"
                                                                       else None),
-            "consistency": g._t.consistency, "server_version": g.server_version,
+            "consistency": g.link.consistency, "server_version": g.server_version,
             "encrypted": False, "disk_bytes": disk, "open_writes": len(g.records.open_writes())}
 
 
@@ -39,7 +39,7 @@ def check(g) -> dict:
         problems.append(f"{len(stale)} write(s) left open by a crash: run recover() (hidden meanwhile)")
     heads: dict[str, int] = {}
     n, bad = 0, 0
-    for rows in _scan(g, g._visible(), ["label", "head", "vector"]):
+    for rows in g.link.scan(g.link.visible(), ["label", "head", "vector"]):
         n += len(rows)
         v = np.asarray([r["vector"] for r in rows], np.float32)
         bad += int(np.sum(np.abs(np.linalg.norm(v, axis=1) - 1) > 1e-3))
@@ -59,33 +59,19 @@ def compact(g, timeout: float = 300.0) -> dict:
     """Make deletions final in Milvus: flush, run a compaction and wait for it, then verify
     that no erased row is left (deleted rows leave the segments the compaction rewrote;
     the old segment files go at Milvus's garbage collection, ``dataCoord.gc.*``)."""
-    g._writable()
-    g._call("flush", g._client.flush, g.name)
-    job = g._call("compact", g._client.compact, g.name)
+    g.check_writable()
+    g.link.call("flush", g.link.client.flush, g.name)
+    job = g.link.call("compact", g.link.client.compact, g.name)
     start, state = time.monotonic(), None
     while time.monotonic() - start < timeout:
-        state = g._call("read compaction state", g._client.get_compaction_state, job)
+        state = g.link.call("read compaction state", g.link.client.get_compaction_state, job)
         if state == "Completed":
             break
         time.sleep(0.2)
-    stats = g._call("read collection stats", g._client.get_collection_stats, g.name)
+    stats = g.link.call("read collection stats", g.link.client.get_collection_stats, g.name)
     live = g.num_templates
     return {"compaction": state, "job": job, "seconds": round(time.monotonic() - start, 2),
             "rows_in_segments": int(stats.get("row_count", -1)), "live_templates": live}
-
-
-def _scan(g, expr: str, fields: list[str], batch: int = 4096):
-    it = g._call("read templates", g._client.query_iterator, g.name, batch_size=batch, filter=expr,
-                 output_fields=fields, consistency_level=g._t.consistency)
-    try:
-        while True:
-            with calling(g._t, "read templates"):
-                rows = it.next()
-            if not rows:
-                return
-            yield rows
-    finally:
-        it.close()
 
 
 def iter_classes(g, batch: int = 1000):
@@ -98,7 +84,7 @@ def iter_classes(g, batch: int = 1000):
         chunk = labels[i:i + batch]
         rows: dict[str, list] = {lb: [] for lb in chunk}
         meta: dict[str, dict] = {}
-        for part in _scan(g, g._visible(f"label in {lits(chunk)}"),
+        for part in g.link.scan(g.link.visible(f"label in {lits(chunk)}"),
                           ["label", "vector", "meta", "w", "seq"]):
             for r in part:
                 rows[r["label"]].append((r["w"], r["seq"], r["vector"]))
@@ -123,7 +109,7 @@ def export(g, out) -> Path:
     np.save(out / "templates.npy", vectors, allow_pickle=False)
     np.save(out / "template_class.npy", np.concatenate(owner) if owner else np.empty(0, np.int64),
             allow_pickle=False)
-    settings = {k: v for k, v in g.records.settings().items() if not k.startswith("milvus_")}
+    settings = g.settings()
     (out / "manifest.json").write_text(json.dumps(
         {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "dim": g.dim, "classes": classes,
          "templates": len(vectors), "settings": settings}, indent=1))

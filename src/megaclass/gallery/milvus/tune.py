@@ -17,7 +17,6 @@ import numpy as np
 from ...errors import InvalidInputError
 from ..vectors import as_unit_vectors
 from . import schema
-from .ops import _scan
 
 KNOBS = {"HNSW": ("ef", (16, 32, 64, 128, 256, 512, 1024, 2048)),
          "IVF_FLAT": ("nprobe", (1, 2, 4, 8, 16, 32, 64, 128, 256, 512))}
@@ -27,7 +26,7 @@ def _exact_best(g, q: np.ndarray) -> np.ndarray:
     """Exact best class label per query (numpy over streamed templates)."""
     best = np.full(len(q), -np.inf, np.float32)
     label = np.empty(len(q), dtype=object)
-    for rows in _scan(g, g._visible(), ["label", "vector"], batch=8192):
+    for rows in g.link.scan(g.link.visible(), ["label", "vector"], batch=8192):
         v = np.asarray([r["vector"] for r in rows], np.float32)
         s = q @ v.T
         j = s.argmax(axis=1)
@@ -39,8 +38,8 @@ def _exact_best(g, q: np.ndarray) -> np.ndarray:
 
 
 def _probes(g, n: int, noise: float, seed: int) -> np.ndarray:
-    rows = g._call("sample templates", g._client.query, g.name, filter=g._visible(),
-                   output_fields=["vector"], limit=n, consistency_level=g._t.consistency)
+    rows = g.link.call("sample templates", g.link.client.query, g.name, filter=g.link.visible(),
+                   output_fields=["vector"], limit=n, consistency_level=g.link.consistency)
     v = np.asarray([r["vector"] for r in rows], np.float32)
     rng = np.random.default_rng(seed)
     v = v + rng.normal(scale=noise / np.sqrt(g.dim), size=v.shape).astype(np.float32)
@@ -51,20 +50,20 @@ def tune(g, queries=None, *, index: str | None = None, target: float = 0.99, n: 
          noise: float = 0.5, seed: int = 0) -> dict:
     """(Re)build the index (``index``: FLAT / HNSW / IVF_FLAT / auto by size) and fit its
     search knob to recall@1 >= ``target``; returns what was chosen and measured."""
-    g._writable()
+    g.check_writable()
     n_templates = g.num_templates
     if not n_templates:
         raise InvalidInputError("tune needs an enrolled gallery: this one is empty")
-    want, build = schema.index_params(index or g._t.index, n_templates)
+    want, build = schema.index_params(index or g.link.target.index, n_templates)
     t0 = time.monotonic()
-    have = g._call("describe the index", g._client.describe_index, g.name, "vector")
+    have = g.link.call("describe the index", g.link.client.describe_index, g.name, "vector")
     if have.get("index_type") != want:  # Milvus rebuilds only on a released collection
-        g._call("release", g._client.release_collection, g.name)
-        g._call("drop the index", g._client.drop_index, g.name, "vector")
-        ip = g._client.prepare_index_params()
+        g.link.call("release", g.link.client.release_collection, g.name)
+        g.link.call("drop the index", g.link.client.drop_index, g.name, "vector")
+        ip = g.link.client.prepare_index_params()
         ip.add_index(field_name="vector", index_type=want, metric_type="IP", params=build)
-        g._call("build the index", g._client.create_index, g.name, ip, timeout=3600)
-        g._call("load", g._client.load_collection, g.name, timeout=3600)
+        g.link.call("build the index", g.link.client.create_index, g.name, ip, timeout=3600)
+        g.link.call("load", g.link.client.load_collection, g.name, timeout=3600)
     build_s = time.monotonic() - t0
     q = as_unit_vectors(queries, g.dim) if queries is not None else _probes(g, n, noise, seed)
     truth = _exact_best(g, q)
@@ -72,17 +71,17 @@ def tune(g, queries=None, *, index: str | None = None, target: float = 0.99, n: 
     if want in KNOBS:
         knob, values = KNOBS[want]
         for v in values:
-            g._search_params = {knob: v}
+            g.link.search_params = {knob: v}
             got = float(np.mean([m[0].label == t if m else False
                                  for m, t in zip(g.search(q, k=1), truth, strict=True)]))
             chosen = {knob: v}
             if got >= target:
                 break
     else:
-        g._search_params = {}
+        g.link.search_params = {}
         got = float(np.mean([m[0].label == t if m else False
                              for m, t in zip(g.search(q, k=1), truth, strict=True)]))
-    with g._lock:
+    with g.link.lock:
         g.records.set_setting("milvus_search_params", chosen)
         g.records.set_setting("milvus_recall", {"recall_at_1": got, "queries": len(q), "index": want})
     return {"index": want, "build_params": build, "search_params": chosen, "recall_at_1": got,

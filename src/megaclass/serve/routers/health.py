@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 from starlette.responses import JSONResponse, PlainTextResponse
 
 from ..deps import get_service
+from ..metrics import gallery_gauges
 from ..service import Service
 
 router = APIRouter(tags=["health"])
@@ -37,9 +38,10 @@ def readyz(svc: Annotated[Service, Depends(get_service)]):
 
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics(svc: Annotated[Service, Depends(get_service)]) -> PlainTextResponse:
-    """Prometheus text format: request counts and latencies, decisions, gallery size."""
+    """Prometheus text format: request counts and latencies, decisions, gallery size and
+    recall (tuned, and live on served queries)."""
     try:
-        gallery = {"classes": len(svc.gallery), "templates": svc.gallery.num_templates}
+        gallery = gallery_gauges(svc.gallery)
     except Exception:  # noqa: BLE001 - a closed gallery still lets metrics be scraped
         gallery = {"classes": 0, "templates": 0}
     return PlainTextResponse(svc.metrics.render(gallery), media_type="text/plain; version=0.0.4")
