@@ -1,7 +1,7 @@
 """TLS against a real Milvus server with TLS on (``common.security.tlsMode: 1``, a
 certificate signed by a private CA made here with openssl): the gallery connects with
-``?tls=1&ca=...``, a plain connection is refused, and a client that does not trust the CA
-is refused too."""
+``?tls=1&ca=...``; a plain client and one that does not trust the CA are refused; and no
+URI borrows another's connection (pymilvus shares them by host:port and token)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ pytest.importorskip("pymilvus")
 if shutil.which("openssl") is None:
     pytest.skip("openssl is needed to make the test certificates", allow_module_level=True)
 
-from _milvus_server import MilvusProcess  # noqa: E402
+from _milvus_server import MilvusProcess, drop_gallery  # noqa: E402
 from megaclass.gallery.milvus import MilvusGallery, MilvusUnavailableError  # noqa: E402
 
 
@@ -48,17 +48,30 @@ def tls_server(tmp_path_factory):
     server.stop()
 
 
+def _refused(uri: str, host: str) -> None:
+    with pytest.raises(MilvusUnavailableError, match=host):
+        MilvusGallery.open(uri, dim=4)
+
+
 def test_tls_gallery_and_what_is_refused(tls_server):
-    """Refusals first: once this process holds a TLS connection to the server, a plain
-    client to the same address was seen to get through as well (README: a limit)."""
     server, d = tls_server
     host = f"127.0.0.1:{server.port}"
-    with pytest.raises(MilvusUnavailableError, match=host):  # plain gRPC to a TLS port
-        MilvusGallery.open(f"milvus://{host}/secure?timeout=5", dim=4)
-    with pytest.raises(MilvusUnavailableError, match=host):  # a CA that did not sign the server's
-        MilvusGallery.open(f"milvus://{host}/secure?tls=1&ca={d / 'other-ca.pem'}&server_name=localhost"
-                           "&timeout=5", dim=4)
-    with MilvusGallery.open(f"milvus://{host}/secure?tls=1&ca={d / 'ca.pem'}&server_name=localhost",
-                            dim=4) as g:
+    tls = f"milvus://{host}/secure?tls=1&server_name=localhost&timeout=5&ca="
+    plain = f"milvus://{host}/secure?timeout=5"
+    _refused(plain, host)  # plain gRPC to a TLS port
+    _refused(tls + str(d / "other-ca.pem"), host)  # a CA that did not sign the server's certificate
+    with MilvusGallery.open(tls + str(d / "ca.pem"), dim=4) as g:
         g.enroll("a", np.eye(4, dtype=np.float32)[:1])
         assert g.search(np.eye(4, dtype=np.float32)[:1], k=1)[0][0].label == "a"
+        _refused(plain, host)  # not even while a TLS connection to the same server is open
+
+
+def test_tls_uri_never_rides_on_a_plain_connection(milvus_server):
+    """pymilvus shares connections by host:port and token: a tls=1 URI to a plain server
+    must fail even while a plain gallery on that server is open in this process."""
+    host = f"127.0.0.1:{milvus_server.port}"
+    with MilvusGallery.open(f"{milvus_server.uri_base}/plainly?timeout=10", dim=4):
+        with pytest.raises(MilvusUnavailableError, match=host):
+            MilvusGallery.open(f"{milvus_server.uri_base}/plainly?tls=1&timeout=5")
+    with MilvusGallery.open(f"{milvus_server.uri_base}/plainly?timeout=10") as g:
+        drop_gallery(g)

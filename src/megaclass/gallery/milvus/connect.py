@@ -149,11 +149,11 @@ def connect(target: MilvusTarget):
     if target.lite and not Path(target.uri).parent.is_dir():
         raise ConfigError(f"folder of {target.uri} does not exist")
     with calling(target, "connect"):
-        # gRPC shares subchannels between channels to one address whatever their credentials:
-        # without a local pool a plain URI rode on another gallery's TLS connection and a
-        # tls=1 URI on a plain one (tests/test_gallery_milvus_tls.py pins it)
+        # dedicated: pymilvus 3 shares one connection per "host:port|token" whatever its TLS
+        # settings, so a tls=1 URI silently rode on an open plain connection to the same
+        # server (and a plain one on TLS): tests/test_gallery_milvus_tls.py pins both
         client = MilvusClient(uri=target.uri, token=target.token, timeout=target.timeout,
-                              grpc_options={"grpc.use_local_subchannel_pool": 1}, **target.tls)
+                              dedicated=True, **target.tls)
         version = client.get_server_version(timeout=target.timeout)
     if not target.lite:
         nums = tuple(int(x) for x in re.findall(r"\d+", str(version))[:2])
