@@ -58,19 +58,30 @@ def predict(model: ModelOpt, head: HeadOpt, samples: SamplesArg,
     _emit(out, as_json, table)
 
 
-def export_head(head: Annotated[Path, typer.Argument(help="Head directory to export.")], gallery: GalleryOpt,
-                data: DataOpt = None,
+def export_head(head: Annotated[Path, typer.Argument(help="Head directory to export, or a training checkpoint (a step directory or --checkpoint-dir; sharded by --nproc or not).")],
+                gallery: GalleryOpt, data: DataOpt = None,
                 replace: Annotated[bool, typer.Option(help="Replace classes already enrolled.")] = False,
                 as_json: JsonOpt = False) -> None:
     """Enroll a trained head's class centres into a gallery (one template per class)."""
+    from ..train.sharded import export_checkpoint_head, is_checkpoint
     from .export import export_to_gallery
     from .registry import load_head
 
-    h = load_head(head)
-    g = export_to_gallery(h, gallery, labels=_names(h, data), replace=replace)
-    result = {"gallery": str(gallery), "classes": h.num_classes, "dim": h.dim, "head": h.name}
+    if is_checkpoint(head):  # read shard by shard (any world size), no optimizer state loaded
+        names = None
+        if data is not None:
+            from ..data.spec import open_source
+
+            names = open_source(data).class_names
+        g, cfg = export_checkpoint_head(head, gallery, labels=names, replace=replace)
+        n, dim, name = int(cfg["num_classes"]), int(cfg["dim"]), cfg["name"]
+    else:
+        h = load_head(head)
+        g = export_to_gallery(h, gallery, labels=_names(h, data), replace=replace)
+        n, dim, name = h.num_classes, h.dim, h.name
+    result = {"gallery": str(gallery), "classes": n, "dim": dim, "head": name}
     g.close()
     if as_json:
         _emit(result, True)
     else:
-        console.print(f"exported {h.num_classes:,} class centres of the {h.name} head into {gallery}")
+        console.print(f"exported {n:,} class centres of the {name} head into {gallery}")

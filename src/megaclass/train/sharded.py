@@ -11,14 +11,20 @@ renames it into place, so a crash never leaves a half-written checkpoint as the 
 new shard needs (``safetensors`` slices); world size 1 gives a plain checkpoint whose
 ``head/`` loads with :func:`megaclass.heads.load_head` (so its centres export to a gallery).
 
+:func:`export_checkpoint_head` enrolls a checkpoint's class centres into a gallery straight
+from its shards (any world size), reading a chunk of rows at a time: no resharding, no
+optimizer state loaded. The checkpoint's ``encoder/`` is a plain model directory.
+
 Example
 -------
 >>> reshard("ckpt/", world=1)  # doctest: +SKIP
+>>> export_checkpoint_head("ckpt/", "gallery/")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -124,17 +130,78 @@ def _sources(ckpt: Path) -> list[tuple[Path, tuple[int, int]]]:
     return parts
 
 
-def reshard(path, world: int, *, out=None) -> Path:
-    """Rewrite checkpoint ``path`` (a step directory, or a checkpoint root: its latest) for ``world``
-    ranks, in place unless ``out`` names a new directory. Returns the rewritten directory.
+def is_checkpoint(path) -> bool:
+    """True for a checkpoint step directory or a ``--checkpoint-dir`` holding one; ConfigError
+    for one rank's shard directory (it holds a part of the classes only)."""
+    path = Path(path)
+    if path.parent.name == SHARDS and (path / "head.json").is_file():
+        raise ConfigError(f"{path} is one rank's shard of a checkpoint: give the checkpoint "
+                          f"directory {path.parent.parent} instead")
+    return (path / "state.json").is_file() or latest_checkpoint(path) is not None
 
-    New rank ``r`` keeps the RNG state of old rank ``r`` (rank 0's when there was none)."""
+
+def resolve_checkpoint(path) -> Path:
+    """``path`` itself when it is a checkpoint step directory, else the latest one under it."""
     ckpt = Path(path)
     if not (ckpt / "state.json").is_file():
         latest = latest_checkpoint(ckpt) if ckpt.is_dir() else None
         if latest is None:
             raise ConfigError(f"{path} is not a megaclass checkpoint (no state.json, no 'latest')")
         ckpt = latest
+    return ckpt
+
+
+def checkpoint_centres(path, chunk: int = 100_000):
+    """``(lo, hi, centres)`` over a checkpoint's head, ``chunk`` rows at a time: the L2-normalised
+    float32 centres of classes ``[lo, hi)``, read from each shard in turn (or the plain head/)."""
+    ckpt = resolve_checkpoint(path)
+    cfg = read_json(_sources(ckpt)[0][0].parent / "head.json")
+    if cfg["name"] != "partial_fc" and checkpoint_world(ckpt) > 1:
+        raise ConfigError(f"checkpoint {ckpt} holds a sharded {cfg['name']} head: only partial_fc is sharded")
+    if checkpoint_world(ckpt) == 1:  # any head: its own class_centers()
+        from ..heads import load_head
+
+        centres = load_head(ckpt / "head").class_centers()
+        if centres is None:
+            raise ConfigError(f"the {cfg['name']} head of {ckpt} has no class centres to export")
+        for lo in range(0, centres.shape[0], chunk):
+            yield lo, min(lo + chunk, centres.shape[0]), centres[lo: lo + chunk]
+        return
+    for file, (a, b) in _sources(ckpt):
+        with safe_open(str(file), framework="pt") as f:
+            rows = f.get_slice("weight")
+            for lo in range(a, b, chunk):
+                hi = min(b, lo + chunk)
+                yield lo, hi, torch.nn.functional.normalize(rows[lo - a: hi - a].float(), dim=1)
+
+
+def export_checkpoint_head(path, gallery, *, labels=None, replace: bool = False, chunk: int = 100_000):
+    """Enroll each class centre of a checkpoint's head (sharded or not) as a one-template class
+    of ``gallery`` (a path or Gallery), chunk by chunk; return ``(open gallery, head.json)``.
+
+    ``labels``: one name per class (default ``class-<id>``), as :func:`megaclass.heads.export_to_gallery`.
+    """
+    from ..gallery import Gallery
+
+    ckpt = resolve_checkpoint(path)
+    cfg = read_json(_sources(ckpt)[0][0].parent / "head.json")
+    n, dim = int(cfg["num_classes"]), int(cfg["dim"])
+    names = [f"class-{i}" for i in range(n)] if labels is None else [str(x) for x in labels]
+    if len(names) != n:
+        raise ConfigError(f"{len(names)} labels for a head of {n} classes")
+    g = gallery if isinstance(gallery, Gallery) else Gallery.open(os.fspath(gallery), dim=dim)
+    for lo, hi, centres in checkpoint_centres(ckpt, chunk):
+        arr = centres.numpy()
+        g.enroll_many(((names[i], arr[i - lo: i - lo + 1]) for i in range(lo, hi)), replace=replace)
+    return g, cfg
+
+
+def reshard(path, world: int, *, out=None) -> Path:
+    """Rewrite checkpoint ``path`` (a step directory, or a checkpoint root: its latest) for ``world``
+    ranks, in place unless ``out`` names a new directory. Returns the rewritten directory.
+
+    New rank ``r`` keeps the RNG state of old rank ``r`` (rank 0's when there was none)."""
+    ckpt = resolve_checkpoint(path)
     if isinstance(world, bool) or not isinstance(world, int) or world < 1:
         raise ConfigError(f"--world must be a positive integer, got {world!r}")
     old = checkpoint_world(ckpt)
