@@ -121,3 +121,59 @@ def collision_pairs(study: dict, limit: int = 12) -> list[tuple[int, int]]:
     """The (query, candidate) class ids of the strongest collisions, for rendering side by side."""
     ranked = sorted(study["pairs"], key=lambda p: -p["confused"])
     return [(p["query"], p["candidate"]) for p in ranked[:limit]]
+
+
+def rank1_by_group(encoder, *, sizes=(10_000, 100_000), queries: int = 3000, attribute: str = "strokes",
+                   template_drawings: int = 3, start: int = 20_000_000, cache=None, log=None) -> dict:
+    """Rank-1 of mated searches per class group at growing gallery sizes (exact search).
+
+    The gallery is classes ``start .. start + max(sizes)``, each the mean embedding of
+    ``template_drawings`` drawings; the first ``queries`` of them are searched with one
+    fresh drawing each, in nested galleries of the first ``n`` classes. Queries are split
+    by the glyph attribute ``attribute`` (:mod:`megaclass.data.glyph_attributes`), so the
+    result shows which kinds of class the errors at scale come from. ``cache`` (a folder)
+    keeps the gallery's embeddings in 100k blocks, so a longer run resumes.
+    """
+    import faiss
+    from pathlib import Path
+
+    from ..data.glyph_attributes import glyph_attributes
+
+    t0 = time.perf_counter()
+    total = max(sizes)
+    block = 100_000
+    parts = []
+    for lo in range(0, total, block):
+        n = min(block, total - lo)
+        path = Path(cache) / f"templates_{start + lo}_{n}_{template_drawings}.npy" if cache else None
+        if path is not None and path.exists():
+            parts.append(np.load(path))
+            continue
+        if log:
+            log(f"embedding classes {lo:,}-{lo + n:,} x {template_drawings} drawings")
+        emb = _embed_classes(encoder, np.arange(start + lo, start + lo + n), template_drawings, seed=1)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, emb)
+            tmp.replace(path)
+        parts.append(emb)
+    templates = np.concatenate(parts)
+    q_ids = np.arange(start, start + queries)
+    probes = _embed_classes(encoder, q_ids, 1, seed=2)
+    groups = np.array([a.get(attribute, "unknown") for a in glyph_attributes(q_ids)])
+    out = {"attribute": attribute, "queries": queries, "template_drawings": template_drawings,
+           "group_share": {g: float(np.mean(groups == g)) for g in sorted(set(groups))}, "sizes": {}}
+    for n in sizes:
+        index = faiss.IndexFlatIP(templates.shape[1])
+        index.add(templates[:n])
+        m = min(n, queries)  # a gallery smaller than the query set holds only the first n
+        _, top = index.search(probes[:m], 1)
+        hit, grp = top[:, 0] == np.arange(m), groups[:m]
+        row = {"all": float(hit.mean())}
+        row.update({g: float(hit[grp == g].mean()) for g in sorted(set(grp))})
+        out["sizes"][str(n)] = row
+        if log:
+            log(f"  {n:>9,} classes: rank-1 " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
+    out["seconds"] = time.perf_counter() - t0
+    return out
