@@ -182,7 +182,7 @@ class MilvusGallery:
         while todo:
             res = self.link.call("search", self.link.client.search, self.name, data=q[todo].tolist(),
                                  limit=fetch, filter=expr, output_fields=["label"],
-                                 search_params={"metric_type": "IP", "params": self.link.search_params},
+                                 search_params={"metric_type": "IP", "params": self._params(fetch)},
                                  consistency_level=self.link.consistency)
             again = []
             for qi, hits in zip(todo, res, strict=True):
@@ -194,6 +194,14 @@ class MilvusGallery:
                 out[qi] = [Match(lb, min(1.0, max(-1.0, s))) for lb, s in list(best.items())[:k]]
             todo, fetch = again, min(MAX_FETCH, fetch * 4)
         return out
+
+    def _params(self, fetch: int) -> dict:
+        """The search knob for a search of ``fetch`` results: HNSW's ``ef`` must be at
+        least the results asked for (Milvus refuses the search otherwise)."""
+        params = dict(self.link.search_params)
+        if "ef" in params:
+            params["ef"] = max(int(params["ef"]), fetch)
+        return params
 
     def templates(self, label: str) -> np.ndarray:
         expr = self.link.visible(f"label == {lit(check_label(label))}")
