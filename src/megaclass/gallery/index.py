@@ -1,7 +1,7 @@
 """FAISS index derived from the store, plus the template -> class map for class-collapse.
 
 The index is chosen by a FAISS factory string or ``"auto"`` (see
-:mod:`megaclass.gallery.index_spec`: exact search up to 200k templates, then 4-bit
+:mod:`megaclass.gallery.index_spec`: exact search up to 50k templates, then 4-bit
 fast-scan IVF-PQ re-ranked exactly), trained on the store's templates, with ``nprobe`` /
 ``efSearch`` tuned until recall@1 against exact search reaches
 :data:`~megaclass.gallery.tuning.TUNE_TARGET` on probes, and what it chose recorded. Every
