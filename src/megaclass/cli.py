@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -296,9 +295,8 @@ def enroll(model: ModelsOpt, gallery: GalleryOpt,
             if ids is not None:
                 from .data.glyphs import GlyphSource
 
-                images, _ = GlyphSource.batch(np.asarray(ids), per_class, seed=seed, size=spec.size)
-                items = [(f"glyph-{i}", images[k * per_class:(k + 1) * per_class]) for k, i in enumerate(ids)]
-                n_classes = len(items)
+                source = GlyphSource(ids, samples_per_class=per_class, seed=seed, size=spec.size)
+                items, n_classes = source.iter_classes(), source.num_classes  # rendered in chunks
             else:
                 from .data.folder import ImageFolderSource
 
@@ -310,7 +308,7 @@ def enroll(model: ModelsOpt, gallery: GalleryOpt,
             if retain_samples:
                 from .gallery.sample_sources import retain
 
-                kept = (items if ids is not None else
+                kept = (source.iter_classes() if ids is not None else
                         ((name, source.class_paths(i)) for i, name in enumerate(source.class_names)))
                 retain(rec.gallery, kept)
             result = {"classes": n_classes, "samples": n, "gallery_classes": len(rec)}
