@@ -134,8 +134,9 @@ def rank1_by_group(encoder, *, sizes=(10_000, 100_000), queries: int = 3000, att
     result shows which kinds of class the errors at scale come from. ``cache`` (a folder)
     keeps the gallery's embeddings in 100k blocks, so a longer run resumes.
     """
-    import faiss
     from pathlib import Path
+
+    import faiss
 
     from ..data.glyph_attributes import glyph_attributes
 
