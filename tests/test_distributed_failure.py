@@ -27,7 +27,7 @@ MEGACLASS = [str(Path(sys.executable).parent / "megaclass")]
 CLASSES = 64
 RESUMED_STEPS = 60  # at 16 px: unseen drawings 89 % top-1 by the centres in one process (30 steps: 2 %)
 #: a SIGKILLed rank must end the job within this (the agent polls every 0.2 s, then gives the
-#: other ranks 10 s to stop); measured 3-15 s on this 2-core box under load
+#: other ranks 10 s to stop); measured 3 s on this 2-core box at load 20-25
 KILL_BOUND_S = 60
 
 
@@ -40,7 +40,7 @@ def _children(pid: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """Train (400 steps asked) on 2 ranks, SIGKILL rank 1 after the first checkpoint, then
+    """Train (400 steps asked) on 2 ranks, SIGKILL one rank after the first checkpoint, then
     resume to RESUMED_STEPS; what the tests look at."""
     root = tmp_path_factory.mktemp("killed")
     ck, model = root / "ck", root / "m"
