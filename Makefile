@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/megaclass demo --out $(OUT)
 
-# What CI runs (.ci/run): ruff, then every test, the slow ones included.
+# What CI runs (.ci/run): ruff and mypy (make lint), then every test, the slow ones included.
 test: $(STAMP) lint
 	$(PY) -m pytest -q
 
@@ -29,8 +29,10 @@ test: $(STAMP) lint
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# ruff on src and tests; mypy on src (its settings: [tool.mypy] in pyproject.toml)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) $(OUT) build src/*.egg-info

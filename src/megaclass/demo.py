@@ -23,6 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,7 +107,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None, 
     pix_templates = pixel_templates(pixels_enrolled, c.per_class)
     baseline = pixel_summary(pix_templates, q_pix, nm_pix, calib_pix, truth_idx, c.target_fpir,
                              c.extra_fpir)
-    report = {
+    report: dict[str, Any] = {
         "config": c.__dict__,
         "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
                     "torch": torch.__version__},
@@ -172,7 +173,7 @@ def _plot_scores(path: Path, ev, threshold: float, target: float) -> None:
 
     mated, non_mated = ev.mated_scores[ev.mated_correct], ev.non_mated_scores
     fig, ax = plt.subplots(figsize=(7, 4))
-    bins = np.linspace(min(mated.min(), non_mated.min()), 1.0, 60)
+    bins = np.linspace(min(mated.min(), non_mated.min()), 1.0, 60).tolist()
     ax.hist(mated, bins=bins, alpha=0.6, density=True, label="mated (correct rank-1)")
     ax.hist(non_mated, bins=bins, alpha=0.6, density=True, label="non-mated (best score)")
     ax.axvline(threshold, color="k", linestyle="--", label=f"threshold @ FPIR {target:.0%}")

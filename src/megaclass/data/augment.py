@@ -267,7 +267,8 @@ def _module(step: dict[str, Any], channels: int, size: int):
         shear = step["shear"]
         return K.RandomAffine(degrees=step["degrees"], translate=(step["translate"],) * 2,
                               scale=tuple(step["scale"]),
-                              shear=(-shear, shear, -shear, shear) if shear else None,
+                              # x and y ranges: kornia accepts (and documents) 4 values, its hint says 2
+                              shear=(-shear, shear, -shear, shear) if shear else None,  # type: ignore[arg-type]
                               padding_mode=step["padding"], p=p)
     if op == "elastic":
         # kornia smooths uniform [-1, 1] noise with a normalised Gaussian (sigma s pixels) and

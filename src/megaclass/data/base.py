@@ -66,6 +66,11 @@ class LabelledSource:
 
     _class_names: list[str]
     _labels: np.ndarray
+    num_classes: int
+    size: int
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
 
     @property
     def class_names(self) -> list[str]:

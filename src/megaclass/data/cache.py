@@ -217,8 +217,8 @@ class ImageCache(FileDecoder):
         n = len(files)
         same_list = (old is not None and [f[0] for f in old["files"]] == [f[0] for f in files]
                      and _size(self.path) == self.nbytes and _size(base.with_suffix(".filled")) == n)
-        if same_list:
-            data = np.memmap(self.path, dtype=np.uint8, mode="r+", shape=(n, *self.shape))
+        if same_list and old is not None:
+            data = np.memmap(self._file(), dtype=np.uint8, mode="r+", shape=(n, *self.shape))
             filled = np.memmap(base.with_suffix(".filled"), dtype=np.uint8, mode="r+", shape=(n,))
             changed = [i for i, (a, b) in enumerate(zip(old["files"], files, strict=True)) if a != b]
             if changed:
@@ -230,6 +230,12 @@ class ImageCache(FileDecoder):
                                                 "spec": {f: getattr(self.spec, f) for f in PIXEL_FIELDS},
                                                 "key": key, "files": files})
         self._data, self._filled = data, filled
+
+    def _file(self) -> Path:
+        """The cache's pixel file (file mode; a cache in memory has none)."""
+        if self.path is None:
+            raise RuntimeError("this image cache is held in memory: it has no file")
+        return self.path
 
     def _rebuild(self, base: Path, files: list, old: dict | None):
         """New cache files for ``files``, keeping the still-valid slots of the old ones."""
@@ -244,7 +250,7 @@ class ImageCache(FileDecoder):
             pairs = [(i, before[tuple(f)]) for i, f in enumerate(files) if tuple(f) in before]
             if pairs:
                 m = len(old["files"])
-                old_data = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(m, *self.shape))
+                old_data = np.memmap(self._file(), dtype=np.uint8, mode="r", shape=(m, *self.shape))
                 old_filled = np.fromfile(base.with_suffix(".filled"), dtype=np.uint8, count=m)
                 for i, j in pairs:
                     if old_filled[j] == 1:
@@ -253,7 +259,7 @@ class ImageCache(FileDecoder):
                 del old_data
         data.flush()
         filled.flush()
-        os.replace(tmp_data, self.path)
+        os.replace(tmp_data, self._file())
         os.replace(tmp_filled, base.with_suffix(".filled"))
         return data, filled
 
@@ -266,8 +272,9 @@ class ImageCache(FileDecoder):
             self._views()
         else:
             n = len(self.paths)
-            self._data = np.memmap(self.path, dtype=np.uint8, mode="r+", shape=(n, *self.shape))
-            self._filled = np.memmap(self.path.with_suffix(".filled"), dtype=np.uint8, mode="r+", shape=(n,))
+            path = self._file()
+            self._data = np.memmap(path, dtype=np.uint8, mode="r+", shape=(n, *self.shape))
+            self._filled = np.memmap(path.with_suffix(".filled"), dtype=np.uint8, mode="r+", shape=(n,))
 
     # -- access --------------------------------------------------------------------
     @property

@@ -54,7 +54,7 @@ def draw_grid(rows_of_images: list[torch.Tensor], scale: int):
             pixels = pixels.expand(-1, 3, -1, -1)
         for c in range(n):
             tile = Image.fromarray(pixels[c].permute(1, 2, 0).contiguous().numpy(), "RGB")
-            tile = tile.resize((cell, cell), Image.NEAREST)
+            tile = tile.resize((cell, cell), Image.Resampling.NEAREST)
             grid.paste(tile, (GAP + c * (cell + GAP), GAP + r * (cell + GAP)))
     return grid
 

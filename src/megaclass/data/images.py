@@ -126,9 +126,9 @@ def _pil_to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
     want = "L" if channels == 1 else "RGB"
     if img.mode != want:
         img = img.convert(want)
-    arr = torch.from_numpy(np.array(img, dtype=np.uint8))
-    arr = arr.unsqueeze(0) if channels == 1 else arr.permute(2, 0, 1)
-    return arr.float().div_(255.0)
+    pixels = torch.from_numpy(np.array(img, dtype=np.uint8))
+    pixels = pixels.unsqueeze(0) if channels == 1 else pixels.permute(2, 0, 1)
+    return pixels.float().div_(255.0)
 
 
 def open_image(source, *, spec: InputSpec | None = None, what: str | None = None,
@@ -298,7 +298,7 @@ def _normalise(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     if n > step:
         return torch.cat([_normalise(x[i : i + step], spec) for i in range(0, n, step)])
     s = spec.size
-    border = _border(x) if (spec.polarity == "auto" or spec.resize == "pad") else None
+    border = _border(x)  # the edges: the pad colour and the polarity test (cheap: 4 lines of pixels)
     if spec.resize == "stretch":
         out = _resize(x, s, s)
     elif spec.resize == "crop":  # the centre square, then scaled: never larger than the image

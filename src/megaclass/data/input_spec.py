@@ -40,6 +40,7 @@ True
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -107,7 +108,7 @@ class InputSpec:
         """``handwriting`` (1 channel, pad, auto polarity, 32 px), ``photo`` (3 channels,
         centre crop, no inversion, mean/std 127.5, 112 px) or ``face`` (3 channels,
         stretch: aligned crops, mean 127.5 / std 128, 112 px)."""
-        presets = {
+        presets: dict[str, dict[str, Any]] = {
             "handwriting": dict(channels=1, size=32, resize="pad", polarity="auto", mean=(0.0,),
                                 std=(255.0,)),
             "photo": dict(channels=3, size=112, resize="crop", polarity="none", mean=(127.5,),
@@ -117,7 +118,7 @@ class InputSpec:
         }
         if name not in presets:
             raise ConfigError(f"unknown input preset {name!r}; choose one of {', '.join(presets)}")
-        fields = presets[name]
+        fields = dict(presets[name])
         if size is not None:
             fields["size"] = size
         if channels is not None and channels != fields["channels"]:

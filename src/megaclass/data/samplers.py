@@ -45,9 +45,7 @@ def _labels_array(labels) -> np.ndarray:
     return arr
 
 
-def _positive_int(name: str, value, *, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
+def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
@@ -109,8 +107,8 @@ class _BatchSampler(Sampler[list[int]]):
     def __init__(self, labels, batch_size: int, num_batches: int | None, seed: int) -> None:
         self._groups = _Groups(labels)
         self.batch_size = _positive_int("batch_size", batch_size)
-        self.num_batches = _positive_int("num_batches", num_batches, allow_none=True) or (
-            math.ceil(self._groups.num_items / self.batch_size))
+        self.num_batches = (math.ceil(self._groups.num_items / self.batch_size) if num_batches is None
+                            else _positive_int("num_batches", num_batches))
         self.seed = int(seed)
         self.epoch = 0
 

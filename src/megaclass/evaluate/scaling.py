@@ -104,7 +104,8 @@ def gallery_size_curve(rec, queries: np.ndarray, truth: Sequence[str], non_mated
                              for lb in labels])
         scratch = Recognizer(rec.encoder, gallery, templates=rec.templates, allow_model_mismatch=True)
         truth_arr = np.array(truth, dtype=object)
-        points, added, confusions = [], 0, []
+        points: list[dict] = []
+        added, confusions = 0, []
         n_nm = 0 if non_mated is None else len(non_mated)
         for size in sorted(set(int(s) for s in sizes)):
             if size < len(labels):

@@ -69,6 +69,7 @@ class AdaptiveHead(Head):
     """
 
     name = "adaptive"
+    rank: torch.Tensor  # buffer
 
     def __init__(self, num_classes: int, dim: int, *, cutoffs=None, class_counts=None,
                  div_value: float = 4.0, scale: float = 16.0, learn_scale: bool = False) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -47,15 +47,15 @@ def predict(model: ModelOpt, head: HeadOpt, samples: SamplesArg,
     names = _names(h, data)
     x = _load_samples(samples, enc.input_size, seed)
     scores, ids = h.predict(enc.embed(x), k=k)
-    out = {"predictions": [
+    predictions: list[dict[str, Any]] = [
         {"sample": s, "candidates": [{"label": names[i], "score": float(v)} for v, i in zip(sc, ix, strict=True)]}
-        for s, sc, ix in zip(samples, scores.tolist(), ids.tolist(), strict=False)]}
+        for s, sc, ix in zip(samples, scores.tolist(), ids.tolist(), strict=False)]
     table = Table(title=f"{h.name} head, {h.num_classes:,} classes")
     table.add_column("sample")
     table.add_column("top classes (score)")
-    for p in out["predictions"]:
+    for p in predictions:
         table.add_row(p["sample"], ", ".join(f"{c['label']} ({c['score']:.3f})" for c in p["candidates"]))
-    _emit(out, as_json, table)
+    _emit({"predictions": predictions}, as_json, table)
 
 
 def export_head(head: Annotated[Path, typer.Argument(help="Head directory to export, or a training checkpoint (a step directory or --checkpoint-dir; sharded by --nproc or not).")],

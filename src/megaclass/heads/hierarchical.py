@@ -81,6 +81,9 @@ class HierarchicalHead(Head):
     name = "hierarchical"
     sparse = True
     reduction: LossReduction
+    group_of: torch.Tensor  # buffers
+    weight: torch.Tensor
+    step_count: torch.Tensor
 
     def __init__(self, num_classes: int, dim: int, *, groups=None, taxonomy=None, class_names=None,
                  centers=None, num_groups: int | None = None, group_names: list[str] | None = None,

@@ -34,6 +34,7 @@ Example
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -186,6 +187,8 @@ class PartialFCHead(Head):
     sparse = True
     default_scale = 30.0
     reduction: LossReduction
+    weight: torch.Tensor  # buffers
+    step_count: torch.Tensor
 
     def __init__(self, num_classes: int, dim: int, *, sample_rate: float = 0.1,
                  margin_type: str | None = None, scale: float | None = None,
@@ -219,7 +222,7 @@ class PartialFCHead(Head):
             self.register_buffer(key, buf)
         self.register_buffer("step_count", torch.zeros((), dtype=torch.int64))
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._backward_lr = None
+        self._backward_lr: float | Callable[[], float] | None = None
         self.last_sampled_ = 0
 
     def hparams(self) -> dict:
@@ -305,6 +308,8 @@ class PartialFCHead(Head):
 
     def _update_rows(self, index: torch.Tensor, grad: torch.Tensor, *, first: bool = True) -> None:
         lr = self._backward_lr() if callable(self._backward_lr) else self._backward_lr
+        if lr is None:
+            raise RuntimeError("rows updated inside backward without update_in_backward(lr)")
         self._step_rows(index, grad, float(lr), count=first)
 
     def sparse_step(self, lr: float) -> None:

@@ -28,6 +28,7 @@ Example (in each process of a job; ``group`` from ``torch.distributed``)::
 from __future__ import annotations
 
 import warnings
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -86,7 +87,7 @@ class ShardedPartialFCHead(PartialFCHead):
         dist.all_gather(parts, labels.long(), group=self.group)
         return self._loss(e_all, torch.cat(parts), group=self.group)
 
-    def _local_only(self, what: str):
+    def _local_only(self, what: str) -> NoReturn:
         lo, hi = self.class_range
         raise ConfigError(f"{what} needs every class, but this shard holds classes [{lo}, {hi}): "
                           "run `megaclass reshard CKPT --world 1` and load its head")

@@ -52,6 +52,9 @@ class TripletHead(Head):
     """
 
     name = "triplet"
+    prototypes: torch.Tensor  # buffers
+    cluster_of: torch.Tensor
+    steps: torch.Tensor
 
     def __init__(self, num_classes: int, dim: int, *, margin: float = 0.1, mining: str = "batch_hard",
                  num_clusters: int | None = None, recluster_every: int = 50,

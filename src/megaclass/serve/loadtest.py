@@ -130,8 +130,6 @@ def run_against_server(model: str | Path, gallery: str | Path | None = None, *, 
     for the run directly in the gallery database.
     """
     from ..data.glyphs import GlyphSource
-    from ..gallery import Gallery
-    from ..models import load_encoder
     from ..recognizer import Recognizer
     from .db import ServiceDB
     from .keys import KeyStore
@@ -139,10 +137,9 @@ def run_against_server(model: str | Path, gallery: str | Path | None = None, *, 
 
     with tempfile.TemporaryDirectory(prefix="megaclass-load-") as tmp:
         gallery = Path(gallery) if gallery is not None else Path(tmp) / "gallery"
-        encoder = load_encoder(Path(model))
-        size = encoder.input_size
         ids = np.arange(900_000, 900_000 + classes)
-        with Recognizer(encoder, Gallery.open(gallery, dim=encoder.dim)) as rec:
+        with Recognizer(Path(model), gallery) as rec:  # a new gallery takes the model's dim
+            size = rec.encoder.input_size
             rec.enroll_many(GlyphSource(ids, samples_per_class=3, seed=seed, size=size).iter_classes(),
                             replace=True)
         with ServiceDB(gallery) as db:

@@ -197,6 +197,7 @@ class Trainer:
         self.source = source
         self.config = config
         self.history_: list[dict] = []
+        self._feed: BatchFeed | None = None  # the run's DataLoader, made by the first epoch
 
     # -- setup ---------------------------------------------------------------------
     def _build(self) -> tuple[Encoder, Head, torch.optim.Optimizer]:
@@ -270,7 +271,7 @@ class Trainer:
         # Tensors loaded from a pretrained model form a second group whose learning rate is the
         # schedule's times pretrained_lr_scale (the loop multiplies each group's lr_scale); a run
         # without pretrained tensors keeps the single group older checkpoints hold.
-        pretrained = getattr(self, "_pretrained", set())
+        pretrained: set[str] = getattr(self, "_pretrained", set())
         named = list(encoder.named_parameters())
         params: list = [{"params": [p for n, p in named if n not in pretrained] + list(head.parameters()),
                          "lr_scale": 1.0}]
@@ -436,13 +437,15 @@ class Trainer:
 
     def _loader(self, batches: list[list[int]], epoch: int):
         """This epoch's batches through the run's one persistent DataLoader (:class:`BatchFeed`)."""
-        if getattr(self, "_feed", None) is None or self._feed.source is not self.source:
+        if self._feed is None or self._feed.source is not self.source:
             self._feed = BatchFeed(self.source, self.config.num_workers, len(batches))
         return self._feed(batches, epoch)
 
     def _checkpoint(self, encoder, head, opt, step: int, epoch: int) -> None:
         info = {"step": step, "epoch": epoch, "config": _jsonable(asdict(self.config)),
                 "history": self.history_}
+        if self.config.checkpoint_dir is None:
+            raise RuntimeError("a checkpoint was asked for without checkpoint_dir")
         save_checkpoint(self.config.checkpoint_dir, encoder=encoder, head=head, optimizer=opt, info=info)
 
 
