@@ -201,6 +201,9 @@ class _EpochClock:
     def __getitem__(self, i):
         return self.source[i]
 
+    def iter_classes(self):
+        return self.source.iter_classes()
+
     def __getitems__(self, indices):
         if hasattr(self.source, "__getitems__"):
             return self.source.__getitems__(indices)

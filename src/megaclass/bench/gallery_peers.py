@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gallery_measure import BenchData, dir_bytes, fit, k_factors_from, progress, recall, row, speed, timed
+from ..gallery.tuning import K_FACTORS
+from .gallery_measure import BenchData, dir_bytes, fit, progress, recall, row, speed, timed
 
 HNSW_M, HNSW_EF_ADD = 32, 100  # graph degree and build-time beam of both HNSW libraries
 
@@ -135,7 +136,7 @@ def run_lancedb(d: BenchData) -> dict:
         progress(min(a + 100_000, len(tpl)), len(tpl), t)
     table.create_index(metric="dot", index_type="IVF_PQ")
     build_s = time.perf_counter() - t
-    ks = k_factors_from(1)  # every re-rank candidate count the gallery tries, smallest first
+    ks = list(K_FACTORS)  # every re-rank candidate count the gallery tries, smallest first
     knobs = {"nprobe": 8, "k_factor": ks[0]}  # LanceDB's nprobes and refine_factor
 
     def set_knobs(v, kf):

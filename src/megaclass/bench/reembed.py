@@ -137,7 +137,8 @@ def torture(work: Path, *, classes: int = 5000, cycles: int = 20, per_class: int
     full = json.loads(out)
     startup_s = max(0.0, full_s - full["seconds"])  # interpreter + imports: kills aim past them
     assert check_one_model(g, expected, classes) == fps["B"]
-    target, record = "A", []
+    target = "A"
+    record: list = []
     chunks = -(-classes // 256)  # staged chunks of a full run (reembed.CHUNK_CLASSES)
     kills = 0
     while kills < cycles and len(record) < 3 * cycles:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -146,7 +147,7 @@ def group_rates(mated_groups: Sequence[str], mated_scores, mated_correct,
     if not min_expected_errors > 0:
         raise InvalidInputError(f"min_expected_errors must be > 0, got {min_expected_errors}")
     names = sorted(set(mg.tolist()) | set(ng.tolist()), key=lambda g: (g == UNKNOWN, g))
-    out = {"key": key, "min_expected_errors": min_expected_errors,
+    out: dict[str, Any] = {"key": key, "min_expected_errors": min_expected_errors,
            "groups": [{"group": g, "mated_searches": int((mg == g).sum()),
                        "non_mated_searches": int((ng == g).sum())} for g in names],
            "thresholds": [], "skipped": []}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from statistics import NormalDist
 
 import numpy as np
@@ -56,7 +56,7 @@ def _thin(x: np.ndarray, y: np.ndarray, n: int = 2000) -> tuple[np.ndarray, np.n
 
 
 def det_plot(curves: dict[str, tuple], xlabel: str = "FPIR", ylabel: str = "FNIR",
-             title: str = "DET (normal-deviate axes)", marks: list[tuple] = (),
+             title: str = "DET (normal-deviate axes)", marks: Sequence[tuple] = (),
              dashed: Collection[str] = ()) -> bytes:
     """DET curves ``{name: (false_positive_rates, false_negative_rates)}`` on probit axes.
 
@@ -123,7 +123,7 @@ def _thin_log(x: np.ndarray, y: np.ndarray, n: int = 2000) -> tuple[np.ndarray, 
     return x[keep], y[keep]
 
 
-def roc_plot(curves: dict[str, tuple], marks: list[tuple] = (), eer: dict[str, float] | None = None,
+def roc_plot(curves: dict[str, tuple], marks: Sequence[tuple] = (), eer: dict[str, float] | None = None,
              title: str = "ROC (log FAR axis)", xlabel: str = "false accept rate (FMR / FPIR)",
              ylabel: str = "true accept rate (1 - FNMR / 1 - FNIR)",
              dashed: Collection[str] = ()) -> bytes:
@@ -175,11 +175,11 @@ def roc_plot(curves: dict[str, tuple], marks: list[tuple] = (), eer: dict[str, f
             ax.plot([max(e, left)], [1 - e], "D", color="tab:red", markersize=6, zorder=3,
                     label=f"EER {e:.2%}" + (f" ({name})" if len(eer) > 1 else ""))
     ylo = max(0.0, math.floor((low - 0.02) * 10) / 10)
-    for x, y, text in marks:
-        x = max(float(x), left)
-        ax.plot([x], [y], "ko", markersize=4, zorder=3)
+    for mark_x, y, text in marks:
+        px = max(float(mark_x), left)
+        ax.plot([px], [y], "ko", markersize=4, zorder=3)
         below = y - ylo > 0.1 * (1.005 - ylo)  # room under the point for its label
-        ax.annotate(text, (x, float(y)), textcoords="offset points", xytext=(5, -11 if below else 4),
+        ax.annotate(text, (px, float(y)), textcoords="offset points", xytext=(5, -11 if below else 4),
                     fontsize=7)
     if eer:
         g = np.logspace(math.log10(left), 0, 200)
@@ -237,7 +237,8 @@ def _score_axes(ax, mated, non_mated, threshold, label, title):
 
 
 def score_plot(mated: np.ndarray, non_mated: np.ndarray | None, threshold: float | None,
-               label: str = "threshold", baseline: tuple | None = None,
+               label: str = "threshold",
+               baseline: tuple[np.ndarray, np.ndarray | None, float | None, str] | None = None,
                names: tuple[str, str] = ("model", "baseline")) -> bytes:
     """Histograms of rank-1 scores: mated correct vs non-mated, with the threshold line.
 

@@ -29,7 +29,7 @@ import torch
 
 from ..data.glyphs import GlyphSource
 from .closed_set import top_k_accuracy
-from .open_set import DEFAULT_TARGET_FPIR, calibrate_threshold, fnir, fpir
+from .open_set import DEFAULT_TARGET_FPIR, Calibration, calibrate_threshold, fnir, fpir
 
 
 @dataclass
@@ -99,7 +99,7 @@ class ProtocolRun:
     """What :func:`run_protocol` measured, with the embeddings behind it (for reports)."""
 
     metrics: dict
-    calibration: object
+    calibration: Calibration
     queries: np.ndarray
     non_mated: np.ndarray
     calib: np.ndarray

@@ -20,11 +20,11 @@ def _collapse(cids: list[int], scores: list[float], k: int) -> tuple[list[int], 
     """The first ``k`` distinct class ids (skipping -1) of a best-first hit list, with scores."""
     best_c: list[int] = []
     best_s: list[float] = []
-    seen = best_c if k <= 32 else set()  # a short list beats a set for the usual small k
+    seen: set[int] | None = None if k <= 32 else set()  # a short list beats a set for small k
     for c, s in zip(cids, scores, strict=True):
-        if c < 0 or c in seen:
+        if c < 0 or c in (best_c if seen is None else seen):
             continue
-        if seen is not best_c:
+        if seen is not None:
             seen.add(c)
         best_c.append(c)
         best_s.append(s)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -161,7 +161,8 @@ def reembed(gallery: GalleryOpt,
             return
         if model is None:
             raise InvalidInputError("give the new model with --model (or --status / --abort)")
-        source = from_data
+        new_model: Any = model  # the model directory, or its encoder when loaded here for glyphs
+        source: Any = from_data  # a data spec, or the glyph samples made here
         if from_data:
             from ..data.spec import parse_glyph_range
 
@@ -170,8 +171,8 @@ def reembed(gallery: GalleryOpt,
                 from ..models import load_encoder
                 from .sample_sources import GlyphSamples
 
-                model = load_encoder(model)
-                source = GlyphSamples(ids, model.input_spec, per_class=per_class, seed=seed)
+                new_model = load_encoder(model)
+                source = GlyphSamples(ids, new_model.input_spec, per_class=per_class, seed=seed)
         bar: list[ItemProgress] = []
 
         def progress(done: int, total: int) -> None:
@@ -180,7 +181,7 @@ def reembed(gallery: GalleryOpt,
             bar[0].advance(done - bar[0].done)
 
         try:
-            result = g.reembed(model, source, allow_missing=allow_missing, progress=progress,
+            result = g.reembed(new_model, source, allow_missing=allow_missing, progress=progress,
                                skip_bad_files=skip_bad_files)
         finally:
             if bar:

@@ -91,7 +91,7 @@ class IndexWhileCommitting:
 
     def __init__(self, state: GalleryState, vectors: np.ndarray):
         self._state, self._vectors = state, vectors
-        self.tids: np.ndarray | None = None
+        self.tids: np.ndarray = np.empty(0, dtype=np.int64)  # set by start()
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
 

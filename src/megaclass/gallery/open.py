@@ -43,7 +43,10 @@ def open_gallery(spec, *, dim: int | None = None, key=None, create: bool = True,
     if isinstance(spec, GalleryProtocol):
         return spec
     if is_uri(spec):
-        scheme = _SCHEME.match(spec).group(1)
+        found = _SCHEME.match(spec)
+        if found is None:
+            raise ConfigError(f"not a gallery URI: {spec!r}")
+        scheme = found.group(1)
         if scheme in ("milvus", "milvus-lite"):
             from .milvus import MilvusGallery
 

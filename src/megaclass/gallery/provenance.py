@@ -74,7 +74,10 @@ def model_id(conn: sqlite3.Connection, fingerprint: str | None) -> int:
     row = conn.execute("SELECT id FROM models WHERE fingerprint = ?", (fingerprint,)).fetchone()
     if row is not None:
         return int(row[0])
-    return int(conn.execute("INSERT INTO models (fingerprint) VALUES (?)", (fingerprint,)).lastrowid)
+    rowid = conn.execute("INSERT INTO models (fingerprint) VALUES (?)", (fingerprint,)).lastrowid
+    if rowid is None:  # sqlite3 sets lastrowid after every successful INSERT
+        raise RuntimeError("SQLite gave no row id for the new model")
+    return rowid
 
 
 def current_model_id(conn: sqlite3.Connection) -> int:

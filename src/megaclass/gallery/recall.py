@@ -25,7 +25,7 @@ import random
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -184,8 +184,9 @@ class RecallWatch:
             return {"live_recall_at_1": 1.0, "live_recall_samples": 0, "live_recall_monitor": "exact index"}
         with self._lock:
             n, hits = len(self._outcomes), int(sum(self._outcomes))
-        out = {"live_recall_samples": n, "live_recall_monitor": "on" if self.enabled else "off",
-               "live_recall_rate": self.rate}
+        out: dict[str, Any] = {"live_recall_samples": n,
+                               "live_recall_monitor": "on" if self.enabled else "off",
+                               "live_recall_rate": self.rate}
         if n:
             out["live_recall_at_1"] = round(hits / n, 4)
             out["live_recall_ci95"] = [round(x, 4) for x in wilson(hits, n)]

@@ -226,7 +226,8 @@ def _embed(encoder, batches: list) -> list[np.ndarray]:
     out: list[np.ndarray] = []
     at = 0
     while at < len(batches):
-        group, n = [], 0
+        group: list = []
+        n = 0
         while at < len(batches) and (not group or n + len(batches[at]) <= CHUNK_IMAGES):
             group.append(batches[at])
             n += len(batches[at])

@@ -73,10 +73,10 @@ def write_snapshot(index: faiss.Index, directory: Path, meta: dict, *, gallery_u
         os.fsync(f.fileno())
     meta = {"version": SNAPSHOT_VERSION, "uuid": gallery_uuid, "seq": int(seq), **meta,
             "vectors": int(index.ntotal), "encrypted": cipher is not None, "sha256": h.hexdigest()}
-    with open(tmp_meta, "w", encoding="utf-8") as f:
-        json.dump(meta, f)
-        f.flush()
-        os.fsync(f.fileno())
+    with open(tmp_meta, "w", encoding="utf-8") as mf:
+        json.dump(meta, mf)
+        mf.flush()
+        os.fsync(mf.fileno())
     os.replace(tmp_data, data_path)
     os.replace(tmp_meta, meta_path)
     _fsync_dir(directory)

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,7 +137,7 @@ class Store:
             conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before the first table exists
             conn.executescript("BEGIN;" + _SCHEMA)
             now = _now()
-            rows = {"format_version": FORMAT_VERSION, "dim": int(dim),
+            rows: dict[str, Any] = {"format_version": FORMAT_VERSION, "dim": int(dim),
                     "uuid": uuid.uuid4().hex, "created_at": now}
             if key is not None:
                 rows["encryption"] = {"algorithm": ALGORITHM,
@@ -165,7 +166,7 @@ class Store:
                 conn.close()
             raise NotAGalleryError(f"{db_path}: cannot open as SQLite ({exc})") from exc
         immutable = names is None
-        if immutable:  # a WAL database in a directory this process cannot write
+        if names is None:  # a WAL database in a directory this process cannot write
             conn.close()
             try:
                 conn = _connect(db_path, "ro", immutable=True)

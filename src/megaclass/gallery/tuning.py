@@ -59,7 +59,10 @@ def fit_knobs(recall_at: Callable[[int, int | None], float], start: int, limit: 
     measures. Returns ``(knob, k_factor, recall)``."""
     knob, k_factor, recall = start, None, 0.0
     for k_factor in k_factors or (None,):
-        knob, recall = smallest_knob(lambda v, kf=k_factor: recall_at(v, kf), start, limit, target)
+        def at(v: int, kf: int | None = k_factor) -> float:  # this k_factor's recall at knob v
+            return recall_at(v, kf)
+
+        knob, recall = smallest_knob(at, start, limit, target)
         if recall >= target:
             break
     return knob, k_factor, recall

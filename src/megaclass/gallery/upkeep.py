@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class IndexUpkeep:
                 yield chunk
 
         st = self._state
-        tuning = {"owners": store.template_classes, "probes": self._probes()}
+        tuning: dict[str, Any] = {"owners": store.template_classes, "probes": self._probes()}
         if n < PROGRESS_MIN or not self.show_progress or cancel is not None:
             return ClassIndex.build(st.dim, read, n, spec=requested, **tuning)
         from rich.progress import Progress

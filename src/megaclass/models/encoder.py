@@ -163,6 +163,9 @@ class Encoder(nn.Module):
     dim : int, the embedding dimension.
     """
 
+    input_shift: torch.Tensor  # buffers, present when the contract has mean/std
+    input_scale: torch.Tensor
+
     def __init__(self, config: EncoderConfig | None = None) -> None:
         super().__init__()
         self.config = config or EncoderConfig()

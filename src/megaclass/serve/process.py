@@ -78,7 +78,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.log:
+        if not isinstance(self._err, int):  # a log file (else subprocess.DEVNULL)
             self._err.close()
         code, self.proc = self.proc.returncode, None
         return code

@@ -7,7 +7,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 Label = Field(min_length=1, max_length=256, description="Class label.")
-_absent = {"exclude_if": lambda value: value is None}  # optional extras: left out, not null
+
+
+def _absent(value: object) -> bool:
+    """``exclude_if`` of optional extras: left out of the answer when None, not sent as null."""
+    return value is None
 
 
 class ErrorOut(BaseModel):
@@ -25,7 +29,7 @@ REFUSALS: dict = {401: {"model": ErrorOut}, 403: {"model": ErrorOut},
 class MatchOut(BaseModel):
     label: str
     score: float
-    thumbnail: str | None = Field(None, **_absent, description=(
+    thumbnail: str | None = Field(None, exclude_if=_absent, description=(
         "With ?thumbnails=true: the class's first retained thumbnail (a JPEG data URL), if any."))
 
 
@@ -46,7 +50,8 @@ class VerifyOut(BaseModel):
     accepted: bool
     score: float
     threshold: float | None
-    thumbnail: str | None = Field(None, **_absent, description="With ?thumbnails=true, as in identify.")
+    thumbnail: str | None = Field(None, exclude_if=_absent,
+                                  description="With ?thumbnails=true, as in identify.")
 
 
 class _Vectors(BaseModel):
@@ -92,7 +97,7 @@ class ClassOut(BaseModel):
     samples: int | None = Field(None, description="Samples averaged into the template "
                                                   "(templates mode \"mean\"); null if unknown.")
     meta: dict[str, Any] = Field(description="The meta given at enrollment.")
-    thumbnails: list[str] | None = Field(None, **_absent,
+    thumbnails: list[str] | None = Field(None, exclude_if=_absent,
                                          description="With ?thumbnails=true: JPEG data URLs.")
 
 
@@ -106,7 +111,7 @@ class ClassItem(BaseModel):
 class ClassListOut(BaseModel):
     total: int = Field(description="Classes matching (all of them without `q`).")
     labels: list[str]
-    items: list[ClassItem] | None = Field(None, **_absent,
+    items: list[ClassItem] | None = Field(None, exclude_if=_absent,
                                          description="With ?detail=true: counts per listed class.")
 
 
