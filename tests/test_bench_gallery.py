@@ -86,6 +86,7 @@ def test_megaclass_milvus_runs_beside_the_local_gallery(tmp_path, milvus_server,
     forced so that its ``ef`` is fitted like every other system's knob)."""
     monkeypatch.setenv("MEGACLASS_BENCH_MILVUS_URI", milvus_server.uri_base)
     monkeypatch.setenv("MEGACLASS_BENCH_MILVUS_INDEX", "HNSW")
+    monkeypatch.setenv("MEGACLASS_BENCH_MILVUS_SINGLE", "5")  # ~1 s each on a loaded box
     cfg = GalleryBenchConfig(classes=300, dim=16, queries=50, non_mated=10, single=10, data="random")
     report = run_bench(cfg, tmp_path, systems=("megaclass", "megaclass-milvus"), log=lambda *a: None)
     r = report["results"]["megaclass-milvus"]

@@ -4,8 +4,9 @@ server at ``$MEGACLASS_BENCH_MILVUS_URI``, e.g. ``milvus://root:Milvus@host:1953
 
 The runner has the shape of :mod:`megaclass.bench.gallery_measure`: it enrolls every class
 (batches of 2,000 classes, each write journaled and acknowledged by Milvus's write-ahead
-log), times 50 single enrolls and erases, lets the gallery pick and tune its index as a
-user would (``tune()``: FLAT below 200k templates, else HNSW with ``ef`` fitted on its own
+log), times 50 single enrolls and erases (``$MEGACLASS_BENCH_MILVUS_SINGLE``), lets the
+gallery pick and tune its index as a user would (``tune()``: FLAT below 200k templates,
+else HNSW with ``ef`` fitted on its own
 probes, reported as ``recall_reported``), then fits ``ef`` on the mated probes like every
 other system and measures there. ``$MEGACLASS_BENCH_MILVUS_INDEX`` forces the index
 (``FLAT``, ``HNSW``, ``IVF_FLAT``). The server runs in its own process: ``rss_over_data_mb``
@@ -23,7 +24,6 @@ import numpy as np
 from .gallery_measure import BenchData, dir_bytes, fit, progress, recall, row, speed, timed
 
 BATCH_CLASSES = 2000
-SINGLE = 50  # single enrolls (and erases) timed
 
 
 def _vm_hwm_mb(pid: int) -> float | None:
@@ -59,11 +59,12 @@ def run_megaclass_milvus(d: BenchData) -> dict:
             g.enroll_many((f"c{a + j}", block[j]) for j in range(len(block)))
             progress(min(a + BATCH_CLASSES, n_cls), n_cls, t)
         enroll_s = time.perf_counter() - t
+        single = int(os.environ.get("MEGACLASS_BENCH_MILVUS_SINGLE", "50"))  # enrolls + erases timed
         t = time.perf_counter()
-        for i in range(SINGLE):
+        for i in range(single):
             g.enroll(f"extra{i}", d.tpl[i])
         single_s = time.perf_counter() - t
-        for i in range(SINGLE):
+        for i in range(single):
             g.erase(f"extra{i}")
         tuned = g.tune(index=os.environ.get("MEGACLASS_BENCH_MILVUS_INDEX") or None)
 
@@ -83,11 +84,15 @@ def run_megaclass_milvus(d: BenchData) -> dict:
         speeds = speed(lambda q: g.search(q, k=1), lambda q: g.search(q, k=1), d.mated, d.single)
         g.close()
         open_s = timed(lambda: MilvusGallery.open(uri).close())
+        if server is None:  # a server of the user's: leave it as it was
+            with MilvusGallery.open(uri) as g:
+                for name in (g.name, g.meta_name):
+                    g.link.client.drop_collection(name)
         extra = {"server_rss_mb": _vm_hwm_mb(server.proc.pid)} if server is not None else {}
         disk = dir_bytes(server.base) if server is not None else 0
         return row(f"milvus:{tuned['index']}", knobs, got, len(d.tpl) / enroll_s, speeds, open_s,
                    disk, True, **own, index_build_s=tuned["build_s"],
-                   single_enroll_per_s=SINGLE / single_s, **extra)
+                   single_enroll_per_s=single / single_s, **extra)
     finally:
         if server is not None:
             server.stop()
