@@ -273,6 +273,18 @@ class EnsembleGallery:
         for m in self.ensemble.members:
             m.gallery.set_setting(key, value)
 
+    def settings(self) -> dict:
+        """Every setting (GalleryProtocol): the first member's, with the ensemble's own
+        ``threshold`` and ``calibration``."""
+        out = self._first.settings()
+        for key in ("threshold", "calibration"):
+            value = self.get_setting(key)
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = value
+        return out
+
     def stats(self) -> dict:
         ens = self.ensemble
         return {"path": str(self.path), "classes": len(self), "templates": self.num_templates,
