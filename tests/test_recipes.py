@@ -26,6 +26,8 @@ def test_recipe_gives_data_and_options_and_the_command_line_overrides(tmp_path):
     assert result["steps"] == 2  # given on the command line: overrides the recipe's 520
     trained = json.loads((out / "config.json").read_text())["extra"]["trained_with"]
     assert trained["batch_size"] == 32 and trained["head"] == "cosface"
+    # not given on the command line: the recipe's own (CosFace s=16 m=0.2, not the head's 30/0.35)
+    assert trained["scale"] == 16.0 and trained["margin"] == 0.2
 
 
 def test_recipe_errors_name_the_problem(tmp_path):

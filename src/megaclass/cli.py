@@ -230,14 +230,16 @@ def train(ctx: typer.Context,
 
 def _apply_recipe(ctx: typer.Context, name: str, data: str | None, samples_per_class: int):
     """The recipe's data, drawings per class and Trainer options, minus what the command line set."""
-    from click.core import ParameterSource
-
     from .train.recipes import recipe as get_recipe
 
     r = get_recipe(name)
 
     def given(param: str) -> bool:
-        return ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, None)
+        # compared by name: typer >= 0.29 vendors click, so click.core.ParameterSource is
+        # another enum than the one the context returns (every option then looked "given"
+        # and the recipe's own options were silently dropped)
+        source = ctx.get_parameter_source(param)
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
     options = {k: v for k, v in r.options.items() if not given(k)}
     if "checkpoint_every" in options and not given("checkpoint_dir"):

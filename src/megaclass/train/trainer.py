@@ -407,6 +407,9 @@ class Trainer:
         encoder.config.extra = {"trained_with": {
             "head": c.head, "classes": self.source.num_classes, "steps": step,
             "batch_size": classes_per_batch * m, "source": type(self.source).__name__}}
+        record = encoder.config.extra["trained_with"]  # + the head's settings (scale, margin, ...)
+        record.update({k: v for k, v in head.hparams().items()
+                       if k not in record and isinstance(v, (int, float, str, bool))})
         if augment is not None:
             encoder.config.extra["trained_with"]["augment"] = augment.describe()
         self._record_finetune(encoder.config.extra["trained_with"])
