@@ -69,6 +69,8 @@ def run(models: list[str], *, classes: int = 2000, per_class: int = 3, non_mated
     labels = [f"glyph-{i}" for i in enroll_c[::per_class]]
     encoders = [load_encoder(m) for m in models]
     names = [Path(str(m)).name or str(m) for m in models]
+    if len(set(names)) < len(names):  # demo/model and demo_hw/model: name them by their folder too
+        names = [f"{Path(str(m)).parent.name}/{Path(str(m)).name}" for m in models]
     rows, configs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         recs = [Recognizer(e, Path(tmp) / f"m{i}") for i, e in enumerate(encoders)]
