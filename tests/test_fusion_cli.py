@@ -4,28 +4,15 @@ and the ensemble's bad input (a gallery opened with fewer / other / reordered mo
 gallery with several models, vectors of the wrong width)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from _cli_helpers import run
 from megaclass import GlyphSource
 from megaclass.errors import ConfigError, DuplicateLabelError
 from megaclass.fusion import FusedRecognizer
 from megaclass.recognizer import Recognizer
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(*args, check=True):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, "-m", "megaclass.cli", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")
