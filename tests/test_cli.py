@@ -80,3 +80,10 @@ def test_train_with_partial_fc_options(tmp_path):
     bad = run("train", "glyphs:40", "-m", tmp_path / "m", "--head", "partial_fc",
               "--sample-rate", "0", "--steps", "1", check=False)
     assert bad.returncode == 2 and "sample_rate" in bad.stderr
+
+
+def test_train_help_names_every_head():
+    from megaclass.heads.registry import HEADS
+
+    out = " ".join(run("train", "--help").stdout.split())
+    assert all(name in out for name in HEADS)
