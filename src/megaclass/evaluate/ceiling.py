@@ -165,9 +165,9 @@ def rank1_by_group(encoder, *, sizes=(10_000, 100_000), queries: int = 3000, att
     groups = np.array([a.get(attribute, "unknown") for a in glyph_attributes(q_ids)])
     out = {"attribute": attribute, "queries": queries, "template_drawings": template_drawings,
            "group_share": {g: float(np.mean(groups == g)) for g in sorted(set(groups))}, "sizes": {}}
-    for n in sizes:
-        index = faiss.IndexFlatIP(templates.shape[1])
-        index.add(templates[:n])
+    index = faiss.IndexFlatIP(templates.shape[1])  # grown size by size: each template added once
+    for n in sorted(sizes):
+        index.add(templates[index.ntotal:n])
         m = min(n, queries)  # a gallery smaller than the query set holds only the first n
         _, top = index.search(probes[:m], 1)
         hit, grp = top[:, 0] == np.arange(m), groups[:m]
