@@ -1,3 +1,5 @@
+# mypy: ignore-errors
+# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """CLI commands of the models area: ``megaclass export`` and ``megaclass import-encoder``."""
 
 from __future__ import annotations

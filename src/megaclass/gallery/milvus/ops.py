@@ -1,3 +1,5 @@
+# mypy: ignore-errors
+# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """Milvus gallery operations beyond enroll/search: stats, check, compaction (making an
 erasure final), class iteration, and the backend-neutral export/import format."""
 
