@@ -88,3 +88,37 @@ def test_hierarchical_ranks_the_beams_classes_by_their_own_score():
     assert head.rank == "class" and head.hparams()["rank"] == "class"
     with pytest.raises(ConfigError, match="rank must be"):
         make_head("hierarchical", 40, 8, rank="nope")
+
+
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_head_budget_clock_counts_cpu_time_only_when_asked(clock, tmp_path, monkeypatch):
+    """clock="cpu" budgets a head's training in its own CPU seconds: time the worker spends
+    off the CPU (here a sleep standing in for other processes on a shared box) is not counted."""
+    import json
+    import time
+
+    import numpy as np
+
+    from megaclass.bench import heads, heads_accuracy
+
+    c, d, per = 8, 16, {"train": 6, "val": 1, "test": 2}
+    rng = np.random.default_rng(0)
+    for split, n in per.items():
+        np.save(tmp_path / f"{split}_x.npy", rng.standard_normal((c * n, d)).astype(np.float32))
+    (tmp_path / "meta.json").write_text(json.dumps({"per_split": per, "classes": c, "done": c}))
+    real_step = heads.train_step
+
+    def slow_step(*args):
+        time.sleep(0.2)
+        return real_step(*args)
+
+    monkeypatch.setattr(heads, "train_step", slow_step)
+    res = heads_accuracy.train_worker({
+        "features": str(tmp_path), "classes": c, "head": "cosface", "optimizer": "sgd", "lr": 0.1,
+        "batch": 16, "max_steps": 6, "eval_every": 3, "patience": 10, "max_seconds": 1e9, "min_gain": 0.0,
+        "val_samples": 8, "test_samples": 16, "clock": clock})
+    assert res["clock"] == clock and res["steps"] == 6
+    if clock == "wall":
+        assert res["train_seconds"] >= 6 * 0.2
+    else:
+        assert res["train_seconds"] < 6 * 0.2 / 2

@@ -31,8 +31,12 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
                                                           "hierarchical"),
                         sweep_classes: int | None = None, quick: bool = False, model: str = "reference",
                         batch: int = 256, min_gain: float = 0.002, timeout: float = 3600.0,
-                        settings: dict | None = None, log=print) -> dict:
-    """Sweep at ``sweep_classes`` (default the smallest size), converge at every size; write JSON + plot."""
+                        settings: dict | None = None, clock: str = "wall", log=print) -> dict:
+    """Sweep at ``sweep_classes`` (default the smallest size), converge at every size; write JSON + plot.
+
+    ``clock="cpu"`` times training steps (and the wall-clock budgets) in the worker's own CPU
+    seconds, so a box shared with other work does not shorten a head's budget.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     knobs = dict(QUICK if quick else FULL)
@@ -40,7 +44,7 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
     sweep_c = int(sweep_classes or sizes[0])
     feats = glyph_features(out / "features", max(sizes + [sweep_c]), model=model, log=log)
     started = time.perf_counter()
-    base = {"features": str(feats), "batch": batch, "min_gain": min_gain,
+    base = {"features": str(feats), "batch": batch, "min_gain": min_gain, "clock": clock,
             "val_samples": knobs["val_samples"], "test_samples": knobs["test_samples"]}
     report_path = out / "head_comparison.json"
     old = json.loads(report_path.read_text()) if report_path.exists() else {}
