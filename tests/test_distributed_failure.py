@@ -122,3 +122,47 @@ def test_export_head_from_the_sharded_checkpoint_then_identify(run, tmp_path):
         from megaclass.train.sharded import export_checkpoint_head
 
         export_checkpoint_head(run.ck, tmp_path / "g3", labels=["a"])
+
+
+#: a SIGSTOPped rank (alive, silent) must end the job within the collective timeout plus this
+HANG_SLACK_S = 90
+
+
+@pytest.mark.slow
+def test_hung_rank_stops_the_job_within_the_collective_timeout(tmp_path):
+    """Part 5, the other half: a rank that hangs (SIGSTOP: its process and sockets stay open, so
+    nothing notices a death) makes the job end with a clear error after --dist-timeout, not hang."""
+    timeout = 15
+    ck = tmp_path / "ck"
+    args = [f"glyphs:0-{CLASSES}", "-m", str(tmp_path / "m"), "--head", "partial_fc", "--nproc", "2",
+            "--sample-rate", "0.25", "--batch-size", "64", "--dim", "32", "--size", "16",
+            "--samples-per-class", "16", "--steps", "400", "--checkpoint-dir", str(ck),
+            "--checkpoint-every", "2", "--workers", "0", "--dist-timeout", str(timeout)]
+    proc = subprocess.Popen(MEGACLASS + ["train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 300
+        while not (ck / "latest").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        workers = [p for p in _children(proc.pid)
+                   if "megaclass.train" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(workers) == 2, (workers, proc.poll())
+        os.kill(max(workers), signal.SIGSTOP)
+        stopped = time.time()
+        _, err = proc.communicate(timeout=timeout + HANG_SLACK_S + 60)
+        took = time.time() - stopped
+        print(f"first checkpoint after {stopped - deadline + 300:.1f} s; the job ended {took:.1f} s "
+              f"after the SIGSTOP (timeout {timeout} s)")
+    finally:
+        for pid in workers:  # never leave a stopped process behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, err[-2000:]
+    assert took < timeout + HANG_SLACK_S, took
+    assert "distributed training stopped" in err and "hung or died" in err, err[-2000:]
+    assert not (tmp_path / "m").exists()  # nothing half-written
