@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """``megaclass bench gallery``: megaclass's gallery against the stores users would pick instead.
 
 Data (:mod:`megaclass.bench.gallery_data`): by default real embeddings, glyph classes
@@ -217,8 +215,8 @@ def run_faiss(d: BenchData) -> dict:
 
     if "nprobe" in info:  # the same search knob megaclass settled on: same work per query
         set_knobs(info["nprobe"], info.get("k_factor"))
-    if "efSearch" in info:
-        faiss.downcast_index(inner).hnsw.efSearch = int(info["efSearch"])
+    if "efSearch" in info and isinstance(graph := faiss.downcast_index(inner), faiss.IndexHNSW):
+        graph.hnsw.efSearch = int(info["efSearch"])
     path = d.work / "faiss.index"
     faiss.write_index(index, str(path))
 

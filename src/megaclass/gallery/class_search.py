@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """Search of a :class:`~megaclass.gallery.index.ClassIndex`: template neighbours from FAISS
 collapsed to the best ``k`` distinct classes, optionally restricted to some classes."""
 
@@ -11,6 +9,7 @@ import faiss
 import numpy as np
 
 from .concurrency import threads_for
+from .faiss_api import filter_params, hnsw_params, internal_selector, ivf_params, refine_params
 
 if TYPE_CHECKING:
     from .index import ClassIndex
@@ -76,19 +75,23 @@ def search_classes(class_index: ClassIndex, queries: np.ndarray, k: int,
         kk = min(total, kk * 2)
     return out
 
-def _filter_params(class_index: ClassIndex, selector) -> faiss.SearchParameters:
+
+def _filter_params(class_index: ClassIndex, selector: faiss.IDSelector) -> faiss.SearchParameters:
     """Search parameters restricting FAISS to ``selector``, keeping the tuned knob."""
     inner = faiss.downcast_index(class_index.index.index)
-    ivf = faiss.try_extract_index_ivf(inner)
     if isinstance(inner, faiss.IndexRefine):  # the base search filters: it needs internal ids
-        base = faiss.SearchParametersIVF(sel=faiss.IDSelectorTranslated(class_index.index.id_map, selector),
-                                         nprobe=int(ivf.nprobe))
-        params = faiss.IndexRefineSearchParameters(k_factor=float(inner.k_factor),
-                                                   base_index_params=base)
-        params._keep = (selector, base)  # the SWIG objects must outlive the search
-        return params
+        internal = internal_selector(class_index.index, selector)
+        base = _knob_params(faiss.downcast_index(inner.base_index), internal)
+        return refine_params(inner.k_factor, base, keep=(selector, internal, base))
+    return _knob_params(inner, selector)
+
+
+def _knob_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    """Search parameters for ``index`` (not a refine stage) restricted to ``selector``, with
+    its current ``nprobe`` / ``efSearch``."""
+    ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
-        return faiss.SearchParametersIVF(sel=selector, nprobe=int(ivf.nprobe))
-    if hasattr(inner, "hnsw"):
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=int(inner.hnsw.efSearch))
-    return faiss.SearchParameters(sel=selector)
+        return ivf_params(ivf.nprobe, selector)
+    if isinstance(index, faiss.IndexHNSW):
+        return hnsw_params(index.hnsw.efSearch, selector)
+    return filter_params(selector)

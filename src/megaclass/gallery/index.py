@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """FAISS index derived from the store, plus the template -> class map for class-collapse.
 
 The index is chosen by a FAISS factory string or ``"auto"`` (see
@@ -34,6 +32,7 @@ from ..errors import ConfigError, MegaclassError
 from .class_map import TemplateClassMap
 from .class_search import search_classes
 from .concurrency import threads_for
+from .faiss_api import hnsw_params, ivf_params, refine_params, remove_ids
 from .index_spec import min_train, resolve_spec
 from .probes import ProbeMaker, Probes, default_probes, wilson
 from .purge import can_remove_in_place, remove_positions, scrub_positions
@@ -46,7 +45,7 @@ REFINE_K_FACTOR = K_FACTORS[0]  # "...,RFlat": candidates re-ranked exactly per 
 TRAIN_SAMPLE = 200_000  # templates drawn to train IVF / PQ (and to make tuning queries)
 
 
-def _new_faiss(dim: int, spec: str) -> faiss.Index:
+def _new_faiss(dim: int, spec: str) -> faiss.IndexIDMap2:
     inner = faiss.IndexFlatIP(dim) if spec == "Flat" else faiss.index_factory(
         dim, spec, faiss.METRIC_INNER_PRODUCT)
     return faiss.IndexIDMap2(inner)
@@ -65,7 +64,7 @@ class ClassIndex:
     tombstones : erased templates still inside the FAISS index (skipped by search).
     """
 
-    def __init__(self, dim: int, index: faiss.Index | None = None, *, spec: str = "Flat",
+    def __init__(self, dim: int, index: faiss.IndexIDMap2 | None = None, *, spec: str = "Flat",
                  requested: str | None = None, info: dict | None = None):
         self.dim = dim
         self.spec = spec
@@ -132,7 +131,7 @@ class ClassIndex:
         tids = np.ascontiguousarray(tids, dtype=np.int64)
         cids = self.class_map.unassign(tids)
         if self.exact:
-            self.index.remove_ids(tids)
+            remove_ids(self.index, tids)
         else:
             self.tombstones += int(np.sum(cids >= 0))
         if (self.tombstones > TOMBSTONE_REBUILD * max(int(self.index.ntotal), 1)
@@ -267,13 +266,10 @@ class ClassIndex:
 
     def _params(self, knob: str, value: int, k_factor: int | None) -> faiss.SearchParameters:
         """Search parameters that set ``knob`` (and the re-ranked candidates) for one call."""
-        base = (faiss.SearchParametersIVF(nprobe=int(value)) if knob == "nprobe"
-                else faiss.SearchParametersHNSW(efSearch=int(value)))
+        base = ivf_params(value) if knob == "nprobe" else hnsw_params(value)
         if k_factor is None:
             return base
-        params = faiss.IndexRefineSearchParameters(k_factor=float(k_factor), base_index_params=base)
-        params._keep = base  # the SWIG object must outlive the search
-        return params
+        return refine_params(k_factor, base, keep=base)
 
     def probe_answers(self, probes: Probes, params: faiss.SearchParameters | None = None) -> np.ndarray:
         """Best class of each probe by this index (-1 if none), skipping ``probes.exclude``."""

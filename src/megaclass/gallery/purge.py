@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """Removing vectors for real from an ``IndexIDMap2`` over an IVF index (with or without
 an exact re-rank stage), so that erased templates leave memory and the next snapshot
 without re-training the index.
@@ -25,6 +23,8 @@ import numpy as np
 def _renumber_lists(ivf: faiss.IndexIVF, removed: np.ndarray) -> None:
     """Internal ids above removed positions move down by the number removed below them."""
     lists = ivf.invlists
+    if lists is None:  # no lists hold no ids (an IVF index that holds vectors has them)
+        return
     for list_no in range(ivf.nlist):
         size = lists.list_size(list_no)
         if size:

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """The index snapshot on disk: ``index.faiss`` (FAISS's own binary format, sealed with
 AES-256-GCM in an encrypted gallery) and ``index.json`` (gallery uuid, the op seq it
 covers, spec, tuning and the SHA-256 of ``index.faiss``).
@@ -21,6 +19,7 @@ import faiss
 import numpy as np
 
 from ..errors import MegaclassError
+from .faiss_api import callback_writer
 
 INDEX_NAME = "index.faiss"
 INDEX_META = "index.json"
@@ -68,7 +67,7 @@ def write_snapshot(index: faiss.Index, directory: Path, meta: dict, *, gallery_u
                 f.write(block)
                 h.update(block)
 
-            writer = faiss.PyCallbackIOWriter(_write)
+            writer = callback_writer(_write)
             faiss.write_index(index, writer)
             del writer  # flushes its buffer through _write
         f.flush()

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """The one owner of an open gallery's live state.
 
 :class:`GalleryState` holds the store, the state derived from it (the
@@ -24,6 +22,7 @@ import numpy as np
 
 from ..errors import GalleryClosedError, MegaclassError, ReadOnlyGalleryError
 from .concurrency import IndexWhileCommitting, ReadWriteLock
+from .faiss_api import remove_ids
 from .index import ClassIndex
 from .labels import LabelTable
 from .provenance import MODEL_KEY
@@ -171,7 +170,7 @@ class GalleryState:
                 if len(added):
                     index.index.add_with_ids(store.templates_by_ids(added), added)
                 if len(gone) and index.exact:
-                    index.index.remove_ids(gone)
+                    remove_ids(index.index, gone)
             else:
                 index = self._build(store, requested, len(tids))
         self._seq = seq

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """Background upkeep of a gallery's index: upgrade, re-fit and tombstone rebuilds.
 
 The index is derived from the store, so it can be rebuilt at any time without stopping
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MegaclassError
+from .faiss_api import remove_ids
 from .index import ClassIndex
 from .probes import ProbeMaker
 from .state import GalleryState
@@ -127,7 +126,7 @@ class IndexUpkeep:
                     if len(added):
                         new.add_hidden(added, st.store.templates_by_ids(added))
                     if len(gone) and new.exact:
-                        new.index.remove_ids(gone)
+                        remove_ids(new.index, gone)
                     st.swap_index(new, live)
                     entry = dict(new.describe(), templates=new.ntotal, rebuilds=attempt + 1,
                                  waited_s=round(started - due, 2),
