@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """CLI of the benchmark area: the ``megaclass bench`` sub-app (``bench heads``, ...).
 
 Other areas add their benchmarks to :data:`bench_app` (e.g. ``bench gallery``).
@@ -142,11 +140,12 @@ def data(out: Annotated[Path, typer.Option(help="Folder for data_bench.json and 
     """Training images/s from a folder (cached, uncached) vs the same images in memory."""
     from .data import DataBenchConfig, run_data_bench
 
-    cfg = DataBenchConfig(images=images, classes=classes, jpeg_size=_ints(jpeg_size, "--jpeg-size", "x"),
+    jpeg = _ints(jpeg_size, "--jpeg-size", "x")
+    if len(jpeg) != 2:
+        raise ConfigError(f"--jpeg-size takes WIDTHxHEIGHT, got {jpeg_size!r}")
+    cfg = DataBenchConfig(images=images, classes=classes, jpeg_size=(jpeg[0], jpeg[1]),
                           size=size, png_images=png_images, png_size=png_size, epochs=epochs, rounds=rounds, steps=steps,
                           batch=batch, widths=_ints(widths, "--widths"), threads=threads or None)
-    if len(cfg.jpeg_size) != 2:
-        raise ConfigError(f"--jpeg-size takes WIDTHxHEIGHT, got {jpeg_size!r}")
     log = None if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
     report = run_data_bench(out, cfg, data=data_dir, log=log)
     if as_json:
@@ -276,7 +275,7 @@ def recipe_bench(out: Annotated[Path, typer.Option(help="Folder for recipe_bench
     report = run_recipe_bench(out, base=base, variants=variant, steps=steps, enrolled=enrolled,
                               threads=threads, resume=not fresh, log=log)
     if as_json:
-        _emit(report, True)
+        _emit(dict(report), True)
         return
     s = report["settings"]
     table = Table(title=f"recipe '{s['base']}', {s['steps']} steps each; {s['enrolled']:,} unseen classes")

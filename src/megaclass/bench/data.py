@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """``megaclass bench data``: is data loading the bottleneck when training from a folder?
 
 Two generated, deterministic folders (reused when ``data`` names a folder that holds them):
@@ -177,7 +175,8 @@ class _EpochClock:
     def __init__(self, source) -> None:
         self.source = source
         self.marks: list[float] = []
-        self._pid, self._epoch = os.getpid(), None
+        self._pid = os.getpid()
+        self._epoch: int | None = None
         self.num_classes, self.size = source.num_classes, source.size
         self.input_spec = getattr(source, "input_spec", None)
         self.decodes_files = getattr(source, "decodes_files", False)
@@ -280,8 +279,8 @@ def _dataset(name: str, root: Path, spec, cfg: DataBenchConfig, log) -> dict:
             open_s = time.perf_counter() - t0
             cache = getattr(source, "cache", None)
             row = {"open_seconds": open_s, "cache_mode": getattr(cache, "mode", None), **_train(source, cfg)}
-            if arm == "folder_cache":
-                row["filled_after"] = source.cache.filled_count
+            if arm == "folder_cache" and cache is not None:
+                row["filled_after"] = cache.filled_count
             runs[arm].append(row)
             del source
             gc.collect()
@@ -292,9 +291,9 @@ def _dataset(name: str, root: Path, spec, cfg: DataBenchConfig, log) -> dict:
         a = next(r for r in arms if r["arm"] == arm)
         return a[key] / base[key] if a[key] and base[key] else None
 
-    for r in arms:
-        r["steady_vs_memory"] = ratio(r["arm"], "steady_images_per_s")
-        r["first_epoch_vs_memory"] = ratio(r["arm"], "first_epoch_images_per_s")
+    for summary in arms:
+        summary["steady_vs_memory"] = ratio(summary["arm"], "steady_images_per_s")
+        summary["first_epoch_vs_memory"] = ratio(summary["arm"], "first_epoch_images_per_s")
     return {"name": name, "images": n, "classes": classes,
             "input": spec.to_dict(), "verify_fill": {"seconds": verify_s, "images_per_s": n / verify_s,
                                                       "workers": _verify_workers(n)},
@@ -318,7 +317,7 @@ def run_data_bench(out: str | os.PathLike, cfg: DataBenchConfig | None = None, *
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = None if data is not None else tempfile.mkdtemp(prefix="megaclass-bench-data-")
-    base = Path(data if data is not None else tmp)
+    base = Path(tmp) if tmp is not None else Path(data or ".")
     started = time.perf_counter()
     load_before = os.getloadavg()
     threads_before = torch.get_num_threads()

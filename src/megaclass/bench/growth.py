@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """``megaclass bench growth``: what do rounds of new classes do to accuracy and cost, per strategy?
 
 A base model (encoder + CosFace head) is trained on ``base_classes`` glyph classes
@@ -131,10 +129,10 @@ def _queries(ids, n: int, seed: int):
 def _strategy(name: str, cfg: GrowthBenchConfig):
     from ..growth import make_strategy
 
-    options = {"imprint": {"steps": cfg.imprint_steps},
+    options: dict[str, dict[str, float]] = {"imprint": {"steps": cfg.imprint_steps},
                "finetune": {"steps": cfg.finetune_steps, "seed": cfg.seed},
-               "retrain": {"budget": cfg.retrain_budget}}.get(name, {})
-    return make_strategy(name, **options)
+               "retrain": {"budget": cfg.retrain_budget}}
+    return make_strategy(name, **options.get(name, {}))
 
 
 def run_growth_bench(out, cfg: GrowthBenchConfig | None = None, *, log=print) -> dict:
@@ -187,24 +185,25 @@ def run_growth_bench(out, cfg: GrowthBenchConfig | None = None, *, log=print) ->
         groups = {"old": np.isin(q_ids, seen), "new": np.isin(q_ids, new_ids),
                   "base": q_ids < cfg.base_classes}
         order = list(cfg.strategies) if r % 2 else list(reversed(cfg.strategies))
+        results: dict[str, dict] = {}
         row = {"round": r, "classes": len(seen) + len(new_ids), "new_classes": len(new_ids), "order": order,
-               "results": {}}
+               "results": results}
         for name in order:
             with PeakRSS() as rss:
                 t0 = time.perf_counter()
                 states[name] = strategies[name].update(states[name], new)
                 seconds = time.perf_counter() - t0
             metrics = identification(states[name], q_images, q_truth, nm_images, fpir=cfg.fpir, groups=groups)
-            stats = states[name].gallery.stats()
-            row["results"][name] = {"update_seconds": seconds, "peak_rss_bytes": rss.peak,
+            stats = states[name].live_gallery().stats()
+            results[name] = {"update_seconds": seconds, "peak_rss_bytes": rss.peak,
                                     "rss_before_bytes": rss.before, "metrics": metrics,
                                     "gallery_classes": stats["classes"],
                                     "gallery_disk_bytes": stats["disk_bytes"],
                                     "exemplar_bytes": states[name].exemplar_bytes()}
             log and log(f"round {r}: {name:8s} {seconds:7.2f} s  top-1 old {metrics['old']['top1']:.3f} "
                         f"new {metrics['new']['top1']:.3f} all {metrics['all']['top1']:.3f}")
-        ref = row["results"].get("enroll")
-        for res in row["results"].values():
+        ref = results.get("enroll")
+        for res in results.values():
             if ref:
                 res["time_vs_enroll"] = res["update_seconds"] / max(ref["update_seconds"], 1e-9)
         report["rounds"].append(row)

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """Head accuracy, fairly: each head tuned, then trained to convergence on frozen features.
 
 The question ``bench heads`` answers is which head to train at C classes. Speed and
@@ -174,8 +172,8 @@ def train_worker(spec: dict) -> dict:
     torch.manual_seed(spec.get("seed", 0))
     rng = np.random.default_rng(spec.get("seed", 0))
     folder, c, name = Path(spec["features"]), int(spec["classes"]), spec["head"]
-    tr, n_tr = _load_split(folder, "train", c)
-    tr = torch.from_numpy(np.array(tr))  # a writable in-memory copy of the memory-mapped rows
+    tr_rows_mapped, n_tr = _load_split(folder, "train", c)
+    tr = torch.from_numpy(np.array(tr_rows_mapped))  # a writable in-memory copy of the memory-mapped rows
     va, n_va = _load_split(folder, "val", c)
     te, n_te = _load_split(folder, "test", c)
     vr, vy = _subset(va.shape[0], n_va, spec["val_samples"], 1)

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """``bench recipe``: what each training change does to speed and to unseen-class accuracy.
 
 Every variant is a named recipe with some options changed (:mod:`megaclass.train.recipes`),
@@ -19,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
@@ -62,6 +61,13 @@ HEAD_VARIANTS: dict[str, dict] = {
 VARIANTS.update(HEAD_VARIANTS)
 
 
+class RecipeReport(TypedDict):
+    """``recipe_bench.json``: the settings it was measured with, one row per variant."""
+
+    settings: dict[str, object]
+    rows: list[dict]
+
+
 def variant(base: Recipe, name: str) -> Recipe:
     if name not in VARIANTS:
         raise ConfigError(f"unknown variant {name!r}; choose from: {', '.join(VARIANTS)}")
@@ -72,7 +78,7 @@ def variant(base: Recipe, name: str) -> Recipe:
 
 def run_recipe_bench(out: str | Path, *, base: str = "demo", variants: list[str] | None = None,
                      steps: int | None = None, enrolled: int = 5000, threads: int | None = None,
-                     resume: bool = True, log=print) -> dict:
+                     resume: bool = True, log=print) -> RecipeReport:
     """Train and score each variant; returns (and writes) ``recipe_bench.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,8 +87,9 @@ def run_recipe_bench(out: str | Path, *, base: str = "demo", variants: list[str]
     base_recipe = recipe(base)
     for name in names:
         variant(base_recipe, name)  # unknown names fail before anything is trained
-    settings = {"base": base, "steps": steps or base_recipe.options.get("steps"), "enrolled": enrolled}
-    report = {"settings": settings, "rows": []}
+    total_steps: int | None = steps or base_recipe.options.get("steps")
+    settings: dict[str, object] = {"base": base, "steps": total_steps, "enrolled": enrolled}
+    report: RecipeReport = {"settings": settings, "rows": []}
     if resume and path.is_file():
         old = json.loads(path.read_text())
         if old.get("settings") == settings:
@@ -97,7 +104,7 @@ def run_recipe_bench(out: str | Path, *, base: str = "demo", variants: list[str]
             continue
         r = variant(base_recipe, name)
         speed_only = name in SPEED_ONLY
-        n_steps = min(SPEED_STEPS, settings["steps"]) if speed_only else settings["steps"]
+        n_steps = min(SPEED_STEPS, total_steps or SPEED_STEPS) if speed_only else total_steps
         options = {**r.options, "steps": n_steps, "progress": False}
         options.pop("checkpoint_every", None)
         log(f"{name}: training {n_steps} steps on {r.data}{' (speed only)' if speed_only else ''} ...")
@@ -120,8 +127,10 @@ def run_recipe_bench(out: str | Path, *, base: str = "demo", variants: list[str]
     return report
 
 
-def _ratios(report: dict) -> None:
+def _ratios(report: RecipeReport) -> None:
     rows = report["rows"]
     base = next((r for r in rows if r["variant"] == "base"), rows[0] if rows else None)
+    if base is None:
+        return
     for r in rows:
         r["speed_vs_base"] = r["images_per_second"] / base["images_per_second"]

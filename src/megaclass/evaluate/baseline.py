@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """Baselines measured by the same evaluation as the model: nearest class mean.
 
 A baseline answers "how much does the learned embedding buy?". :class:`NearestClassMean`
@@ -22,12 +20,16 @@ Example
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConfigError, InvalidInputError
 from ..gallery.gallery import Match
 from .open_set import calibrate_threshold, fnir, fpir
+
+if TYPE_CHECKING:
+    from ..data.input_spec import InputSpec
 
 PIXELS = "pixels"
 
@@ -123,12 +125,14 @@ class NearestClassMean:
         names = list(dict.fromkeys(labels))
         row = {lb: i for i, lb in enumerate(names)}
         idx = np.array([row[lb] for lb in labels])
-        sums = None
+        sums: np.ndarray | None = None
         for a in range(0, len(labels), chunk):
             f = np.asarray(features(images[a:a + chunk]), dtype=np.float64)
             if sums is None:
                 sums = np.zeros((len(names), f.shape[1]))
             np.add.at(sums, idx[a:a + chunk], f)
+        if sums is None:  # not reached: labels is not empty
+            raise InvalidInputError("no samples")
         counts = np.bincount(idx, minlength=len(names))
         return cls(normed(sums / counts[:, None]), names, features, counts.tolist())
 
@@ -142,7 +146,7 @@ def pixel_baseline(images, labels: Sequence[str]) -> NearestClassMean:
     return NearestClassMean.fit(images, labels)
 
 
-def model_baseline(model_dir, load_samples: Callable) -> tuple[NearestClassMean, Callable]:
+def model_baseline(model_dir, load_samples: Callable) -> tuple[NearestClassMean, InputSpec]:
     """Another model as the baseline: class means of its embeddings.
 
     ``load_samples(input_spec)`` returns ``(images, labels)`` of the enrolled samples

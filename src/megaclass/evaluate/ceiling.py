@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """How separable are glyph classes at all? Collisions between class ids, and the ceiling they set.
 
 Two class ids *collide* when their drawings are no more different from each other than
@@ -166,7 +164,9 @@ def rank1_by_group(encoder, *, sizes=(10_000, 100_000), queries: int = 3000, att
     probes = _embed_classes(encoder, q_ids, 1, seed=2)
     groups = np.array([a.get(attribute, "unknown") for a in glyph_attributes(q_ids)])
     out = {"attribute": attribute, "queries": queries, "template_drawings": template_drawings,
-           "group_share": {g: float(np.mean(groups == g)) for g in sorted(set(groups))}, "sizes": {}}
+           "group_share": {g: float(np.mean(groups == g)) for g in sorted(set(groups))}}
+    by_size: dict[str, dict[str, float]] = {}
+    out["sizes"] = by_size
     index = faiss.IndexFlatIP(templates.shape[1])  # grown size by size: each template added once
     for n in sorted(sizes):
         index.add(templates[index.ntotal:n])
@@ -175,7 +175,7 @@ def rank1_by_group(encoder, *, sizes=(10_000, 100_000), queries: int = 3000, att
         hit, grp = top[:, 0] == np.arange(m), groups[:m]
         row = {"all": float(hit.mean())}
         row.update({g: float(hit[grp == g].mean()) for g in sorted(set(grp))})
-        out["sizes"][str(n)] = row
+        by_size[str(n)] = row
         if log:
             log(f"  {n:>9,} classes: rank-1 " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
     out["seconds"] = time.perf_counter() - t0

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """CLI commands of the evaluation area: ``megaclass evaluate``."""
 
 from __future__ import annotations
@@ -189,7 +187,7 @@ def evaluate(model: ModelsOpt, gallery: GalleryOpt,
         ev = evaluate_recognizer(rec, q_vec, truth, nm_vec, fpirs=tuple(target_fpir), seed=seed,
                                  group_by=group_by, non_mated_meta=nm_meta)
         base_ev, notes = None, []
-        if baseline is not None:
+        if baseline is not None and gallery_samples:  # both or neither (checked above)
             base_ev, note = _baseline(baseline, gallery_samples, gallery_per_class, rec, images,
                                       nm_images, (queries, non_mated, per_class, seed), truth,
                                       tuple(target_fpir))

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """A self-contained HTML report (plots embedded as base64 PNG) plus ``metrics.json``.
 
 The page opens from disk in any browser, without a server or network: no scripts, no
@@ -94,7 +92,7 @@ def _by_key(rows: list[dict], key: str) -> list[dict]:
 class _Samples:
     """Thumbnails of the original samples (files or glyph drawings), each made once."""
 
-    def __init__(self, images, labels, sources, non_mated_sources, class_sample):
+    def __init__(self, images, labels, sources, non_mated_sources, class_sample) -> None:
         self.images, self.labels = images, labels
         self.sources, self.nm_sources = sources, non_mated_sources
         self.class_sample = class_sample
@@ -291,7 +289,7 @@ def render_html(ev: Evaluation, *, title: str = "megaclass evaluation", images=N
     # -- plots, each with a caption that says what it shows and how to read it
     det, roc, dmarks, rmarks, eer = _curves(ev, os_, vf)
     dashed: list[str] = []
-    if b:
+    if b and baseline is not None:
         bdet, broc, _, _, beer = _curves(baseline, b["open_set"], b["verification"], f" — {baseline_name}")
         det.update(bdet)
         roc.update(broc)
@@ -309,14 +307,15 @@ def render_html(ev: Evaluation, *, title: str = "megaclass evaluation", images=N
                    "non-matching comparisons, dotted), with the TAR@FAR and FNIR@FPIR points and the "
                    "EER. Up and left is better." + tail)
     kmax = len(ev.cmc)
-    pngs["cmc"] = plots.cmc_plot(ev.cmc, baseline.cmc if b else None, ("model", baseline_name))
+    pngs["cmc"] = plots.cmc_plot(ev.cmc, baseline.cmc if b and baseline is not None else None,
+                                 ("model", baseline_name))
     caps["cmc"] = (f"CMC: the share of mated searches whose true class is among the k best-scoring "
                    f"classes, for k = 1..{kmax} (k = 1 is rank-1 accuracy). Higher is better; a "
                    "curve that keeps rising after k = 1 means the right class is often a close second."
                    + (f" Dashed: {baseline_name}." if b else ""))
     thr, label = _threshold(os_)
     bscores = None
-    if b:
+    if b and baseline is not None:
         bthr, blabel = _threshold(b["open_set"])
         bscores = (baseline.mated_scores[baseline.mated_correct], baseline.non_mated_scores, bthr, blabel)
     pngs["scores"] = plots.score_plot(ev.mated_scores[ev.mated_correct], ev.non_mated_scores,
@@ -328,7 +327,8 @@ def render_html(ev: Evaluation, *, title: str = "megaclass evaluation", images=N
                       "mated search and of each non-mated search. " + where + " The less the two "
                       "overlap, the better an operating point separates them."
                       + (f" Lower panel: {baseline_name}, on its own score scale." if b else ""))
-    pngs["f1"] = plots.f1_histogram(ev.f1, baseline.f1 if b else None, ("model", baseline_name))
+    pngs["f1"] = plots.f1_histogram(ev.f1, baseline.f1 if b and baseline is not None else None,
+                                    ("model", baseline_name))
     caps["f1"] = (f"Per-class F1 of rank-1 predictions over the {cs['n_classes']:,} classes queried "
                   "or predicted: mass near 1 is good. The bar at 0 holds classes never recognised, "
                   "among them those never predicted at all (counted in the closed-set table)."

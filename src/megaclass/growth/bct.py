@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """Backward-compatible training (Shen et al. 2020, "Towards Backward-Compatible Representation
 Learning", BCT): train a new encoder whose embeddings can be searched against templates
 the *old* encoder made, so a model upgrade does not have to re-embed the gallery at once.
@@ -62,6 +60,8 @@ class InfluenceLoss(nn.Module):
     ``scale`` and ``margin`` follow the new head (CosFace form ``s * (cos - m)`` at the
     target); ``weight`` multiplies the loss. ``last_`` is the last value (for the history).
     """
+
+    centres: torch.Tensor  # buffer (C, D), rows L2-normalised
 
     def __init__(self, centres: torch.Tensor, *, scale: float = 30.0, margin: float = 0.35,
                  weight: float = 1.0) -> None:

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """What a growing recognition system carries from one update round to the next.
 
 A :class:`GrowthState` holds the encoder, a cosine head with one row per class (the stored
@@ -28,14 +26,18 @@ import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, InvalidInputError
+from ..errors import ConfigError, InvalidInputError, MegaclassError
 from ..heads import MarginSoftmaxHead, make_head
 from ..models import Encoder
+
+if TYPE_CHECKING:
+    from ..gallery import Gallery
 
 #: the gallery setting the Recognizer reads to check which model made the templates
 MODEL_SETTING = "model_fingerprint"
@@ -113,6 +115,8 @@ def grow_head(head: MarginSoftmaxHead, rows: torch.Tensor) -> MarginSoftmaxHead:
     """A copy of ``head`` with ``rows`` (n, D) appended as new classes (old rows unchanged)."""
     old = head.weight.detach()
     new = make_head(head.name, head.num_classes + len(rows), head.dim, **head.hparams())
+    if not isinstance(new, MarginSoftmaxHead):  # the registry builds the same class from its name
+        raise ConfigError(f"head {head.name!r} did not rebuild as a cosine head")
     with torch.no_grad():
         new.weight.copy_(torch.cat([old, rows.to(old.dtype)]))
     return new.eval()
@@ -141,7 +145,7 @@ class GrowthState:
     labels: list[str]
     samples: dict[str, torch.Tensor]
     gallery_dir: Path
-    gallery: object
+    gallery: Gallery | None  # made by the first reembed(), which the constructors call
     recipe: Recipe
     exemplars: int = 2
     generation: int = 0
@@ -178,6 +182,12 @@ class GrowthState:
                                  self.recipe, exemplars=self.exemplars)
 
     # -- the gallery ---------------------------------------------------------------------
+    def live_gallery(self) -> Gallery:
+        """:attr:`gallery`, which every constructed state has (its first :meth:`reembed` made it)."""
+        if self.gallery is None:
+            raise MegaclassError("this growth state has no gallery yet: reembed() makes it")
+        return self.gallery
+
     def templates(self, labels: Iterable[str]) -> np.ndarray:
         """One template per class: the normalised mean embedding of its retained samples."""
         return torch.stack([imprint(self.encoder, self.samples[lb]) for lb in labels]).numpy()
@@ -204,7 +214,8 @@ class GrowthState:
 
     def enroll_templates(self, labels: list[str], vectors: np.ndarray, *, replace: bool = False) -> None:
         """Add (or with ``replace`` swap) one template per class in one transaction."""
-        self.gallery.enroll_many([(lb, vectors[i: i + 1]) for i, lb in enumerate(labels)], replace=replace)
+        self.live_gallery().enroll_many([(lb, vectors[i: i + 1]) for i, lb in enumerate(labels)],
+                                        replace=replace)
 
     # -- replay --------------------------------------------------------------------------
     def exemplar_batch(self, labels: Iterable[str]) -> tuple[torch.Tensor, torch.Tensor]:

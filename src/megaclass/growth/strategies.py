@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """Update strategies: turn a round of new classes into a new :class:`GrowthState`.
 
 ================  ==========================================================  =====================
@@ -302,12 +300,13 @@ def identification(state: GrowthState, queries: torch.Tensor, truth: list[str], 
 
     q = embed(state.encoder, queries).numpy()
     nm = embed(state.encoder, non_mated).numpy()
-    found = state.gallery.search(q, k=1)
+    gallery = state.live_gallery()
+    found = gallery.search(q, k=1)
     pred = np.array([m[0].label if m else "" for m in found], dtype=object)
     scores = np.array([m[0].score if m else -np.inf for m in found])
-    nm_scores = np.array([m[0].score if m else -np.inf for m in state.gallery.search(nm, k=1)])
+    nm_scores = np.array([m[0].score if m else -np.inf for m in gallery.search(nm, k=1)])
     correct = pred == np.asarray(truth, dtype=object)
-    out = {}
+    out: dict[str, dict[str, float | None]] = {}
     for name, mask in {"all": np.ones(len(truth), bool), **(groups or {})}.items():
         mask = np.asarray(mask, bool)
         if not mask.any():

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """CLI commands of the models area: ``megaclass export`` and ``megaclass import-encoder``."""
 
 from __future__ import annotations
@@ -28,12 +26,15 @@ def export(model: ModelOpt,
     The exported model must match torch's embeddings within 1e-4 cosine on 100 images, or nothing is
     written. ONNX files carry the input contract in their metadata, so `import-encoder` needs no options.
     """
-    from .encoder import load_encoder
+    from .encoder import Encoder, load_encoder
     from .export import export_encoder
 
+    encoder = load_encoder(model)
+    if not isinstance(encoder, Encoder):
+        raise ConfigError(f"{model} is an imported ONNX encoder: export writes trained megaclass models")
     with _working(f"exporting {model} as {format}, then checking it against torch on 100 images",
                   not (quiet or as_json)):
-        report = export_encoder(load_encoder(model), out, format=format)
+        report = export_encoder(encoder, out, format=format)
     shown = {k: report[k] for k in ("path", "format", "bytes", "dim", "samples", "min_cosine",
                                     "max_abs_diff", "source_fingerprint")}
     _emit(shown, as_json, _fields_table(f"exported {model} as {format}", shown))

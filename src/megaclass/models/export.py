@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """Export a megaclass :class:`~megaclass.models.Encoder` to ONNX or TorchScript, checked.
 
 The exported graph is the whole model, normalisation included: it takes float
@@ -26,7 +24,6 @@ True
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -146,13 +143,16 @@ def _onnx_bytes(encoder: Encoder, opset: int) -> bytes:
         raise ConfigError("ONNX export needs the onnx package: pip install 'megaclass[onnx]'") from exc
     spec = encoder.input_spec
     dummy = torch.rand(2, spec.channels, spec.size, spec.size, generator=torch.Generator().manual_seed(1))
-    buf = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated but is the stable one
+    # torch.onnx.export is declared to take a path (the file-like object it also accepts
+    # is not in its signature): the graph goes through a temporary file.
+    with tempfile.TemporaryDirectory(prefix="megaclass-onnx-") as tmp, warnings.catch_warnings():
+        # the TorchScript-based exporter is deprecated but is the stable one
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(encoder, (dummy,), buf, dynamo=False, opset_version=opset,
+        graph = Path(tmp) / "model.onnx"
+        torch.onnx.export(encoder, (dummy,), graph, dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=["embeddings"],
                           dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
-    model = onnx.load_from_string(buf.getvalue())
+        model = onnx.load_from_string(graph.read_bytes())
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(export_metadata(encoder))
     model.producer_name = "megaclass"

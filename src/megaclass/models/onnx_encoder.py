@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """An ONNX embedding model used as a megaclass encoder (onnxruntime, CPU).
 
 :class:`OnnxEncoder` has the interface everything above the model uses (``dim``,
@@ -411,7 +409,11 @@ def _guess_layout(shape) -> str:
 def _static_dims(shape, layout: str) -> tuple[int | None, int | None, int | None]:
     """(channels, height, width) of an input shape; None where the graph leaves them dynamic."""
     c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
-    return tuple(d if isinstance(d, int) and d > 0 else None for d in (c, h, w))
+
+    def static(d) -> int | None:
+        return d if isinstance(d, int) and d > 0 else None
+
+    return static(c), static(h), static(w)
 
 
 def _spec(recorded: dict | None, static, *, size, channels, mean, std, resize, polarity,
