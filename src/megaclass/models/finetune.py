@@ -79,17 +79,18 @@ def stage_of(name: str, config: EncoderConfig) -> str | None:
 
 
 def parse_stages(stages: str | Iterable[str] | None, config: EncoderConfig) -> tuple[str, ...]:
-    """Stage names from ``"stem,stage1"`` or a list; ConfigError listing the valid ones."""
+    """Stage names from ``"stem,stage1"`` or a list (``"all"``: every stage, so only a head
+    trains); ConfigError listing the valid ones."""
     if stages is None:
         return ()
     items = stages.split(",") if isinstance(stages, str) else list(stages)
     names = tuple(dict.fromkeys(s.strip() for s in items if s and s.strip()))
     valid = stage_names(config)
-    unknown = [s for s in names if s not in valid]
+    unknown = [s for s in names if s not in valid and s != "all"]
     if unknown:
         raise ConfigError(f"unknown stage {', '.join(map(repr, unknown))} to freeze; this encoder's "
-                          f"stages are {', '.join(valid)}")
-    return names
+                          f"stages are {', '.join(valid)} (or all)")
+    return tuple(valid) if "all" in names else names
 
 
 class StageFreezer:

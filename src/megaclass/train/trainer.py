@@ -26,6 +26,7 @@ from ..data.input_spec import InputSpec
 from ..data.samplers import MPerClassSampler, class_weights
 from ..errors import ConfigError
 from ..heads import HEADS, Head, LossReduction, make_head
+from ..heads.tuned import head_only_defaults
 from ..models import Encoder, EncoderConfig
 from ..models.backbones import parse_backbone
 from ..models.finetune import (
@@ -35,6 +36,7 @@ from ..models.finetune import (
     init_from,
     load_backbone_weights,
     open_init_model,
+    stage_names,
 )
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .device import resolve_device
@@ -57,7 +59,10 @@ class TrainConfig:
     "dtype": "bfloat16"}`` for ``partial_fc``, ``{"taxonomy": "tax.json"}`` for
     ``hierarchical``). Sparse heads (``partial_fc``) update their own rows with the
     same schedule, using row-wise Adam(W) when ``optimizer="adamw"`` and SGD-momentum
-    when ``"sgd"``. ``focal_gamma > 0`` turns the cross-entropy into focal loss and
+    when ``"sgd"``. ``optimizer=None`` (the default) is AdamW, except when only the head
+    trains (``freeze="all"`` for the whole run): then, unless ``lr`` is given too, the head's
+    optimizer and learning rate that won the head-only sweep of ``bench heads``
+    (:mod:`megaclass.heads.tuned`). ``focal_gamma > 0`` turns the cross-entropy into focal loss and
     ``class_balanced`` weights it by the effective number of samples per class
     (Cui et al. 2019, ``balance_beta``); both need a softmax-type head.
 
@@ -73,7 +78,7 @@ class TrainConfig:
     loaded into the backbone; ``init_from`` a megaclass model directory whose tensors of
     matching name and shape are loaded (``init_report_`` says which). ``freeze`` names
     stages (``stem``, ``stage1``..``stageN``, ``projection``; a timm backbone has
-    ``backbone``, ``projection``) that get no updates, their BatchNorm statistics fixed,
+    ``backbone``, ``projection``; ``all``: every stage) that get no updates, their BatchNorm statistics fixed,
     until step ``unfreeze_after`` (None: the whole run). Loaded tensors train at
     ``pretrained_lr_scale`` times the schedule's learning rate.
 
@@ -95,7 +100,7 @@ class TrainConfig:
     steps: int | None = None
     batch_size: int = 256
     m_per_class: int = 4
-    optimizer: str = "adamw"
+    optimizer: str | None = None  # None: adamw, or the head's tuned setting when only the head trains
     lr: float | None = None
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -125,7 +130,7 @@ class TrainConfig:
     compile: bool = False
 
     def validate(self) -> None:
-        if self.optimizer not in ("adamw", "sgd"):
+        if self.optimizer not in (None, "adamw", "sgd"):
             raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.epochs < 1 and not self.steps:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
@@ -205,6 +210,7 @@ class Trainer:
         torch.manual_seed(c.seed)
         spec = getattr(self.source, "input_spec", None) or InputSpec(size=self.source.size)
         encoder = self._encoder(spec)
+        self._resolve_optimizer()
         cls = HEADS[c.head.lower()]
         options = dict(c.head_options)
         if cls.sparse:
@@ -247,6 +253,25 @@ class Trainer:
             _log.info(self.init_report_.summary())
         self._pretrained = pretrained
         return encoder
+
+    @property
+    def head_only(self) -> bool:
+        """Whether every encoder stage stays frozen for the whole run (only the head trains)."""
+        f = self._freezer
+        return f.until is None and set(f.stages) == set(stage_names(f.config))
+
+    def _resolve_optimizer(self) -> None:
+        """An unset optimizer is AdamW, or when only the head trains, the head's tuned head-only
+        optimizer and learning rate (:mod:`megaclass.heads.tuned`, from ``bench heads``)."""
+        c = self.config
+        if c.optimizer is not None:
+            return
+        if self.head_only:
+            c.optimizer, tuned_lr = head_only_defaults(c.head)
+            if c.lr is None:
+                c.lr = tuned_lr
+        else:
+            c.optimizer = "adamw"
 
     def _reduction(self) -> LossReduction | None:
         """The loss reduction ``focal_gamma`` and ``class_balanced`` ask for (None: the plain mean)."""
@@ -375,6 +400,8 @@ class Trainer:
                     y = y.to(device, non_blocking=True)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         emb = forward(x)
+                    if not emb.requires_grad:  # a frozen encoder: sparse heads update in backward
+                        emb = emb.detach().requires_grad_(True)
                     loss = head(emb.float(), y)
                     if influence is not None:
                         loss = loss + influence(emb, y)
