@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GalleryClosedError, MegaclassError, ReadOnlyGalleryError
+from .change import Change
 from .concurrency import IndexWhileCommitting, ReadWriteLock
 from .faiss_api import remove_ids
 from .index import ClassIndex
 from .labels import LabelTable
 from .provenance import MODEL_KEY
-from .store import Change, Store
+from .store import Store
 
 INDEX_SETTING = "index"  # the requested index spec, kept in the gallery's meta
 

@@ -12,94 +12,39 @@ Every write method here runs in ONE transaction (``BEGIN IMMEDIATE`` ... ``COMMI
 rolls back on any error, so the store is either fully updated or untouched. Ids are
 ``AUTOINCREMENT`` and never reused, which keeps the derived FAISS index unambiguous.
 Callers validate vectors (unit float32 rows); this module only persists them.
+
+Creating and opening the file (schema, page size, pragmas, key check) is
+:mod:`~megaclass.gallery.store_file`; what a write did is a
+:class:`~megaclass.gallery.change.Change`; WAL checkpoints and compaction are
+:mod:`~megaclass.gallery.wal`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import (
     DuplicateLabelError,
-    EncryptionKeyError,
-    MegaclassError,
     NotAGalleryError,
-    ReadOnlyGalleryError,
-    StoreBusyError,
     UnknownLabelError,
 )
 from . import provenance
-from .crypto import ALGORITHM, KEY_ENV, TemplateCipher
+from .change import Change
+from .crypto import TemplateCipher
+from .store_file import DB_NAME, closing_on_error, connect, create_db, open_db, utc_now, write_error
+from .wal import truncate_wal, vacuum
 
-FORMAT_VERSION = 1
-DB_NAME = "gallery.db"
+__all__ = ["DB_NAME", "RESERVED_KEYS", "Change", "Store", "erased_tag"]
+
 RESERVED_KEYS = frozenset({"format_version", "dim", "uuid", "created_at", "encryption",
                            "recall_monitor", "recall_sample_rate", "query_reservoir"})  # gallery/recall.py
 _VEC_DTYPE = np.dtype("<f4")
-#: page size of new galleries: a 256-d template is a 1 KiB row, and bulk enrolls write far
-#: fewer pages at 32 KiB than at SQLite's 4 KiB default (measured, raw SQLite, 2M templates
-#: x 256 in 20k-row transactions: 47.8k rows/s at 4 KiB, 60.6k at 16 KiB, 65.3k at 32 KiB)
-PAGE_SIZE = 32768
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE classes (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    label TEXT NOT NULL UNIQUE,
-    meta TEXT NOT NULL DEFAULT '{}',
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE templates (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    class_id INTEGER NOT NULL REFERENCES classes(id) ON DELETE CASCADE,
-    vector BLOB NOT NULL
-);
-CREATE INDEX templates_class ON templates(class_id);
-CREATE TABLE ops (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    op TEXT NOT NULL CHECK (op IN ('enroll', 'add', 'erase')),
-    label TEXT NOT NULL,
-    ts TEXT NOT NULL
-);
-"""
-# an erase rewrites the erased label's op rows: without this index that is a scan of the
-# whole log (measured at 2M ops: 166 ms per erase; with it 1.6 ms, for 1.4 us per enroll)
-_OPS_LABEL_INDEX = "CREATE INDEX IF NOT EXISTS ops_label ON ops(label)"
-_SCHEMA += _OPS_LABEL_INDEX + ";\n"
-_TABLES = {"meta", "classes", "templates", "ops"}
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-@dataclass(frozen=True)
-class Change:
-    """What one write transaction did: the index and label maps apply it after the commit.
-
-    ``labels`` / ``class_ids`` are the classes written (enrolled, replaced, added to, or
-    with ``erased`` removed); ``added`` are the template ids inserted with their class in
-    ``added_class``; ``removed`` the template ids deleted (int64 arrays).
-    """
-
-    labels: list[str]
-    class_ids: np.ndarray
-    added: np.ndarray
-    added_class: np.ndarray
-    removed: np.ndarray
-    erased: bool = False
 
 
 _NO_IDS = np.empty(0, dtype=np.int64)
@@ -125,30 +70,9 @@ class Store:
     # ------------------------------------------------------------------ open / create
     @classmethod
     def create(cls, directory: Path, dim: int, key: bytes | None = None) -> Store:
-        """Create ``directory/gallery.db`` atomically (built under a tmp name, then renamed).
-
-        With ``key``, templates are encrypted (AES-256-GCM) from the first write on.
-        """
-        final = directory / DB_NAME
-        tmp = directory / (DB_NAME + ".tmp")
-        tmp.unlink(missing_ok=True)
-        conn = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before the first table exists
-            conn.executescript("BEGIN;" + _SCHEMA)
-            now = _now()
-            rows: dict[str, Any] = {"format_version": FORMAT_VERSION, "dim": int(dim),
-                    "uuid": uuid.uuid4().hex, "created_at": now}
-            if key is not None:
-                rows["encryption"] = {"algorithm": ALGORITHM,
-                                      "key_check": TemplateCipher(key).key_check(rows["uuid"])}
-            conn.executemany("INSERT INTO meta VALUES (?, ?)",
-                             [(k, json.dumps(v)) for k, v in rows.items()])
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-        tmp.replace(final)
-        return cls.open(final, key)
+        """Create ``directory/gallery.db`` atomically and open it (see
+        :func:`~megaclass.gallery.store_file.create_db`)."""
+        return cls.open(create_db(directory, dim, key), key)
 
     @classmethod
     def open(cls, db_path: Path, key: bytes | None = None, *, read_only: bool = False) -> Store:
@@ -157,63 +81,16 @@ class Store:
         EncryptionKeyError if the gallery is encrypted and ``key`` is missing or wrong, or
         if a key is given for a gallery that stores templates in clear.
         """
-        conn = None
-        try:
-            conn = _connect(db_path, "ro" if read_only else "rw")
-            names = _table_names(conn, db_path, read_only)
-        except sqlite3.Error as exc:
-            if conn is not None:
-                conn.close()
-            raise NotAGalleryError(f"{db_path}: cannot open as SQLite ({exc})") from exc
-        immutable = names is None
-        if names is None:  # a WAL database in a directory this process cannot write
-            conn.close()
-            try:
-                conn = _connect(db_path, "ro", immutable=True)
-                names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-            except sqlite3.Error as exc:
-                raise NotAGalleryError(f"{db_path}: cannot open as SQLite ({exc})") from exc
-        try:
-            missing = _TABLES - names
-            if missing:
-                raise NotAGalleryError(
-                    f"{db_path}: not a megaclass gallery (missing tables {sorted(missing)})")
-            meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-            if not {"format_version", "dim", "uuid"} <= meta.keys():
-                raise NotAGalleryError(f"{db_path}: not a megaclass gallery (incomplete meta)")
-            if meta["format_version"] != FORMAT_VERSION:
-                raise NotAGalleryError(
-                    f"{db_path}: unsupported gallery format version {meta['format_version']!r}")
-            dim = meta["dim"]
-            if type(dim) is not int or dim < 1:
-                raise NotAGalleryError(f"{db_path}: damaged gallery meta (dim={dim!r})")
-            cipher = _cipher_for(meta, key, db_path)
-            if not read_only:
-                conn.execute(_OPS_LABEL_INDEX)  # galleries made before it get it once
-                provenance.migrate(conn)  # per-template model, re-embed and sample tables
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in a thread
-                conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: bulk inserts touch many pages
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed, not left behind
+        conn, cipher, immutable = open_db(db_path, key, read_only=read_only)
+        with closing_on_error(conn, db_path):
             store = cls(conn, db_path, cipher, writer=not read_only)
-            store.immutable = immutable
-            return store
-        except MegaclassError:
-            conn.close()
-            raise
-        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
-            conn.close()
-            raise NotAGalleryError(f"{db_path}: not a megaclass gallery ({exc})") from exc
-        except BaseException:
-            conn.close()
-            raise
+        store.immutable = immutable
+        return store
 
     def reader(self) -> Store:
         """A second, read-only connection to the same database (same key), e.g. for a
         background thread that reads while this one writes."""
-        return type(self)(_connect(self.path, "ro", immutable=self.immutable), self.path, self.cipher)
+        return type(self)(connect(self.path, "ro", immutable=self.immutable), self.path, self.cipher)
 
     #: opened with SQLite's ``immutable=1``: a read-only directory where the WAL's ``-shm``
     #: file cannot be created, so the file is read as it is (later writes by others, which
@@ -237,14 +114,14 @@ class Store:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise _read_only_error(exc, self.path) from None
+            raise write_error(exc, self.path) from None
         try:
             self.seq_before = self.last_seq()
             yield self._conn
             self.seq_after = self.last_seq()
         except sqlite3.OperationalError as exc:
             self._conn.execute("ROLLBACK")
-            raise _read_only_error(exc, self.path) from None
+            raise write_error(exc, self.path) from None
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
@@ -253,7 +130,7 @@ class Store:
         except sqlite3.OperationalError as exc:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
-            raise _read_only_error(exc, self.path) from None
+            raise write_error(exc, self.path) from None
         if self._checkpointer is not None:
             self._checkpointer.poke()
 
@@ -414,7 +291,7 @@ class Store:
         """
         counts = np.asarray(counts, dtype=np.int64)
         with self.transaction() as c:
-            now = _now()
+            now = utc_now()
             existing = dict(self._in_chunks(
                 c, "SELECT label, id FROM classes WHERE label IN ({})", labels))
             if existing and not replace:
@@ -462,7 +339,7 @@ class Store:
             owner = np.full(len(vecs), cid, dtype=np.int64)
             c.executemany("INSERT INTO templates (id, class_id, vector, model) VALUES (?, ?, ?, ?)",
                           self._template_rows(added, owner, vecs, provenance.current_model_id(c)))
-            now = _now()
+            now = utc_now()
             c.execute("UPDATE classes SET updated_at = ? WHERE id = ?", (now, cid))
             c.execute("INSERT INTO ops (op, label, ts) VALUES ('add', ?, ?)", (label, now))
         return Change([label], np.array([cid], dtype=np.int64), added, owner, _NO_IDS)
@@ -487,7 +364,7 @@ class Store:
             if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'thumbnails'").fetchone():
                 # images the service kept of this class (serve/thumbnails.py): gone in the same commit
                 c.execute("DELETE FROM thumbnails WHERE class_id = ?", (cid,))
-            c.execute("INSERT INTO ops (op, label, ts) VALUES ('erase', ?, ?)", (tag, _now()))
+            c.execute("INSERT INTO ops (op, label, ts) VALUES ('erase', ?, ?)", (tag, utc_now()))
         return Change([label], np.array([cid], dtype=np.int64), _NO_IDS, _NO_IDS, removed, erased=True)
 
     def erased_tag(self, label: str) -> str:
@@ -497,34 +374,17 @@ class Store:
     # ------------------------------------------------------------------ maintenance
     def compact(self) -> None:
         """Checkpoint the WAL, ``VACUUM`` and truncate the WAL: freed pages leave the files."""
-        if self._checkpointer is None:
-            self._compact()
-            return
-        with self._checkpointer.lock:  # its PASSIVE checkpoint would make TRUNCATE give up
-            self._compact()
+        with self._checkpoints_held():
+            vacuum(self._conn, self.path)
 
     def truncate_wal(self) -> None:
         """Checkpoint and truncate the WAL: older page images (erased rows) leave the disk."""
-        if self._checkpointer is None:
-            self._truncate_wal()
-            return
-        with self._checkpointer.lock:
-            self._truncate_wal()
+        with self._checkpoints_held():
+            truncate_wal(self._conn, self.path)
 
-    def _compact(self) -> None:
-        self._truncate_wal()
-        self._conn.execute("VACUUM")
-        self._truncate_wal()
-
-    def _truncate_wal(self, attempts: int = 20) -> None:
-        for _ in range(attempts):
-            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if not busy:
-                return
-            time.sleep(0.05)
-        if busy:  # a reader (another process) holds an old snapshot: the WAL keeps old pages
-            raise MegaclassError(f"{self.path}: cannot truncate the WAL while another process "
-                                 "reads the gallery; retry compact when it is idle")
+    def _checkpoints_held(self) -> AbstractContextManager:
+        """Keep the background checkpointer out: its PASSIVE checkpoint would make TRUNCATE give up."""
+        return self._checkpointer.lock if self._checkpointer is not None else nullcontext()
 
     def integrity_problems(self) -> list[str]:
         """SQLite's own integrity check plus referential checks of the gallery tables."""
@@ -562,47 +422,3 @@ def erased_tag(gallery_uuid: str, label: str) -> str:
     return "erased:" + hashlib.sha256(f"{gallery_uuid}:{label}".encode()).hexdigest()[:16]
 
 
-def _connect(db_path: Path, mode: str, *, immutable: bool = False) -> sqlite3.Connection:
-    uri = f"{db_path.resolve().as_uri()}?mode={mode}" + ("&immutable=1" if immutable else "")
-    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-
-
-def _table_names(conn: sqlite3.Connection, db_path: Path, read_only: bool) -> set[str] | None:
-    """The database's table names; None when a read-only open cannot read a WAL database
-    because its ``-shm`` file cannot be created (a directory this process cannot write)."""
-    try:
-        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-    except sqlite3.OperationalError:
-        if read_only and not os.access(db_path.parent, os.W_OK):
-            return None
-        raise
-
-
-def _read_only_error(exc: sqlite3.OperationalError, db_path: Path) -> Exception:
-    """A write that SQLite refused for lack of write access, or because another process
-    held the write lock too long, as a typed one-line error (else ``exc`` itself)."""
-    text = str(exc).lower()
-    if "readonly" in text or "read-only" in text or "unable to open" in text:
-        return ReadOnlyGalleryError(f"gallery {db_path.parent} is read-only ({exc}): "
-                                    "writes are refused")
-    if "locked" in text or "busy" in text:
-        return StoreBusyError(f"gallery {db_path.parent} is busy: another process holds its "
-                              f"write lock ({exc}); retry")
-    return exc
-
-
-def _cipher_for(meta: dict, key: bytes | None, db_path: Path) -> TemplateCipher | None:
-    """The cipher an open needs, after checking the key against the gallery's key check."""
-    enc = meta.get("encryption")
-    if enc is None:
-        if key is not None:
-            raise EncryptionKeyError(
-                f"{db_path}: this gallery stores templates in clear, but a key was given "
-                f"(unset ${KEY_ENV}, or export it and import into a new encrypted gallery)")
-        return None
-    if key is None:
-        raise EncryptionKeyError(
-            f"{db_path}: the gallery is encrypted; configure its key (key file, or ${KEY_ENV})")
-    cipher = TemplateCipher(key)
-    cipher.verify_key_check(enc.get("key_check", ""), str(meta["uuid"]), str(db_path))
-    return cipher

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
+
+from ..errors import MegaclassError
 
 
 class WalCheckpointer:
@@ -55,3 +58,23 @@ class WalCheckpointer:
         self._stopping = True
         self._wake.set()
         self._thread.join()
+
+
+def truncate_wal(conn: sqlite3.Connection, db_path: Path, attempts: int = 20) -> None:
+    """Checkpoint and truncate the WAL of ``conn``'s database (``db_path``, for the error);
+    MegaclassError if a reader in another process keeps it from finishing."""
+    for _ in range(attempts):
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if not busy:
+            return
+        time.sleep(0.05)
+    if busy:  # a reader (another process) holds an old snapshot: the WAL keeps old pages
+        raise MegaclassError(f"{db_path}: cannot truncate the WAL while another process "
+                             "reads the gallery; retry compact when it is idle")
+
+
+def vacuum(conn: sqlite3.Connection, db_path: Path) -> None:
+    """Truncate the WAL, ``VACUUM`` and truncate again: freed pages leave both files."""
+    truncate_wal(conn, db_path)
+    conn.execute("VACUUM")
+    truncate_wal(conn, db_path)
