@@ -97,3 +97,58 @@ def test_adopting_galleries_needs_the_same_classes(tiny_encoder, tmp_path):
     b.enroll("glyph-2", GlyphSource.samples(2, 1, seed=1))
     ens = FusedRecognizer([a, b], adopt=True)
     assert ens.stats_ is None and len(ens) == 2  # usable once calibrated
+
+
+def test_parse_fusion_grammar_and_its_errors():
+    from megaclass.fusion import fusion_spec, parse_fusion
+
+    assert parse_fusion("zsum", 2) == ("zsum", None)
+    assert parse_fusion(" MinMax:2,1 ", 2) == ("minmax", [2.0, 1.0])
+    assert parse_fusion("borda:1,0,3", 3) == ("borda", [1.0, 0.0, 3.0])
+    assert fusion_spec("zsum", [1.0, 1.0]) == "zsum" and fusion_spec("zsum", [2.0, 1.0]) == "zsum:2,1"
+    for spec, says in (("max", "unknown fusion rule 'max'.*zsum, minmax, borda"),
+                       ("zsum:1", "1 weight\\(s\\) for 2 models"),
+                       ("zsum:a,b", "numbers separated by commas"),
+                       ("zsum:0,0", "not all 0"), ("zsum:-1,2", "non-negative"),
+                       ("zsum:inf,1", "finite")):
+        with pytest.raises(ConfigError, match=says):
+            parse_fusion(spec, 2)
+
+
+def test_rule_and_weights_are_stored_and_used_on_reopen(tiny_encoder, tmp_path, probes):
+    """The rule and weights are saved with the statistics and threshold: an ensemble reopened
+    without a rule fuses (and decides) as calibrated; another rule is uncalibrated until
+    calibrate, which stores it."""
+    from megaclass.errors import NotCalibratedError
+
+    _, _, nm = probes
+    q = GlyphSource.samples(3, 2, seed=9)
+
+    def reopen(**kw):
+        return Recognizer([tiny_encoder, _other_encoder()], gallery=tmp_path / "g", **kw)
+
+    ens = reopen(rule="minmax", weights=[2, 1])
+    _enroll_all(ens, range(20), n=1)
+    assert ens.stored_fusion() == "minmax:2,1"  # stored at the first enroll, before calibration
+    ens.calibrate(nm[:1000], target_fpir=0.05)
+    before = ens.identify(q, k=3)
+    ens.close()
+    again = reopen()  # no rule given: the stored one
+    assert (again.rule, again.weights.tolist(), again.fusion) == ("minmax", [2.0, 1.0], "minmax:2,1")
+    assert again.threshold == ens.threshold
+    assert [(d.label, d.score) for d in again.identify(q, k=3)] == [(d.label, d.score) for d in before]
+    assert again.gallery.stats()["ensemble"]["rule"] == "minmax"
+    again.close()
+    other = reopen(rule="zsum")  # another rule: its statistics and threshold are not those
+    assert other.threshold is None and other.stats_ is None
+    with pytest.raises(ConfigError, match="stored rule --fusion minmax:2,1, not zsum"):
+        other.check_stored_fusion()
+    with pytest.raises(NotCalibratedError):
+        other.identify(q)
+    other.calibrate(nm[:1000], target_fpir=0.05)  # calibrating stores the new rule
+    other.close()
+    with reopen() as last:
+        assert last.fusion == "zsum" and last.threshold == other.threshold
+        last.check_stored_fusion()
+    with pytest.raises(ConfigError, match="weights must be 2"):
+        reopen(weights=[1, 2, 3])

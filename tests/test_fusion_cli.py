@@ -155,3 +155,78 @@ def test_serve_two_models_real_server(tiny_model_dir, second_model_dir, models, 
     # served with one model of the two: refused at start, naming the missing one
     p = run("serve", "-m", tiny_model_dir, "-g", g, "--port", "1", check=False)
     assert p.returncode == 2 and "missing" in p.stderr
+
+
+def test_cli_fusion_rule_is_chosen_stored_and_changed_by_calibrate(models, tiny_model_dir, tmp_path):
+    """--fusion on enroll sets a new ensemble's rule, identify uses the stored one, enroll with
+    another rule is refused, calibrate --fusion changes it; a bad rule writes nothing."""
+    g = tmp_path / "g"
+    bad = run("enroll", *models, "-g", g, "--from", "glyphs:7000-7004", "--fusion", "maximum", check=False)
+    assert bad.returncode == 2 and "unknown fusion rule 'maximum'" in bad.stderr and not g.exists()
+    bad = run("enroll", *models, "-g", g, "--from", "glyphs:7000-7004", "--fusion", "zsum:1", check=False)
+    assert bad.returncode == 2 and "1 weight(s) for 2 models" in bad.stderr and not g.exists()
+    one = run("enroll", "-m", tiny_model_dir, "-g", g, "--from", "glyphs:7000-7004", "--fusion", "zsum",
+              check=False)
+    assert one.returncode == 2 and "give two or more -m" in one.stderr and not g.exists()
+
+    run("enroll", *models, "-g", g, "--from", "glyphs:7000-7020", "--per-class", "3",
+        "--fusion", "minmax:2,1")
+    cal = json.loads(run("calibrate", *models, "-g", g, "--non-mated", "glyphs:8000-8100",
+                         "--target-fpir", "0.05", "--json").stdout)
+    assert cal["fusion"] == "minmax:2,1"  # the stored rule, without --fusion
+    res = json.loads(run("identify", *models, "-g", g, "glyph:7003", "--json").stdout)
+    assert res["threshold"] == pytest.approx(cal["threshold"])
+    assert json.loads(run("stats", "-g", g, "--json").stdout)["fusion"] == "minmax:2,1"
+
+    other = run("enroll", *models, "-g", g, "c", "glyph:5", "--fusion", "zsum", check=False)
+    assert other.returncode == 2 and "stored rule --fusion minmax:2,1, not zsum" in other.stderr
+    assert "calibrate --fusion zsum" in other.stderr
+    cal2 = json.loads(run("calibrate", *models, "-g", g, "--non-mated", "glyphs:8000-8100",
+                          "--target-fpir", "0.05", "--fusion", "borda", "--json").stdout)
+    assert cal2["fusion"] == "borda"
+    with Recognizer([Path(models[1]), Path(models[3])], gallery=g) as ens:
+        assert ens.fusion == "borda" and ens.threshold == pytest.approx(cal2["threshold"])
+        assert len(ens) == 20  # the refused enroll wrote nothing
+
+
+def test_create_app_fusion_rule_new_stored_and_refused(tiny_model_dir, second_model_dir, tmp_path):
+    """`serve --fusion`: the rule of a new ensemble, the stored one when left out; another rule
+    than the stored one, or a rule for one model's gallery, is refused before serving."""
+    pytest.importorskip("fastapi")
+    from megaclass.serve.app import create_app
+
+    two = [tiny_model_dir, second_model_dir]
+    app = create_app(two, tmp_path / "g", fusion="borda")
+    ens = app.state.service.recognizer
+    ens.enroll("seven", GlyphSource.samples(7, 2, seed=1))  # the first enroll stores the rule
+    app.state.service.close()
+    app = create_app(two, tmp_path / "g")
+    assert app.state.service.recognizer.fusion == "borda"
+    app.state.service.close()
+    with pytest.raises(ConfigError, match="stored rule --fusion borda, not zsum:1,3"):
+        create_app(two, tmp_path / "g", fusion="zsum:1,3")
+    with pytest.raises(ConfigError, match="unknown fusion rule"):
+        create_app(two, tmp_path / "g", fusion="mean")
+    with pytest.raises(ConfigError, match="fuses the scores of several models"):
+        create_app(tiny_model_dir, tmp_path / "plain", fusion="zsum")
+    with pytest.raises(ConfigError, match="fuses the scores of several models"):
+        create_app([tiny_model_dir], tmp_path / "plain", fusion="zsum")
+
+
+def test_cli_one_gallery_commands_refuse_an_ensemble_writing_nothing(models, tiny_model_dir, tmp_path):
+    """What a single-model gallery does and an ensemble does not: a clear refusal (exit 2)
+    naming the limitation, and nothing written."""
+    g = tmp_path / "g"
+    p = run("enroll", *models, "-g", g, "--from", "glyphs:7000-7004", "--retain-samples", check=False)
+    assert p.returncode == 2 and "--retain-samples" in p.stderr and "ensemble" in p.stderr
+    assert not g.exists()  # refused before the ensemble folder is created
+    run("enroll", *models, "-g", g, "--from", "glyphs:7000-7004", "--per-class", "2")
+    before = sorted(str(f.relative_to(g)) for f in g.rglob("*"))
+    for args in (("gallery", "export", "-g", g, tmp_path / "exp"),
+                 ("gallery", "reembed", "-g", g, "-m", tiny_model_dir),
+                 ("gallery", "check", "-g", g)):
+        p = run(*args, check=False)
+        assert p.returncode == 2 and "is an ensemble gallery (2 models" in p.stderr, (args, p.stderr)
+        assert "does not support an ensemble" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "exp").exists()
+    assert sorted(str(f.relative_to(g)) for f in g.rglob("*")) == before

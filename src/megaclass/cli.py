@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """The ``megaclass`` command line: demo, train, enroll, identify, verify, erase, calibrate, evaluate.
 
 Every command takes paths for data, model and gallery, prints rich tables (or
@@ -12,12 +10,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from .cli_common import (
+    FusionOpt,
     GalleryOpt,
     JsonOpt,
     KeyOpt,
@@ -186,7 +185,7 @@ def train(ctx: typer.Context,
     spec = _input_spec(channels, size, resize, polarity, mean, std)
     source = open_source(data, samples_per_class=samples_per_class, input_spec=spec,
                          skip_bad_files=skip_bad_files)
-    options = dict(head=head, epochs=epochs, steps=steps, batch_size=batch_size,
+    options: dict[str, Any] = dict(head=head, epochs=epochs, steps=steps, batch_size=batch_size,
                       m_per_class=m_per_class, optimizer=optimizer, lr=lr, scale=scale,
                       margin=margin, dim=dim, seed=seed, num_workers=workers,
                       checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
@@ -282,46 +281,51 @@ def enroll(model: ModelsOpt, gallery: GalleryOpt,
            retain_samples: Annotated[bool, typer.Option(
                "--retain-samples", help="Also keep the samples in the gallery (encrypted with its key, if any) "
                                         "so `megaclass gallery reembed` can re-make templates with a new model.")] = False,
+           fusion: FusionOpt = None,
            key_file: KeyOpt = None, seed: SeedOpt = 1, quiet: QuietOpt = False,
            skip_bad_files: SkipBadOpt = False, as_json: JsonOpt = False) -> None:
     """Enroll LABEL from SAMPLES, or every class of --from, into the gallery (no retraining)."""
     from .data.spec import parse_glyph_range
+    from .fusion import FusedRecognizer
+    from .fusion_gallery import is_ensemble
     from .progress import ItemProgress
 
-    rec = _recognizer(model, gallery, create=True, key=key_file)
+    if retain_samples and (len(model) > 1 or is_ensemble(gallery)):  # before anything is created
+        raise ConfigError("--retain-samples keeps samples to re-embed one model's gallery; "
+                          "an ensemble (several -m) does not support it yet")
+    if not from_data and (not label or not samples):  # before a new gallery is created
+        raise InvalidInputError("give LABEL and SAMPLES, or --from DATA")
+    rec = _recognizer(model, gallery, create=True, key=key_file, fusion=fusion)
     with rec:
         spec = rec.encoder.input_spec
-        if retain_samples and hasattr(rec, "members"):
-            raise ConfigError("--retain-samples keeps samples to re-embed one model's gallery; "
-                              "an ensemble (several -m) does not support it yet")
         if from_data:
-            ids = parse_glyph_range(from_data)
-            if ids is not None:
-                from .data.glyphs import GlyphSource
+            from .data.folder import ImageFolderSource
+            from .data.glyphs import GlyphSource
 
+            ids = parse_glyph_range(from_data)
+            source: GlyphSource | ImageFolderSource
+            if ids is not None:
                 source = GlyphSource(ids, samples_per_class=per_class, seed=seed, size=spec.size)
                 items, n_classes = source.iter_classes(), source.num_classes  # rendered in chunks
             else:
-                from .data.folder import ImageFolderSource
-
                 source = ImageFolderSource(Path(from_data), spec=spec, cache=False,
                                            skip_bad_files=skip_bad_files)
                 items, n_classes = source.iter_classes(), source.num_classes  # streamed: bounded memory
             with ItemProgress(n_classes, "enroll", unit="classes", enabled=not (quiet or as_json)) as bar:
                 n = rec.enroll_many(items, replace=replace, progress=bar.advance)
-            if retain_samples:
+            if retain_samples and not isinstance(rec, FusedRecognizer):
                 from .gallery.sample_sources import retain
 
-                kept = (source.iter_classes() if ids is not None else
-                        ((name, source.class_paths(i)) for i, name in enumerate(source.class_names)))
+                folder = source if isinstance(source, ImageFolderSource) else None
+                kept = (source.iter_classes() if folder is None else
+                        ((name, folder.class_paths(i)) for i, name in enumerate(folder.class_names)))
                 retain(rec.gallery, kept)
-            result = {"classes": n_classes, "samples": n, "gallery_classes": len(rec)}
+            result: dict[str, Any] = {"classes": n_classes, "samples": n, "gallery_classes": len(rec)}
         else:
-            if not label or not samples:
-                raise InvalidInputError("give LABEL and SAMPLES, or --from DATA")
+            assert label is not None and samples is not None  # checked above
             batch, names, _ = _collect_samples(samples, spec, seed)
             n = rec.enroll(label, batch, replace=replace)
-            if retain_samples:
+            if retain_samples and not isinstance(rec, FusedRecognizer):
                 from .gallery.sample_sources import retain
 
                 retain(rec.gallery, [(label, [name if not name.startswith("glyph:") else batch[k]
@@ -368,7 +372,7 @@ def identify(model: ModelsOpt, gallery: GalleryOpt, samples: SamplesArg,
         if folder_class is not None:
             row["folder_class"] = folder_class
         rows.append(row)
-    result = {"threshold": thr, "results": rows}
+    result: dict[str, Any] = {"threshold": thr, "results": rows}
     table = Table(title=f"identify (threshold {'none' if thr is None else f'{thr:.3f}'})")
     for col in ("sample", "decision", "score", "candidates"):
         table.add_column(col)
@@ -441,17 +445,26 @@ def calibrate(model: ModelsOpt, gallery: GalleryOpt,
               per_class: Annotated[int, typer.Option(help="With glyphs: searches per class.")] = 2,
               allow_few: Annotated[bool, typer.Option(
                   "--allow-few", help="Accept fewer non-mated searches than 10/FPIR (with a warning).")] = False,
+              fusion: Annotated[str | None, typer.Option("--fusion", help=(
+                  "Ensembles (several -m): calibrate for this fusion rule, RULE[:W1,W2,...] (zsum | "
+                  "minmax | borda, optional weights in -m order), and store it with the new statistics "
+                  "and threshold (default: the ensemble's stored rule)."), show_default=False)] = None,
               key_file: KeyOpt = None, seed: SeedOpt = 3, as_json: JsonOpt = False) -> None:
     """Set the gallery's threshold for a target FPIR from non-mated searches (at least 10/FPIR)."""
-    rec = _recognizer(model, gallery, key=key_file)
+    from .fusion import FusedRecognizer
+
+    rec = _recognizer(model, gallery, key=key_file, fusion=fusion, change_fusion=True)
     with rec:
         images, _ = _labelled(non_mated, rec.encoder.input_spec, per_class, seed)
         cal = rec.calibrate(images, target_fpir, allow_few=allow_few)
+        rule = rec.fusion if isinstance(rec, FusedRecognizer) else None
+    result = cal.to_dict() if rule is None else {**cal.to_dict(), "fusion": rule}
     if as_json:
-        _emit(cal.to_dict(), True)
+        _emit(result, True)
     else:
         lo, hi = cal.fpir_ci95
-        console.print(f"threshold {cal.threshold:.4f}: FPIR {cal.achieved_fpir:.4f} on "
+        fused = "" if rule is None else f" (fused: {rule})"
+        console.print(f"threshold {cal.threshold:.4f}{fused}: FPIR {cal.achieved_fpir:.4f} on "
                       f"{cal.n_non_mated:,} non-mated searches (95% CI {lo:.4f}-{hi:.4f})")
 
 

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """Shared pieces of the ``megaclass`` command line: option types, output, sample loading.
 
 Area modules (``evaluate/commands.py``, ``serve/commands.py``, ...) import from here,
@@ -11,20 +9,25 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from .errors import ConfigError, InvalidInputError
+
+if TYPE_CHECKING:
+    from .fusion import FusedRecognizer
+    from .recognizer import Recognizer
 
 console = Console()
 err_console = Console(stderr=True)
 
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Model directory (config.json + model.safetensors), or a shipped model by name: reference.")]
-ModelsOpt = Annotated[list[Path], typer.Option("--model", "-m", help="Model directory (config.json + model.safetensors), or a shipped model by name: reference. Repeat it for an ensemble (-m a/ -m b/): one gallery per model under -g (-g/model-0, -g/model-1, ...), scores fused (z-score sum, threshold calibrated on the fused score); always give the same models in the same order.")]
+ModelsOpt = Annotated[list[Path], typer.Option("--model", "-m", help="Model directory (config.json + model.safetensors), or a shipped model by name: reference. Repeat it for an ensemble (-m a/ -m b/): one gallery per model under -g (-g/model-0, -g/model-1, ...), scores fused by the ensemble's rule (--fusion; z-score sum by default), threshold calibrated on the fused score; always give the same models in the same order.")]
+FusionOpt = Annotated[str | None, typer.Option("--fusion", help="Ensembles (several -m): how scores are fused, RULE[:W1,W2,...] with RULE zsum (z-score sum, the default) | minmax (min-max sum) | borda (rank level), and optionally one weight per model in -m order (zsum:2,1 is a weighted sum). Stored with the ensemble and used whenever it is reopened; calibrate --fusion changes it.", show_default=False)]
 GalleryOpt = Annotated[Path, typer.Option("--gallery", "-g", parser=lambda s: s if "://" in s else Path(s), help="Gallery directory (created on first enroll), or milvus://HOST:PORT/COLLECTION (a Milvus server; token: --milvus-token / $MEGACLASS_MILVUS_TOKEN) or milvus-lite://FILE.db.")]
 MilvusTokenOpt = Annotated[str | None, typer.Option(
     "--milvus-token", help="Credentials of a secured Milvus (token or user:password) for -g milvus://... "
@@ -41,7 +44,7 @@ SamplesArg = Annotated[list[str], typer.Argument(
     help="Image files, folders of images, or glyph:ID (a built-in glyph drawing of class ID).")]
 
 
-def _fields_table(title: str, data: dict, *, justify: str = "left") -> Table:
+def _fields_table(title: str, data: dict, *, justify: JustifyMethod = "left") -> Table:
     """A two-column field/value table of ``data`` (lists shown joined by "; ")."""
     table = Table(title=title)
     table.add_column("field")
@@ -75,7 +78,9 @@ def _collect_samples(items: list[str], size, seed: int, index: int = 0):
     from .data.images import as_spec, to_batch
 
     spec = size if not isinstance(size, int) else as_spec(size)
-    parts, names, classes = [], [], []
+    parts: list[torch.Tensor] = []
+    names: list[str] = []
+    classes: list[str | None] = []
     for item in items:
         if item.startswith("glyph:"):
             try:
@@ -126,15 +131,20 @@ def _read_key_file(key_file: Path | None) -> bytes | None:
 
 
 def _recognizer(model: Path | list[Path], gallery: Path, create: bool = False,
-                threshold: float | None = None, key: Path | None = None):
+                threshold: float | None = None, key: Path | None = None, *,
+                fusion: str | None = None, change_fusion: bool = False) -> Recognizer | FusedRecognizer:
     """A Recognizer on ``gallery``; ``key`` (a key file) decrypts an encrypted one.
 
     Several models (``-m`` repeated), or a gallery folder that holds an ensemble, give a
     :class:`~megaclass.fusion.FusedRecognizer` (see :mod:`megaclass.fusion_gallery`; a
     mismatch between the models given and those enrolled is a ConfigError naming it).
+    ``fusion`` (``--fusion``) is the rule of a new ensemble; on an ensemble that has one
+    stored it must be the same unless ``change_fusion`` (calibrate, which re-fits it), and
+    with one model and a plain gallery it is refused.
     Without ``key`` the environment decides (``$MEGACLASS_GALLERY_KEY_FILE`` /
     ``$MEGACLASS_GALLERY_KEY``); a new gallery created with a key is encrypted.
     """
+    from .fusion import parse_fusion
     from .fusion_gallery import is_ensemble, open_ensemble
     from .gallery.open import gallery_exists, open_gallery
     from .models import load_encoder
@@ -143,7 +153,14 @@ def _recognizer(model: Path | list[Path], gallery: Path, create: bool = False,
     models = list(model) if isinstance(model, list | tuple) else [model]
     key_bytes = _read_key_file(key)
     if len(models) > 1 or is_ensemble(gallery):
-        return open_ensemble(models, gallery, create=create, key=key_bytes, threshold=threshold)
+        rule, weights = parse_fusion(fusion, len(models)) if fusion is not None else (None, None)
+        ens = open_ensemble(models, gallery, create=create, key=key_bytes, threshold=threshold,
+                            rule=rule, weights=weights)
+        _check_fusion(ens, fusion, change_fusion)
+        return ens
+    if fusion is not None:
+        raise ConfigError(f"--fusion {fusion} fuses the scores of several models: give two or more -m "
+                          "(one model's gallery has nothing to fuse)")
     encoder = load_encoder(models[0])
     if not create and not gallery_exists(gallery):
         raise InvalidInputError(f"{gallery} is not a gallery (enroll something first)")
@@ -151,19 +168,35 @@ def _recognizer(model: Path | list[Path], gallery: Path, create: bool = False,
                       threshold=threshold)
 
 
+def _check_fusion(ens: FusedRecognizer, fusion: str | None, change: bool) -> None:
+    """ConfigError (ensemble closed) when ``--fusion`` differs from the rule ``ens`` has stored
+    and the command does not re-fit it (only calibrate does)."""
+    if fusion is None or change:
+        return
+    try:
+        ens.check_stored_fusion()
+    except ConfigError:
+        ens.close()
+        raise
+
+
 def _open_gallery(gallery: Path, key: Path | None = None, *, ensemble_ok: bool = False):
     """Open an existing gallery (never create one); ``key`` as in :func:`_recognizer`.
     An ensemble folder gives its :class:`~megaclass.fusion_gallery.MemberGalleries` when
     ``ensemble_ok`` (erase, stats), else ConfigError saying to give its models."""
-    from .fusion_gallery import MemberGalleries, single_model_refusal
+    from .fusion_gallery import MemberGalleries, member_folder, read_manifest
     from .gallery.open import gallery_exists, open_gallery
 
     key_bytes = _read_key_file(key)
-    refusal = single_model_refusal(gallery)
-    if refusal:
+    manifest = read_manifest(gallery)
+    if manifest is not None:
         if ensemble_ok:
             return MemberGalleries(gallery, key_bytes)
-        raise ConfigError(refusal)
+        n = len(manifest["models"])
+        raise ConfigError(
+            f"{gallery} is an ensemble gallery ({n} models: {', '.join(manifest['models'])}; one "
+            f"gallery per model in {', '.join(str(member_folder(gallery, i)) for i in range(n))}): "
+            "this command works on one model's gallery and does not support an ensemble yet")
     if not gallery_exists(gallery):
         raise InvalidInputError(f"{gallery} is not a gallery")
     return open_gallery(gallery, create=False, key=key_bytes)

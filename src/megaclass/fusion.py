@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """Ensembles of encoders with score-level fusion: :class:`FusedRecognizer`.
 
 Each member is a :class:`~megaclass.recognizer.Recognizer` — its own encoder and its own
@@ -22,6 +20,11 @@ every member's exact score (best template) is computed, normalised and fused:
 - ``"borda"``: rank-level fusion (Ho, Hull & Srihari 1994): a class gets ``n - rank`` points
   from each member over the union of n candidates; no calibration statistics needed.
 
+The rule and its weights are part of the ensemble's stored state, with the statistics and
+threshold fitted for them: an ensemble reopened without a rule fuses as it was calibrated.
+On the command line one string names both (:func:`parse_fusion`): ``--fusion zsum``,
+``--fusion minmax:2,1`` (weighted: one weight per model, in ``-m`` order), ``--fusion borda``.
+
 The decision threshold is calibrated on the *fused* top-1 scores of non-mated searches.
 With one member and ``zsum`` the order of candidates and the FPIR/FNIR trade-off equal
 that member's own (a monotone map of its scores) — a test checks it.
@@ -42,18 +45,60 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .decisions import UNSET, Decision, Verdict, _Unset, resolve_threshold
 from .errors import ConfigError, InvalidInputError, NotCalibratedError, UnknownLabelError
 from .evaluate.open_set import DEFAULT_TARGET_FPIR, Calibration, calibrate_threshold, too_few_non_mated
 from .gallery import Match
-from .recognizer import UNSET, Decision, Recognizer, Verdict
+from .recognizer import Recognizer
 
-__all__ = ["FusedRecognizer", "RULES", "ENSEMBLE_KEY"]
+if TYPE_CHECKING:
+    from .fusion_gallery import EnsembleEncoder, EnsembleGallery
+
+__all__ = ["FusedRecognizer", "RULES", "ENSEMBLE_KEY", "parse_fusion"]
 
 RULES = ("zsum", "minmax", "borda")
+DEFAULT_RULE = "zsum"
 ENSEMBLE_KEY = "ensemble"
+
+
+def parse_fusion(spec: str, members: int) -> tuple[str, list[float] | None]:
+    """``"RULE[:W1,W2,...]"`` -> ``(rule, weights)`` for an ensemble of ``members`` models
+    (weights None: equal). ConfigError naming the problem otherwise.
+
+    >>> parse_fusion("minmax:2,1", 2)
+    ('minmax', [2.0, 1.0])
+    >>> parse_fusion("borda", 3)
+    ('borda', None)
+    """
+    rule, _, weights = spec.strip().partition(":")
+    rule = rule.strip().lower()
+    if rule not in RULES:
+        raise ConfigError(f"unknown fusion rule {rule!r} in {spec!r}: choose one of {', '.join(RULES)}, "
+                          "optionally with one weight per model (e.g. zsum:2,1)")
+    if not weights.strip():
+        return rule, None
+    try:
+        w = [float(x) for x in weights.split(",")]
+    except ValueError:
+        raise ConfigError(f"fusion weights in {spec!r} must be numbers separated by commas") from None
+    if len(w) != members:
+        raise ConfigError(f"fusion {spec!r} gives {len(w)} weight(s) for {members} models: one per model, "
+                          "in the order the models are given")
+    if not all(np.isfinite(w)) or min(w) < 0 or sum(w) == 0:
+        raise ConfigError(f"fusion weights in {spec!r} must be finite, non-negative and not all 0")
+    return rule, w
+
+
+def fusion_spec(rule: str, weights: Sequence[float] | None) -> str:
+    """The ``RULE[:W1,...]`` string of a rule and weights (none written when they are all 1)."""
+    if weights is None or all(w == 1 for w in weights):
+        return rule
+    return rule + ":" + ",".join(f"{w:g}" for w in weights)
 
 
 class FusedRecognizer:
@@ -62,8 +107,11 @@ class FusedRecognizer:
     Parameters
     ----------
     members : Recognizers, one per encoder, each on its own gallery.
-    rule : ``"zsum"``, ``"minmax"`` or ``"borda"`` (see the module docstring).
-    weights : one weight per member (default: equal).
+    rule : ``"zsum"``, ``"minmax"`` or ``"borda"`` (see the module docstring); None (default):
+        the rule stored with the ensemble's state, else ``"zsum"``. A rule (or weights) other
+        than the stored ones leaves the ensemble uncalibrated until :meth:`calibrate`, which
+        stores them with the new statistics and threshold.
+    weights : one weight per member; None (default): the stored ones, else equal.
     adopt : build the ensemble on galleries already enrolled on their own or in another
         ensemble (they must hold the same classes); it needs :meth:`calibrate` before use.
     threshold : a fused decision threshold that overrides the calibrated one (not stored).
@@ -82,25 +130,62 @@ class FusedRecognizer:
     calibration_ : the fused calibration (threshold, achieved FPIR, interval), or None.
     """
 
-    def __init__(self, members: Sequence[Recognizer], *, rule: str = "zsum",
+    def __init__(self, members: Sequence[Recognizer], *, rule: str | None = None,
                  weights: Sequence[float] | None = None, adopt: bool = False,
                  threshold: float | None = None) -> None:
         members = list(members)
         if not members:
             raise ConfigError("an ensemble needs at least one member recognizer")
-        if rule not in RULES:
+        if rule is not None and rule not in RULES:
             raise ConfigError(f"fusion rule must be one of {', '.join(RULES)}, got {rule!r}")
-        w = np.ones(len(members)) if weights is None else np.asarray(weights, dtype=np.float64)
-        if w.shape != (len(members),) or not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() == 0:
-            raise ConfigError(f"weights must be {len(members)} finite non-negative numbers, not all 0")
         paths = [str(m.gallery.path) for m in members]
         if len(set(paths)) != len(paths):
             raise ConfigError("each member needs its own gallery (one gallery per model)")
-        self.members, self.rule, self.weights = members, rule, w
+        self.members = members
         self.fingerprints = [m.fingerprint for m in members]
-        self.stats_, self._threshold, self.calibration_ = None, None, None
+        self.stats_: list[dict[str, float]] | None = None
+        self._threshold: float | None = None
+        self.calibration_: dict | None = None
         self._override = threshold
+        stored = None if adopt else members[0].gallery.get_setting(ENSEMBLE_KEY)
+        self.rule: str = rule or (stored or {}).get("rule") or DEFAULT_RULE
+        if weights is None and stored is not None and stored.get("rule") == self.rule \
+                and len(stored.get("weights") or ()) == len(members):
+            weights = stored["weights"]  # the stored weights go with the stored rule
+        self.weights = self._check_weights(weights, len(members))
         self._load_state(adopt)
+
+    @staticmethod
+    def _check_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+        if w.shape != (n,) or not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() == 0:
+            raise ConfigError(f"weights must be {n} finite non-negative numbers, not all 0")
+        return w
+
+    @property
+    def fusion(self) -> str:
+        """The rule and weights as one ``RULE[:W1,...]`` string (see :func:`parse_fusion`)."""
+        return fusion_spec(self.rule, self.weights.tolist())
+
+    def stored_fusion(self) -> str | None:
+        """The rule and weights the ensemble's stored state was saved with, or None when it
+        has none yet (a new ensemble, before its first enroll)."""
+        st = self.members[0].gallery.get_setting(ENSEMBLE_KEY)
+        if st is None or not st.get("rule"):
+            return None
+        return fusion_spec(st["rule"], st.get("weights"))
+
+    def check_stored_fusion(self) -> None:
+        """ConfigError when the ensemble has a stored rule (or weights) other than this one's:
+        for the entry points that may set the rule of a new ensemble but not change it (only
+        :meth:`calibrate` re-fits the statistics and threshold that go with a rule)."""
+        stored = self.stored_fusion()
+        if stored is not None and stored != self.fusion:
+            raise ConfigError(
+                f"ensemble {Path(str(self.members[0].gallery.path)).parent} fuses by its stored rule "
+                f"--fusion {stored}, not {self.fusion}: leave --fusion out to use it, or "
+                f"change the rule with `megaclass calibrate --fusion {self.fusion}` (which re-fits "
+                "statistics and threshold)")
 
     # -- state shared by the member galleries -------------------------------------------
     def _load_state(self, adopt: bool) -> None:
@@ -127,16 +212,15 @@ class FusedRecognizer:
             raise ConfigError(f"member galleries disagree ({len(a.gallery)} vs {len(odd.gallery)} classes, "
                               f"e.g. {diff}): erase those classes and enroll them again")
         st = states[0]
-        if st is not None and st.get("rule") == self.rule:
+        if st is not None and fusion_spec(st.get("rule", ""), st.get("weights")) == self.fusion:
             self.stats_, self._threshold = st.get("stats"), st.get("threshold")
             self.calibration_ = st.get("calibration")
 
     def _save_state(self) -> None:
-        state = {"members": self.fingerprints, "rule": self.rule, "stats": self.stats_,
-                 "threshold": self._threshold, "calibration": self.calibration_}
+        state = {"members": self.fingerprints, "rule": self.rule, "weights": self.weights.tolist(),
+                 "stats": self.stats_, "threshold": self._threshold, "calibration": self.calibration_}
         for m in self.members:
             m.gallery.set_setting(ENSEMBLE_KEY, state)
-
 
     # -- what the CLI and the service read of a recognizer --------------------------------
     @property
@@ -163,14 +247,14 @@ class FusedRecognizer:
         return self.members[0].templates
 
     @property
-    def encoder(self):
+    def encoder(self) -> EnsembleEncoder:
         """What callers read of an encoder (input contract, dim), for the whole ensemble."""
         from .fusion_gallery import EnsembleEncoder
 
         return EnsembleEncoder([m.encoder for m in self.members])
 
     @property
-    def gallery(self):
+    def gallery(self) -> EnsembleGallery:
         """The member galleries seen as one (:class:`~megaclass.fusion_gallery.EnsembleGallery`)."""
         from .fusion_gallery import EnsembleGallery
 
@@ -180,9 +264,10 @@ class FusedRecognizer:
     def dims(self) -> list[int]:
         return [m.gallery.dim for m in self.members]
 
-    #: As :meth:`Recognizer.decision_threshold`, for the fused threshold: ``threshold`` when
-    #: given (None: candidates only), else the calibrated one, else NotCalibratedError.
-    decision_threshold = Recognizer.decision_threshold
+    def decision_threshold(self, threshold: float | None | _Unset = UNSET) -> float | None:
+        """As :meth:`Recognizer.decision_threshold`, for the fused threshold: ``threshold`` when
+        given (None: candidates only), else the calibrated one, else NotCalibratedError."""
+        return resolve_threshold(threshold, calibrated=self.threshold, where=self.gallery.path)
 
     # -- gallery operations --------------------------------------------------------------
     def __len__(self) -> int:
@@ -272,15 +357,20 @@ class FusedRecognizer:
         return np.split(v, np.cumsum(self.dims)[:-1], axis=1)
 
     def _norm(self, i: int, s: np.ndarray) -> np.ndarray:
-        st = self.stats_[i]
+        st = self._need_stats()[i]
         if self.rule == "zsum":
             return (s - st["mean"]) / max(st["std"], 1e-6)
         return (s - st["min"]) / max(st["max"] - st["min"], 1e-6)
 
-    def _need_stats(self) -> None:
-        if self.rule != "borda" and self.stats_ is None:
-            raise NotCalibratedError(f"fusion rule {self.rule!r} normalises scores with non-mated "
-                                     "statistics: calibrate the ensemble first (or use rule='borda')")
+    def _need_stats(self) -> list[dict[str, float]]:
+        """The members' non-mated statistics (NotCalibratedError when missing; borda needs
+        none and gets an empty list)."""
+        if self.stats_ is not None:
+            return self.stats_
+        if self.rule == "borda":
+            return []
+        raise NotCalibratedError(f"fusion rule {self.rule!r} normalises scores with non-mated "
+                                 "statistics: calibrate the ensemble first (or use rule='borda')")
 
     def search_vectors(self, vectors, k: int = 5, *, where: dict | None = None) -> list[list[Match]]:
         """Fused best ``k`` classes per query from ensemble embeddings (best first)."""
@@ -290,8 +380,8 @@ class FusedRecognizer:
         if len(n) != 1:
             raise InvalidInputError(f"members embedded different numbers of samples: {sorted(n)}")
         hits = [m.gallery.search(v, k=2 * k, where=where) for m, v in zip(self.members, vectors, strict=True)]
-        cache = [{} for _ in self.members]  # label -> templates, per member
-        out = []
+        cache: list[dict[str, np.ndarray]] = [{} for _ in self.members]  # label -> templates, per member
+        out: list[list[Match]] = []
         for q in range(len(vectors[0])):
             union = list(dict.fromkeys(c.label for h in hits for c in h[q]))
             if not union:

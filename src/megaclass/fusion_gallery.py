@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """An ensemble on one gallery location: the folder layout, and the members seen as one gallery.
 
 An ensemble of n models keeps one gallery per model (see :mod:`megaclass.fusion`) under the
@@ -36,10 +34,15 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import ConfigError, UnknownLabelError
+from .gallery.protocol import GalleryProtocol
+
+if TYPE_CHECKING:
+    from .fusion import FusedRecognizer
 
 MANIFEST = "ensemble.json"
 FORMAT = "megaclass-ensemble"
@@ -106,11 +109,13 @@ def check_models(root, fingerprints: list[str], manifest: dict) -> None:
     raise ConfigError(head + why)
 
 
-def open_ensemble(encoders, gallery, *, rule: str = "zsum", weights=None, threshold: float | None = None,
-                  templates: str | None = None, key=None, create: bool = True, **recognizer_kw):
+def open_ensemble(encoders, gallery, *, rule: str | None = None, weights=None,
+                  threshold: float | None = None, templates: str | None = None, key=None,
+                  create: bool = True, **recognizer_kw) -> FusedRecognizer:
     """A :class:`~megaclass.fusion.FusedRecognizer` of ``encoders`` (encoders or model paths)
     on the one gallery folder ``gallery``, in the layout of this module's docstring: created
-    when missing (unless ``create=False``), checked against its manifest otherwise."""
+    when missing (unless ``create=False``), checked against its manifest otherwise. ``rule``
+    and ``weights`` None: the ones stored with the ensemble (``zsum``, equal for a new one)."""
     from .fusion import FusedRecognizer
     from .gallery.open import gallery_exists, is_uri, open_gallery
     from .models import load_encoder
@@ -312,12 +317,13 @@ class MemberGalleries:
         from .gallery.open import open_gallery
 
         self.root = Path(os.fspath(root))
-        self.manifest = read_manifest(self.root)
-        if self.manifest is None:
+        manifest = read_manifest(self.root)
+        if manifest is None:
             raise ConfigError(f"{root} holds no ensemble ({MANIFEST})")
-        self.galleries = []
+        self.manifest: dict = manifest
+        self.galleries: list[GalleryProtocol] = []
         try:
-            for i in range(len(self.manifest["models"])):
+            for i in range(len(manifest["models"])):
                 self.galleries.append(open_gallery(member_folder(self.root, i), key=key, create=False))
         except BaseException:
             self.close()
@@ -335,13 +341,19 @@ class MemberGalleries:
         return [g.erase(label) for g in self.galleries][0]
 
     def get_setting(self, key: str, default=None):
+        """The ensemble's own ``threshold``, ``calibration``, ``rule`` and ``weights`` (its
+        stored state), else the first member's setting."""
         state = self.galleries[0].get_setting("ensemble") or {}
-        return state.get(key, default) if key in ("threshold", "calibration", "rule") else \
+        return state.get(key, default) if key in ("threshold", "calibration", "rule", "weights") else \
             self.galleries[0].get_setting(key, default)
 
     def stats(self) -> dict:
+        from .fusion import fusion_spec
+
+        rule = self.get_setting("rule")
         return {"path": str(self.root), "classes": len(self), "models": self.manifest["models"],
-                "dims": self.manifest["dims"], "rule": self.get_setting("rule"),
+                "dims": self.manifest["dims"], "rule": rule,
+                "fusion": fusion_spec(rule, self.get_setting("weights")) if rule else None,
                 "members": [g.stats() for g in self.galleries]}
 
     def close(self) -> None:

@@ -24,23 +24,21 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .data.images import to_batch
-from .errors import (
-    ConfigError,
-    DimensionMismatchError,
-    InvalidInputError,
-    NotCalibratedError,
-    UnknownLabelError,
-)
+from .decisions import UNSET, Decision, Verdict, _Unset, resolve_threshold
+from .errors import ConfigError, DimensionMismatchError, InvalidInputError, UnknownLabelError
 from .evaluate.open_set import DEFAULT_TARGET_FPIR, Calibration, calibrate_threshold, too_few_non_mated
-from .gallery import GalleryProtocol, Match
+from .gallery import GalleryProtocol
 from .models import Encoder, load_encoder
+
+if TYPE_CHECKING:
+    from .models import OnnxEncoder
 
 THRESHOLD_KEY = "threshold"
 CALIBRATION_KEY = "calibration"
@@ -49,16 +47,7 @@ MODE_KEY = "template_mode"
 SAMPLES_META = "_samples"  # class meta kept by "mean" mode: number of samples averaged
 SUM_NORM_META = "_sum_norm"  # ... and the norm of their embedding sum (for exact updates)
 INTERNAL_META = (SAMPLES_META, SUM_NORM_META)  # never shown to users (public_meta drops them)
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-#: the default ``threshold`` of identify / verify: "not given", as opposed to an explicit
-#: None (candidates only, no rejection)
-UNSET = _Unset()
+__all__ = ["Recognizer", "Decision", "Verdict", "UNSET", "class_templates", "public_meta"]
 
 
 def public_meta(meta: dict) -> dict:
@@ -83,33 +72,6 @@ def class_templates(vectors: np.ndarray, mode: str, meta: dict | None,
     meta[SAMPLES_META] = count + len(vectors)
     meta[SUM_NORM_META] = norm
     return (total / norm).astype(np.float32)[None, :], meta
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Outcome of identifying one sample.
-
-    ``label`` is the best class, or None when its score is below the threshold
-    (the sample is *unknown*); ``candidates`` are the best k classes regardless.
-    """
-
-    label: str | None
-    score: float
-    candidates: list[Match] = field(default_factory=list)
-
-    @property
-    def known(self) -> bool:
-        return self.label is not None
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Outcome of verifying one sample against a claimed label (1:1)."""
-
-    label: str
-    accepted: bool
-    score: float
-    threshold: float | None
 
 
 class Recognizer:
@@ -153,7 +115,8 @@ class Recognizer:
             return open_ensemble(encoder, *args, **kwargs)
         return super().__new__(cls)
 
-    def __init__(self, encoder: Encoder | str | os.PathLike, gallery: GalleryProtocol | str | os.PathLike,
+    def __init__(self, encoder: Encoder | OnnxEncoder | str | os.PathLike,
+                 gallery: GalleryProtocol | str | os.PathLike,
                  *, threshold: float | None = None, templates: str | None = None,
                  key=None, allow_model_mismatch: bool = False) -> None:
         self.encoder = load_encoder(encoder) if isinstance(encoder, str | os.PathLike) else encoder
@@ -316,25 +279,12 @@ class Recognizer:
         """Whether a threshold is set (calibrated in the gallery, or given to the constructor)."""
         return self.threshold is not None
 
-    def decision_threshold(self, threshold=UNSET) -> float | None:
+    def decision_threshold(self, threshold: float | None | _Unset = UNSET) -> float | None:
         """The threshold a decision uses: ``threshold`` when given (None: candidates only,
         no rejection), else :attr:`threshold`; NotCalibratedError when there is none, so
-        that an uncalibrated gallery never silently accepts every probe."""
-        if threshold is not UNSET:
-            if threshold is None:
-                return None
-            if isinstance(threshold, bool) or not isinstance(threshold, int | float) \
-                    or not np.isfinite(threshold):
-                raise ConfigError(f"threshold must be a finite number or None, got {threshold!r}")
-            return float(threshold)
-        value = self.threshold
-        if value is None:
-            raise NotCalibratedError(
-                f"gallery {self.gallery.path} has no calibrated threshold, so identify/verify "
-                "cannot tell known from unknown: run `megaclass calibrate` (Recognizer.calibrate) "
-                "on non-mated samples, give a threshold, or ask for candidates only "
-                "(threshold=None)")
-        return value
+        that an uncalibrated gallery never silently accepts every probe
+        (:func:`~megaclass.decisions.resolve_threshold`)."""
+        return resolve_threshold(threshold, calibrated=self.threshold, where=self.gallery.path)
 
     def identify(self, samples, k: int = 5, *, where: dict | None = None,
                  threshold=UNSET) -> list[Decision]:

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """Fused ensemble vs each of its models, side by side in one run (issue 19 part 4).
 
 ``megaclass bench fusion -m a/ -m b/ [-m c/] --out DIR`` (or ``python -m megaclass.bench.fusion``
@@ -25,15 +23,19 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
 
 from ..data.glyphs import GlyphSource
+from ..errors import ConfigError
 from ..fusion import FusedRecognizer
-from ..models import load_encoder
+from ..models import Encoder, load_encoder
 from ..recognizer import Recognizer
+
+if TYPE_CHECKING:
+    from ..models import OnnxEncoder
 
 
 def _accuracy(ens: FusedRecognizer, q, truth, nm_cal, nm_test, fpir: float) -> dict:
@@ -49,18 +51,25 @@ def _accuracy(ens: FusedRecognizer, q, truth, nm_cal, nm_test, fpir: float) -> d
 
 
 def _memory(ens: FusedRecognizer) -> dict:
-    params = sum(sum(p.numel() for p in m.encoder.parameters()) for m in ens.members)
+    params = sum(int(sum(p.numel() for p in _torch_encoder(m.encoder).parameters())) for m in ens.members)
     templates = sum(m.gallery.num_templates * m.gallery.dim * 4 for m in ens.members)
     return {"encoder_params": params, "encoder_bytes": params * 4, "template_bytes": templates,
             "resident_bytes": params * 4 + templates}
+
+
+def _torch_encoder(encoder: Encoder | OnnxEncoder) -> Encoder:
+    """The encoder, when it is a megaclass (torch) model: its parameters are what it keeps
+    resident; an imported ONNX encoder's are not known here (ConfigError)."""
+    if not isinstance(encoder, Encoder):
+        raise ConfigError("bench fusion measures megaclass models (an imported ONNX encoder's resident "
+                          f"memory is not known here): {type(encoder).__name__} given")
+    return encoder
 
 
 def run(models: list[str], *, classes: int = 2000, per_class: int = 3, non_mated: int = 4000,
         fpir: float = 0.01, latency_queries: int = 200, rounds: int = 5, log=print) -> dict:
     """Measure every model alone and all of them fused (zsum), on the same searches."""
     if len(models) < 2:
-        from ..errors import ConfigError
-
         raise ConfigError("bench fusion compares an ensemble with its models: give 2 or more -m, "
                           f"got {len(models)}")
     ids = list(range(100_000, 100_000 + classes))
@@ -69,7 +78,7 @@ def run(models: list[str], *, classes: int = 2000, per_class: int = 3, non_mated
     truth = [f"glyph-{i}" for i in q_c]
     nm_x, _ = GlyphSource.batch(list(range(200_000, 200_000 + non_mated)), 1, seed=5)
     labels = [f"glyph-{i}" for i in enroll_c[::per_class]]
-    encoders = [load_encoder(m) for m in models]
+    encoders = [_torch_encoder(load_encoder(m)) for m in models]  # refused before any work
     names = [Path(str(m)).name or str(m) for m in models]
     if len(set(names)) < len(names):  # demo/model and demo_hw/model: name them by their folder too
         names = [f"{Path(str(m)).parent.name}/{Path(str(m)).name}" for m in models]

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """The application factory: :func:`create_app`."""
 
 from __future__ import annotations
@@ -11,6 +9,8 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from ..errors import ConfigError
+from ..fusion import FusedRecognizer, parse_fusion
 from ..gallery import Gallery
 from ..models import Encoder, load_encoder
 from ..recognizer import Recognizer
@@ -34,9 +34,10 @@ console (a browser page over this API) is served at `/`.
 """
 
 
-def create_app(model: str | os.PathLike | Encoder | Recognizer | list,
+def create_app(model: str | os.PathLike | Encoder | Recognizer | FusedRecognizer | list,
                gallery: str | os.PathLike | None = None,
-               *, limits: Limits | None = None, key: str | os.PathLike | bytes | None = None) -> FastAPI:
+               *, limits: Limits | None = None, key: str | os.PathLike | bytes | None = None,
+               fusion: str | None = None) -> FastAPI:
     """Build the FastAPI application serving one model and one gallery.
 
     Parameters
@@ -53,6 +54,10 @@ def create_app(model: str | os.PathLike | Encoder | Recognizer | list,
     key : the gallery's encryption key (32 bytes or a key-file path; default:
         ``$MEGACLASS_GALLERY_KEY_FILE`` / ``$MEGACLASS_GALLERY_KEY``). A new gallery
         created with a key is encrypted; ignored when ``model`` is a Recognizer.
+    fusion : an ensemble's fusion rule, ``RULE[:W1,...]`` (:func:`~megaclass.fusion.parse_fusion`):
+        that of a new ensemble; an ensemble with another rule stored is refused (ConfigError:
+        ``megaclass calibrate --fusion`` changes it). None: the stored rule. With one model on
+        a plain gallery: ConfigError.
 
     The gallery and the service tables are opened here; the application's shutdown
     closes them (saving the index snapshot).
@@ -64,17 +69,28 @@ def create_app(model: str | os.PathLike | Encoder | Recognizer | list,
     ...     client.get("/healthz").json()
     {'status': 'ok'}
     """
-    from ..fusion import FusedRecognizer
     from ..fusion_gallery import is_ensemble, open_ensemble, service_folder
 
+    rec: Recognizer | FusedRecognizer
     if isinstance(model, Recognizer | FusedRecognizer):
         rec = model
     elif gallery is None:
         raise TypeError("create_app needs a gallery directory")
     elif isinstance(model, list | tuple) and len(model) == 1 and not is_ensemble(gallery):
-        return create_app(model[0], gallery, limits=limits, key=key)
+        return create_app(model[0], gallery, limits=limits, key=key, fusion=fusion)
     elif isinstance(model, list | tuple) or is_ensemble(gallery):
-        rec = open_ensemble(model if isinstance(model, list | tuple) else [model], gallery, key=key)
+        models = list(model) if isinstance(model, list | tuple) else [model]
+        rule, weights = parse_fusion(fusion, len(models)) if fusion is not None else (None, None)
+        ens = open_ensemble(models, gallery, key=key, rule=rule, weights=weights)
+        try:
+            ens.check_stored_fusion()
+        except BaseException:
+            ens.close()
+            raise
+        rec = ens
+    elif fusion is not None:
+        raise ConfigError(f"fusion {fusion!r} fuses the scores of several models: give two or more "
+                          "(one model's gallery has nothing to fuse)")
     else:
         encoder = load_encoder(Path(model)) if isinstance(model, str | os.PathLike) else model
         from ..gallery.open import open_gallery

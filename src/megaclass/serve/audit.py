@@ -17,6 +17,7 @@ Example
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from ..errors import ConfigError
 from .db import ServiceDB, now
@@ -31,7 +32,7 @@ class AuditLog:
     def __init__(self, db: ServiceDB):
         self.db = db
 
-    def record(self, key_id: str | None, operation: str, labels: list[str | None],
+    def record(self, key_id: str | None, operation: str, labels: Sequence[str | None],
                decision: str, status: int) -> None:
         """Append one row (its own small transaction)."""
         kept = [lab for lab in labels if lab is not None][:_MAX_LABELS]

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from ..cli_common import (
+    FusionOpt,
     GalleryOpt,
     JsonOpt,
     KeyOpt,
@@ -57,6 +58,7 @@ def serve(model: ModelsOpt, gallery: GalleryOpt,
           max_calibration_images: Annotated[int, typer.Option(help="Images per POST /v1/calibrate (at most 1000, the multipart parser's own limit).")] = 1000,
           max_refusals: Annotated[int, typer.Option(help="Refused (401) requests per client and minute that are audited; past it: 429.")] = 30,
           log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+          fusion: FusionOpt = None,
           key_file: KeyOpt = None, milvus_token: MilvusTokenOpt = None) -> None:
     """Serve enroll / identify / verify / erase over HTTP (FastAPI + uvicorn), with API keys, and
     the operator console at / (open it in a browser and sign in with a key)."""
@@ -69,7 +71,7 @@ def serve(model: ModelsOpt, gallery: GalleryOpt,
     limits = Limits(max_body_bytes=max_body_bytes, max_images=max_images, max_vectors=max_vectors,
                     max_pixels=max_pixels, max_side=max_side, max_request_pixels=max_request_pixels,
                     max_k=max_k, max_calibration_images=max_calibration_images, max_refusals=max_refusals)
-    app = create_app(model, gallery, limits=limits, key=_read_key_file(key_file))
+    app = create_app(model, gallery, limits=limits, key=_read_key_file(key_file), fusion=fusion)
     if not app.state.service.keys.list(include_revoked=False):
         console.print("[yellow]no API keys yet:[/yellow] create one with "
                       f"`megaclass keys add -g {gallery} --role admin --name me`")

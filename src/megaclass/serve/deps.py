@@ -1,11 +1,10 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """FastAPI dependencies: the service, and API-key authorisation by role."""
 
 from __future__ import annotations
 
 import json
 import time
+from typing import NoReturn
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -53,7 +52,7 @@ def audit_labels(service: Service, operation: str, labels: list[str]) -> list[st
     return tags
 
 
-async def _refused(request: Request, service: Service, token: str | None, operation: str) -> None:
+async def _refused(request: Request, service: Service, token: str | None, operation: str) -> NoReturn:
     """Audit a 401 (within the client's refusal budget) and raise it, or raise 429."""
     client = request.client.host if request.client else "unknown"
     verdict = service.refusals.check(client, now=time.monotonic())

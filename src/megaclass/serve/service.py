@@ -8,11 +8,13 @@ decisions. Nothing here knows about HTTP except the status written to the audit 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MegaclassError
+from ..fusion import FusedRecognizer
+from ..fusion_gallery import EnsembleGallery
 from ..gallery.protocol import GalleryProtocol
 from ..recognizer import Recognizer
 from .audit import AuditLog
@@ -22,18 +24,19 @@ from .keys import KeyInfo, KeyStore
 from .limits import Limits
 from .metrics import Metrics
 from .ratelimit import RefusalLimiter
-from .thumbnails import ThumbnailStore
+from .thumbnails import NoThumbnails, ThumbnailStore
 
 
 @dataclass
 class Service:
     """Everything a request handler needs (stored in ``app.state.service``)."""
 
-    recognizer: Recognizer
+    recognizer: Recognizer | FusedRecognizer
     db: ServiceDB
     limits: Limits = field(default_factory=Limits)
     metrics: Metrics = field(default_factory=Metrics)
-    thumbnails: ThumbnailStore | None = None
+    thumbnails: ThumbnailStore | NoThumbnails = field(
+        default_factory=lambda: NoThumbnails("this service keeps no thumbnails"))
 
     def __post_init__(self) -> None:
         self.keys = KeyStore(self.db)
@@ -44,10 +47,10 @@ class Service:
         self.closed = False
 
     @property
-    def gallery(self) -> GalleryProtocol:
+    def gallery(self) -> GalleryProtocol | EnsembleGallery:
         return self.recognizer.gallery
 
-    def audited(self, key: KeyInfo, operation: str, labels: list[str | None],
+    def audited(self, key: KeyInfo, operation: str, labels: Sequence[str | None],
                 work: Callable[[], Any], describe: Callable[[Any], tuple[list, str]],
                 status: int = 200) -> Any:
         """Run ``work()``; audit ``describe(result) -> (labels, decision)`` or the error."""

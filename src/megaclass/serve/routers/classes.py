@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """``/v1/classes``: enroll (images or vectors), add samples/templates, read, list, erase."""
 
 from __future__ import annotations

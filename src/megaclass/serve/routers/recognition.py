@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """``/v1/identify`` (1:N, images or vectors) and ``/v1/verify`` (1:1).
 
 A decision needs a threshold: the gallery's calibrated one, or ``?threshold=`` given by
