@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """``megaclass-milvus`` in ``megaclass bench gallery``: the Milvus gallery on a real Milvus
 server (the ``milvus`` package's standalone binary, started in the work folder; or the
 server at ``$MEGACLASS_BENCH_MILVUS_URI``, e.g. ``milvus://root:Milvus@host:19530``).
@@ -90,7 +88,8 @@ def run_megaclass_milvus(d: BenchData) -> dict:
             with MilvusGallery.open(uri) as g:
                 for name in (g.name, g.meta_name):
                     g.link.client.drop_collection(name)
-        extra = {"server_rss_mb": _vm_hwm_mb(server.proc.pid)} if server is not None else {}
+        proc = server.proc if server is not None else None  # set while the server runs
+        extra = {"server_rss_mb": _vm_hwm_mb(proc.pid)} if proc is not None else {}
         disk = dir_bytes(server.base) if server is not None else 0
         return row(f"milvus:{tuned['index']}", knobs, got, len(d.tpl) / enroll_s, speeds, open_s,
                    disk, True, **own, index_build_s=tuned["build_s"],

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """``megaclass bench heads --nproc N``: Partial FC sharded over N processes vs one process.
 
 Side by side in one run, each world started by the same elastic launcher as training
@@ -83,6 +81,7 @@ def _worker(spec: dict) -> dict:
     opts = dict(sample_rate=spec["sample_rate"], optimizer="sgd", weight_decay=0.0, dtype=spec["dtype"])
     base = _status("VmRSS")
     torch.manual_seed(0)
+    head: PartialFCHead
     if world > 1:
         ctx = init_from_env("gloo", timeout=spec["timeout"])
         rank = ctx.rank
@@ -199,9 +198,10 @@ def _plot(report: dict, worlds: dict, path: Path) -> None:
 
 def heads_distributed_cli(out, sizes, *, as_json: bool, **kw) -> None:
     """``bench heads --nproc N``: run at each size (default 2M classes) and print per-process rows."""
+    import typer
     from rich.table import Table
 
-    from ..cli_common import _emit, console
+    from ..cli_common import console
     from .heads import format_bytes
 
     reports = []
@@ -210,7 +210,8 @@ def heads_distributed_cli(out, sizes, *, as_json: bool, **kw) -> None:
         path = Path(out) / (f"{c}" if sizes and len(sizes) > 1 else "")
         reports.append(run_distributed_heads_bench(path, classes=c, log=log, **kw))
     if as_json:
-        _emit(reports if len(reports) > 1 else reports[0], True)
+        # one report as an object, several as a list (cli_common._emit takes only a dict)
+        typer.echo(json.dumps(reports if len(reports) > 1 else reports[0], indent=2, default=float))
         return
     for rep in reports:
         cfg = rep["config"]

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """The process group of a distributed training job, and what every rank must agree on.
 
 A job is started by torch's elastic launcher (``megaclass train --nproc N`` or ``torchrun``),
@@ -174,11 +172,11 @@ def comm_bytes_per_step(batch: int, dim: int, world: int, encoder_params: int = 
     266240
     """
     f = (world - 1) / world
-    parts = {"all_gather": f * batch * (dim * emb_bytes + label_bytes),
+    exact = {"all_gather": f * batch * (dim * emb_bytes + label_bytes),
              "normaliser": 2 * f * 3 * batch * 4,
              "embedding_grad": f * batch * dim * emb_bytes,
              "encoder_grad": 2 * f * encoder_params * 4}
-    parts = {k: int(round(v)) for k, v in parts.items()}
+    parts = {k: int(round(v)) for k, v in exact.items()}
     parts["total"] = sum(parts.values())
     return parts
 

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """Milvus URIs and the client connection: parse, connect within a bounded wait, and turn
 pymilvus exceptions into megaclass's typed, one-line errors.
 
@@ -185,13 +183,15 @@ def calling(target: MilvusTarget, what: str):
         if not (mod.startswith("pymilvus") or mod.startswith("grpc")):
             raise
         full = str(getattr(exc, "message", None) or exc)
-        details = getattr(exc, "details", None)
-        if callable(details):  # a raw gRPC error: its details say what happened
-            full = f"{details()} ({exc.code().name})"
-        cause, seen = exc, 0  # pymilvus wraps the gRPC status (e.g. UNAUTHENTICATED) it failed on
+        details, code = getattr(exc, "details", None), getattr(exc, "code", None)
+        if callable(details) and callable(code):  # a raw gRPC error: its details say what happened
+            full = f"{details()} ({code().name})"
+        cause: BaseException | None = exc  # pymilvus wraps the gRPC status (e.g. UNAUTHENTICATED)
+        seen = 0
         while cause is not None and seen < 8:
-            if callable(getattr(cause, "details", None)) and callable(getattr(cause, "code", None)):
-                full += f" ({cause.code().name}: {cause.details()})"
+            code, details = getattr(cause, "code", None), getattr(cause, "details", None)
+            if callable(details) and callable(code):
+                full += f" ({code().name}: {details()})"
                 break
             cause, seen = cause.__cause__ or cause.__context__, seen + 1
         msg = " ".join(full.split())[:300]

@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """Milvus gallery operations beyond enroll/search: stats, check, compaction (making an
 erasure final), class iteration, and the backend-neutral export/import format."""
 
@@ -8,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +100,9 @@ def export(g, out) -> Path:
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"export folder {out} is not empty")
     out.mkdir(parents=True, exist_ok=True)
-    classes, vecs, owner = [], [], []
+    classes: list[dict[str, Any]] = []
+    vecs: list[np.ndarray] = []
+    owner: list[np.ndarray] = []
     for part in iter_classes(g):
         for label, tmpl, meta in part:
             owner.append(np.full(len(tmpl), len(classes), np.int64))

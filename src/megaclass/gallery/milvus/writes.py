@@ -1,5 +1,3 @@
-# mypy: ignore-errors
-# (type errors left from when mypy was enabled, issue 16: fix them and delete these two lines)
 """:class:`JournaledWrites`: a Milvus gallery's writes made all-or-nothing for readers by
 the write journal of :mod:`.records` (begin, insert, commit, delete replaced rows, end),
 with roll-back of a failed write, roll-forward of a committed one, and recovery of writes
@@ -8,6 +6,7 @@ a crash left open. Semantics: the package docstring (:mod:`megaclass.gallery.mil
 from __future__ import annotations
 
 import time
+from typing import TypedDict
 
 import numpy as np
 
@@ -18,6 +17,13 @@ from .records import lit, lits
 
 INSERT_ROWS = 2000  # rows per insert request (well under gRPC's 64 MiB at dim 4096)
 MODEL_KEY = "model_fingerprint"
+
+
+class Commit(TypedDict):
+    """A write's commit record: ``labels`` whose rows from writes other than ``keep`` go."""
+
+    labels: list[str]
+    keep: int
 
 
 class JournaledWrites:
@@ -88,9 +94,9 @@ class JournaledWrites:
                                                                 vecs[s:s + INSERT_ROWS].tolist(),
                                                                 strict=True))]
                 link.call("insert templates", link.client.insert, link.name, data)
-            commit = None
+            commit: Commit | None = None
             if replaced:
-                commit = {"labels": list(replaced), "keep": w}
+                commit = Commit(labels=list(replaced), keep=w)
                 link.records.mark_commit(w, commit["labels"], keep=w)
         except Exception as exc:
             self._rollback_or_remember(w, exc)
@@ -98,7 +104,7 @@ class JournaledWrites:
         self._finish(w, commit)
         return w
 
-    def _finish(self, w: int, commit: dict | None) -> None:
+    def _finish(self, w: int, commit: Commit | None) -> None:
         """Roll a committed write forward to its end (a failure leaves it for recovery)."""
         try:
             if commit is not None:
@@ -112,7 +118,7 @@ class JournaledWrites:
             self._rollback_or_remember(w, exc)
             raise
 
-    def _delete_replaced(self, commit: dict) -> None:
+    def _delete_replaced(self, commit: Commit) -> None:
         link = self.link
         link.call("delete rows", link.client.delete, link.name,
                   filter=f"label in {lits(commit['labels'])} and w != {int(commit['keep'])}")
@@ -128,7 +134,7 @@ class JournaledWrites:
         except Exception:  # noqa: BLE001
             self._unresolved.add(w)
 
-    def recover_one(self, w: int, commit: dict | None) -> None:
+    def recover_one(self, w: int, commit: Commit | None) -> None:
         """Roll write ``w`` back (no commit record) or forward (with one), then end it."""
         link = self.link
         if commit is None:
