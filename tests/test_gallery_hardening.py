@@ -164,6 +164,9 @@ def test_erase_scrubs_the_label_from_the_op_log(tmp_path):
     assert not _files_contain(path, b"alice-smith")
 
 
+START_TIMEOUT_S = 120  # for a writer subprocess's first acknowledged enroll
+
+
 @pytest.mark.slow
 def test_crash_safety_under_sigkill(tmp_path):
     """A writer enrolls and acknowledges each commit; SIGKILL it at random moments."""
@@ -183,17 +186,31 @@ def test_crash_safety_under_sigkill(tmp_path):
         "    if i % 7 == 0:\n"
         "        print(f'ERASING k{i}', flush=True); g.erase(f'k{i}'); print(f'ERASED k{i}', flush=True)\n"
     ).replace("DIM", str(DIM))
+    import select
+    import time
+
     rng = np.random.default_rng(0)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     acked, erasing, erased, cycles, next_id = set(), set(), set(), 0, 0
     for _ in range(50):
         proc = subprocess.Popen([sys.executable, "-c", writer, str(path), str(next_id)],
                                 stdout=subprocess.PIPE, text=True, env=env)
-        import select
-        import time
-
-        deadline = time.monotonic() + 0.4 + float(rng.uniform(0, 0.5))
+        # Kill only once the writer is enrolling: starting it (Python, numpy, the gallery) takes
+        # ~4 s on a loaded box, and a fixed delay then killed writers that had acknowledged nothing.
         lines = []
+        started = time.monotonic() + START_TIMEOUT_S
+        while not lines and time.monotonic() < started:
+            if select.select([proc.stdout], [], [], 0.5)[0]:
+                line = proc.stdout.readline()
+                if not line:
+                    break  # the writer exited
+                lines.append(line.split())  # its first line is always the ACK of an enroll
+        if not lines:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"writer {cycles} acknowledged no enroll within {START_TIMEOUT_S} s "
+                        f"(exit code {proc.returncode})")
+        deadline = time.monotonic() + float(rng.uniform(0, 0.5))  # then a random moment
         while time.monotonic() < deadline:
             ready, _, _ = select.select([proc.stdout], [], [], 0.05)
             if ready:
