@@ -79,11 +79,11 @@ def test_protocol_is_deterministic_and_separates_a_trained_model_from_an_untrain
 def test_bench_recipe_measures_variants_and_resumes(tmp_path):
     cli._register_area_commands()
     args = ["bench", "recipe", "--out", str(tmp_path), "--steps", "2", "--enrolled", "20",
-            "--variant", "base", "--variant", "dim 256", "--json"]
+            "--variant", "base", "--variant", "dim 128", "--json"]
     r = CliRunner().invoke(cli.app, args)
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)["rows"]
-    assert [x["variant"] for x in rows] == ["base", "dim 256"]
+    assert [x["variant"] for x in rows] == ["base", "dim 128"]
     assert rows[0]["speed_vs_base"] == 1.0 and 0 <= rows[1]["top1"] <= 1
     saved = (tmp_path / "recipe_bench.json").read_text()
     r = CliRunner().invoke(cli.app, args)  # everything measured already: nothing retrained

@@ -37,6 +37,7 @@ from .evaluate.report import write_report
 from .gallery import Gallery
 from .recognizer import Recognizer
 from .train import Trainer
+from .train.recipes import RECIPES
 
 
 @dataclass
@@ -52,6 +53,7 @@ class DemoConfig(ProtocolSizes):
     train_classes: int = 2000
     train_steps: int = 520
     batch_size: int = 256
+    dim: int = int(RECIPES["demo"].options["dim"])  # embedding size, as the demo recipe
     augment: str | list | None = None
     reference: bool = True
 
@@ -72,7 +74,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None, 
     log(f"[1/4] training on glyph classes 0..{c.train_classes - 1} ({c.train_steps} steps)")
     trainer = Trainer(GlyphSource(range(c.train_classes), samples_per_class=64),
                       head="cosface", scale=16.0, margin=0.2, steps=c.train_steps,
-                      batch_size=c.batch_size, augment=c.augment,
+                      batch_size=c.batch_size, dim=c.dim, augment=c.augment,
                       progress=progress)
     encoder = trainer.fit().encoder_
     train_s = trainer.seconds_

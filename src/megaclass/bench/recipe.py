@@ -44,7 +44,7 @@ VARIANTS: dict[str, dict] = {
     "ArcFace s=16 m=0.3": {"head": "arcface", "margin": 0.3},
     "wider (48,96,192)": {"backbone": RESNET.format(w="48,96,192", b=1)},
     "deeper (2 blocks)": {"backbone": RESNET.format(w="32,64,128", b=2)},
-    "dim 256": {"dim": 256},
+    "dim 128": {"dim": 128},  # the demo recipe's embedding before 2026-11-30 (now 256)
     "augment handwriting": {"augment": "handwriting"},
     "Partial FC, 100k classes": {"data": "glyphs:0-100000", "samples_per_class": 8, "head": "partial_fc",
                                  "head_options": {"sample_rate": 0.1}},
@@ -88,7 +88,9 @@ def run_recipe_bench(out: str | Path, *, base: str = "demo", variants: list[str]
     for name in names:
         variant(base_recipe, name)  # unknown names fail before anything is trained
     total_steps: int | None = steps or base_recipe.options.get("steps")
-    settings: dict[str, object] = {"base": base, "steps": total_steps, "enrolled": enrolled}
+    settings: dict[str, object] = {"base": base, "steps": total_steps, "enrolled": enrolled,
+                                   "base_options": {k: v for k, v in base_recipe.options.items()
+                                                    if k not in ("steps", "checkpoint_every")}}
     report: RecipeReport = {"settings": settings, "rows": []}
     if resume and path.is_file():
         old = json.loads(path.read_text())
