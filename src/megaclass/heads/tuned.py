@@ -33,4 +33,4 @@ SAME_AS = {"arcface": "cosface", "normface": "softmax", "triplet": "cosface"}
 def head_only_defaults(head: str) -> tuple[str, float]:
     """``(optimizer, lr)`` for training ``head`` on a frozen encoder."""
     name = head.lower()
-    return HEAD_ONLY[SAME_AS.get(name, name) if SAME_AS.get(name, name) in HEAD_ONLY else "cosface"]
+    return HEAD_ONLY.get(SAME_AS.get(name, name), HEAD_ONLY["cosface"])
