@@ -39,6 +39,8 @@ from .recognizer import Recognizer
 from .train import Trainer
 from .train.recipes import RECIPES
 
+_RECIPE = RECIPES["demo"]
+
 
 @dataclass
 class DemoConfig(ProtocolSizes):
@@ -51,11 +53,18 @@ class DemoConfig(ProtocolSizes):
     """
 
     train_classes: int = 2000
-    train_steps: int = 520
-    batch_size: int = 256
-    dim: int = int(RECIPES["demo"].options["dim"])  # embedding size, as the demo recipe
+    train_steps: int = int(_RECIPE.options["steps"])
+    batch_size: int = int(_RECIPE.options["batch_size"])
+    dim: int = int(_RECIPE.options["dim"])  # embedding size, as the demo recipe
     augment: str | list | None = None
     reference: bool = True
+
+    def trainer(self, *, progress: bool = True) -> Trainer:
+        """The demo recipe's Trainer (``RECIPES["demo"]``) with this config's sizes."""
+        options = {**_RECIPE.options, "steps": self.train_steps, "batch_size": self.batch_size,
+                   "dim": self.dim, "augment": self.augment}
+        return Trainer(GlyphSource(range(self.train_classes), samples_per_class=_RECIPE.samples_per_class),
+                       progress=progress, **options)
 
     @classmethod
     def quick(cls) -> DemoConfig:
@@ -72,10 +81,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None, 
     t0 = time.perf_counter()
 
     log(f"[1/4] training on glyph classes 0..{c.train_classes - 1} ({c.train_steps} steps)")
-    trainer = Trainer(GlyphSource(range(c.train_classes), samples_per_class=64),
-                      head="cosface", scale=16.0, margin=0.2, steps=c.train_steps,
-                      batch_size=c.batch_size, dim=c.dim, augment=c.augment,
-                      progress=progress)
+    trainer = c.trainer(progress=progress)
     encoder = trainer.fit().encoder_
     train_s = trainer.seconds_
     encoder.save(out / "model")

@@ -99,17 +99,12 @@ def resolve_model(model: str | None, cache: Path, log=print) -> Path:
     cached = cache / "model"
     if (cached / "config.json").is_file():
         return cached
-    from megaclass.data.glyphs import GlyphSource
     from megaclass.demo import DemoConfig
-    from megaclass.train import Trainer
 
     c = DemoConfig()
     log(f"training the benchmark's encoder once with the demo's recipe ({c.train_steps} steps, "
         f"cached in {cached})")
-    trainer = Trainer(GlyphSource(range(c.train_classes), samples_per_class=64), head="cosface",
-                      scale=16.0, margin=0.2, steps=c.train_steps, batch_size=c.batch_size,
-                      progress=False)
-    trainer.fit().encoder_.save(cached)
+    c.trainer(progress=False).fit().encoder_.save(cached)
     return cached
 
 
