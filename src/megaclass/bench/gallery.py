@@ -211,7 +211,10 @@ def run_faiss(d: BenchData) -> dict:
     def set_knobs(v, kf):
         faiss.extract_index_ivf(index).nprobe = int(v)
         if kf is not None:  # "...,RFlat": as many candidates re-ranked exactly
-            faiss.downcast_index(inner).k_factor = float(kf)
+            refine = faiss.downcast_index(inner)
+            if not isinstance(refine, faiss.IndexRefine):
+                raise TypeError(f"k_factor {kf} given for {spec!r}, which does not re-rank")
+            refine.k_factor = float(kf)
 
     if "nprobe" in info:  # the same search knob megaclass settled on: same work per query
         set_knobs(info["nprobe"], info.get("k_factor"))

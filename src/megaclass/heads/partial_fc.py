@@ -124,9 +124,9 @@ class _MarginCrossEntropy(torch.autograd.Function):
             d.mul_(inv_norm[lo:hi])                                   # H = D / |w_j|
             grad_e.addmm_(d, w_c)
             g = (d.t() @ e).addcmul_(w_c, (r * inv_norm[lo:hi] ** 2).neg_()[:, None])
-            if sink is None:
+            if grad_w is not None:  # i.e. no sink
                 grad_w[lo:hi] = g
-            else:  # the rows' update, now: their (k, D) gradient is never held whole
+            else:  # the sink takes the rows' update now: their (k, D) gradient is never held whole
                 sink(index[lo:hi], g, first=lo == 0)
         return grad_e, grad_w, None, None, None, None, None, None, None
 
