@@ -18,7 +18,10 @@ Semantics (what a caller can rely on):
   means "not applied", except in one case: the server applied the final journal delete but
   the answer was lost, where the write is complete and a retry gets DuplicateLabelError.
   Errors while the server is down are MilvusUnavailableError (retryable), raised within
-  the URI's ``timeout`` (10 s by default): no call hangs.
+  the URI's ``timeout`` (10 s by default): no call hangs. A request Milvus rejects as
+  invalid (a search or index parameter, a filter it cannot parse) is a ConfigError naming
+  the problem, never the retryable error (:func:`.connect.classify` reads gRPC status
+  codes, pymilvus's exception classes and Milvus's error codes before any words).
 - **Reads after writes.** Reads use Milvus's ``Session`` consistency by default: a client
   reads its own acknowledged writes at once; other clients see them within Milvus's time
   tick (about 200 ms; "Bounded" staleness). ``consistency=Strong`` in the URI makes every

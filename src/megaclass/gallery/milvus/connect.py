@@ -164,16 +164,104 @@ def connect(target: MilvusTarget):
     return client, str(version)
 
 
-_AUTH = ("auth", "credential", "password", "token", "unauthenticated", "permission denied")
-_DOWN = ("unavailable", "deadline", "timeout", "connect", "retry", "not ready", "closed channel",
-         "failed to connect", "socket", "stream removed", "reset by peer", "eof", "not loaded",
-         "no available", "shard leader", "not serviceable", "channel", "node not found",
-         "not found in querynode", "loading", "server is not healthy", "stopping")
+# What a failure means, from structured information first (gRPC status codes, pymilvus
+# exception classes, Milvus's error codes and its retriable / input-error flags), words of
+# the message only when those say nothing (Milvus 2.3 answers most failures with the
+# catch-all code 65535). An invalid request (a bad search or index parameter, a filter
+# Milvus cannot parse) is a ConfigError naming the problem: retrying never fixes it.
+_GRPC_AUTH = {"UNAUTHENTICATED", "PERMISSION_DENIED"}
+_GRPC_INVALID = {"INVALID_ARGUMENT", "OUT_OF_RANGE", "UNIMPLEMENTED", "ALREADY_EXISTS",
+                 "FAILED_PRECONDITION"}
+_GRPC_DOWN = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "ABORTED"}
+# Milvus server codes (Status.code, pkg/util/merr/errors.go); 1 (service not ready) is left
+# out: pymilvus's own errors carry code 1 (its UnexpectedError); the server's retriable flag
+# covers it
+_CODE_AUTH = {1400, 1401, 1800}  # not authenticated, privilege not permitted, need authenticate
+_CODE_INVALID = {105, 701, 702, 1100, 1101, 1102, 1700, 1701}  # illegal schema, index type not
+# supported / duplicate, parameter invalid / missing / too large, field not found / bad name
+_CODE_DOWN = {2, 101, 103, 106, 503, 901, 902, 903, 905, 10000, 10001}  # unavailable (pymilvus's
+# "Fail connecting" is 2 too), collection not (fully) loaded / recovering, channel not
+# available, node not found / offline / lacking / not available, canceled, timeout
+# the old status codes (Status.error_code, pymilvus's compatible_code)
+_OLD_AUTH = {3}  # PermissionDenied
+_OLD_INVALID = {5, 7, 8, 9, 10, 11, 12, 22, 23, 51}  # IllegalArgument, -Dimension, -IndexType,
+# -CollectionName, -TOPK, -RowRecord, -VectorID, -NLIST, -MetricType, UpsertAutoIDTrue
+_OLD_DOWN = {2, 45, 46, 49, 55, 56, 57}  # ConnectFailed, NotShardLeader, NoReplicaAvailable,
+# RateLimit, TimeTickLongDelay, NotReadyServe, NotReadyCoordActivating
+_INVALID_CLASSES = {"ParamError", "DataTypeNotMatchException", "DataNotMatchException",
+                    "DataTypeNotSupportException", "PrimaryKeyException", "PartitionKeyException",
+                    "ClusteringKeyException", "FieldsTypeException", "FieldTypeException",
+                    "FunctionsTypeException", "AutoIDException", "InvalidConsistencyLevel",
+                    "CannotInferSchemaException"}
+_DOWN_CLASSES = {"MilvusUnavailableException", "ConnectError"}
+# words, when nothing structured decides: an invalid request's first (a Milvus 2.3 message
+# about a bad parameter also names the query node's "channel" or the "token" it could not
+# parse), then credentials, then a server that is down or restarting
+_INVALID_WORDS = ("invalid parameter", "missing parameter", "parameter too large", "out of range",
+                  "cannot parse expression", "failed to create query plan", "token recognition error",
+                  "unknown escape sequence", "unexpected character", "unknown field",
+                  "is invalid", "should be in range", "metric type not match", "dimension mismatch",
+                  "not supported", "unsupported", 'assert "')  # a query node's check of the request
+_AUTH = ("unauthenticated", "auth check failure", "authentication", "credential", "password",
+         "permission denied", "privilege not permitted", "missing authorization", "invalid token")
+_DOWN = ("unavailable", "deadline", "timed out", "retry timeout", "retry run out", "not ready",
+         "closed channel", "fail connecting", "failed to connect", "connection refused",
+         "socket closed", "stream removed", "reset by peer", "unexpected eof", "not loaded",
+         "no available", "shard leader", "not serviceable", "node not found",
+         "not found in querynode", "on recovering", "server is not healthy", "stopping")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes, each once (pymilvus raises ``e from e``: a loop)."""
+    out: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(out) < 8 and all(cause is not c for c in out):
+        out.append(cause)
+        nxt = cause.__cause__
+        cause = nxt if nxt is not None and nxt is not cause else cause.__context__
+    return out
+
+
+def _grpc_code(err: BaseException) -> str | None:
+    """The gRPC status name of a raw gRPC error, or of a pymilvus error carrying one."""
+    code, details = getattr(err, "code", None), getattr(err, "details", None)
+    if callable(code) and callable(details):
+        code = code()
+    return getattr(code, "name", None) if code is not None and not isinstance(code, int) else None
+
+
+def classify(exc: BaseException) -> str:
+    """``"auth"``, ``"invalid"``, ``"down"`` or ``""`` (unknown) for a pymilvus / gRPC failure."""
+    chain = _chain(exc)
+    grpc = {c for c in map(_grpc_code, chain) if c}
+    codes = {code for code in (getattr(c, "code", None) for c in chain) if type(code) is int}
+    old = {getattr(c, "compatible_code", None) for c in chain} - {None}
+    names = {type(c).__name__ for c in chain}
+    if grpc & _GRPC_AUTH or codes & _CODE_AUTH or old & _OLD_AUTH:
+        return "auth"
+    if (grpc & _GRPC_INVALID or codes & _CODE_INVALID or old & _OLD_INVALID or names & _INVALID_CLASSES
+            or any(getattr(c, "is_input_error", False) is True for c in chain)):
+        return "invalid"
+    if (grpc & _GRPC_DOWN or codes & _CODE_DOWN or old & _OLD_DOWN or names & _DOWN_CLASSES
+            or any(getattr(c, "retriable", False) is True for c in chain)):
+        return "down"
+    low = " ".join(str(getattr(c, "message", None) or c) + " " + _details(c) for c in chain).lower()
+    for kind, words in (("invalid", _INVALID_WORDS), ("auth", _AUTH), ("down", _DOWN)):
+        if any(w in low for w in words):
+            return kind
+    return ""
+
+
+def _details(err: BaseException) -> str:
+    details = getattr(err, "details", None)
+    return str(details()) if callable(details) and callable(getattr(err, "code", None)) else ""
 
 
 @contextmanager
 def calling(target: MilvusTarget, what: str):
-    """Translate pymilvus / gRPC failures inside the block into megaclass errors."""
+    """Translate pymilvus / gRPC failures inside the block into megaclass errors: a server
+    that is down or restarting is MilvusUnavailableError (retryable), refused credentials
+    MilvusAuthError, anything else (an invalid request above all) ConfigError."""
     try:
         yield
     except MegaclassError:
@@ -183,24 +271,20 @@ def calling(target: MilvusTarget, what: str):
         if not (mod.startswith("pymilvus") or mod.startswith("grpc")):
             raise
         full = str(getattr(exc, "message", None) or exc)
-        details, code = getattr(exc, "details", None), getattr(exc, "code", None)
-        if callable(details) and callable(code):  # a raw gRPC error: its details say what happened
-            full = f"{details()} ({code().name})"
-        cause: BaseException | None = exc  # pymilvus wraps the gRPC status (e.g. UNAUTHENTICATED)
-        seen = 0
-        while cause is not None and seen < 8:
-            code, details = getattr(cause, "code", None), getattr(cause, "details", None)
-            if callable(details) and callable(code):
-                full += f" ({code().name}: {details()})"
+        for cause in _chain(exc):  # pymilvus wraps the gRPC status (e.g. UNAUTHENTICATED)
+            name, details = _grpc_code(cause), _details(cause)
+            if name and details:
+                full = f"{details} ({name})" if cause is exc else f"{full} ({name}: {details})"
                 break
-            cause, seen = cause.__cause__ or cause.__context__, seen + 1
         msg = " ".join(full.split())[:300]
-        low = full.lower()
-        if any(w in low for w in _AUTH):
+        kind = classify(exc)
+        if kind == "auth":
             raise MilvusAuthError(f"Milvus at {target.where} refused the credentials ({what}): {msg}; "
                                   f"give --milvus-token / ${TOKEN_ENV} (token or user:password)") from None
-        if any(w in low for w in _DOWN) or type(exc).__name__ in ("MilvusUnavailableException",
-                                                                   "ConnectError"):
+        if kind == "down":
             raise MilvusUnavailableError(f"Milvus at {target.where} did not answer ({what}) within "
                                          f"{target.timeout:g} s: {msg}; retry when it is back") from None
+        if kind == "invalid":
+            raise ConfigError(f"Milvus at {target.where} refused {what} as an invalid request (retrying "
+                              f"will not help): {msg}") from None
         raise ConfigError(f"Milvus at {target.where} refused {what}: {msg}") from None
