@@ -268,7 +268,7 @@ def _chunks_of(store, chunk):
     cur = store._conn.execute("SELECT id, vector FROM templates ORDER BY id")
     while rows := cur.fetchmany(chunk):
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        yield ids, store._decode(ids.tolist(), [r[1] for r in rows])
+        yield ids, store.codec.decode(ids.tolist(), [r[1] for r in rows])
 
 
 @pytest.mark.parametrize("spec", ["Flat", "IVF16,SQ8", "HNSW16"])

@@ -268,3 +268,16 @@ def test_a_class_enrolled_meanwhile_that_the_source_lacks_is_named(models, expec
         report = gal.reembed(models["B"], f"glyphs:0-{CLASSES}", allow_missing=True)
         assert report["dropped_classes"] == ["stranger"] and "stranger" not in gal
         assert gal.template_models() == {expected["B"][0]: CLASSES}
+
+
+def test_a_gallery_open_during_a_switch_to_another_dim_reads_the_new_templates(models, expected, tmp_path):
+    """The store's dim changes under an open gallery when another process switches to a model of
+    another dim; templates read afterwards are decoded at the new dim."""
+    g = tmp_path / "g"
+    enroll(models["A"], g)
+    with Gallery.open(g) as gal:
+        assert gal.dim == 16
+        run("gallery", "reembed", "-g", g, "-m", models["C"], "--from", f"glyphs:0-{CLASSES}", "--quiet")
+        got = gal.templates("glyph-7")
+        assert gal.dim == 24 and gal.model == expected["C"][0]
+        np.testing.assert_allclose(got[0], expected["C"][1][7], atol=1e-5)

@@ -44,10 +44,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import ConfigError, InvalidInputError
+from ..errors import ConfigError, InvalidInputError, NotAGalleryError
 from . import provenance
 from .index import ClassIndex
 from .snapshot import INDEX_META, INDEX_NAME
+from .template_codec import TemplateCodec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gallery import Gallery
@@ -271,7 +272,7 @@ def _stage_chunk(gallery: Gallery, encoder, samples, part: list[tuple[int, str]]
         vecs = np.concatenate([m[1] for m in made])
         mid = provenance.model_id(c, fp)
         c.executemany("INSERT INTO reembed_templates (id, class_id, model, vector) VALUES (?, ?, ?, ?)",
-                      zip(ids.tolist(), owner.tolist(), [mid] * n, store.template_blobs(ids, vecs),
+                      zip(ids.tolist(), owner.tolist(), [mid] * n, store.codec.encode(ids, vecs),
                           strict=True))
         c.executemany("INSERT OR REPLACE INTO reembed_classes (class_id, updated_at, meta) VALUES (?, ?, ?)",
                       [(cid, before[cid][0], json.dumps(meta)) for cid, _, meta in made])
@@ -296,20 +297,19 @@ def _staged_reader(store, dim: int):
     count and id sum that the switch checks are unchanged."""
     reader = store.reader()
     reader.connection.execute("BEGIN")  # one snapshot for every pass of the build
-    conn, cipher, uuid = reader.connection, store.cipher, store.uuid
+    conn, codec = reader.connection, TemplateCodec(dim, store.uuid, store.cipher)
     n, idsum = conn.execute("SELECT COUNT(*), COALESCE(SUM(id), 0) FROM reembed_templates").fetchone()
 
     def read():
         cur = conn.execute("SELECT id, vector FROM reembed_templates ORDER BY id")
         while rows := cur.fetchmany(1 << 14):
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            blobs = [r[1] for r in rows]
-            if cipher is not None:
-                blobs = [cipher.decrypt(b, cipher.row_aad(uuid, i))
-                         for i, b in zip(ids.tolist(), blobs, strict=True)]
-            if any(len(b) != 4 * dim for b in blobs):
-                raise InvalidInputError("staged re-embed templates have another dim than the model's")
-            yield ids, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(rows), dim).astype(np.float32)
+            try:
+                vecs = codec.decode(ids.tolist(), [r[1] for r in rows])
+            except NotAGalleryError:  # a blob of another length
+                raise InvalidInputError(
+                    "staged re-embed templates have another dim than the model's") from None
+            yield ids, vecs
 
     return reader, read, int(n), int(idsum)
 

@@ -15,7 +15,8 @@ Callers validate vectors (unit float32 rows); this module only persists them.
 
 Creating and opening the file (schema, page size, pragmas, key check) is
 :mod:`~megaclass.gallery.store_file`; what a write did is a
-:class:`~megaclass.gallery.change.Change`; WAL checkpoints and compaction are
+:class:`~megaclass.gallery.change.Change`; a template's stored bytes (float32, sealed with
+the key) are :mod:`~megaclass.gallery.template_codec`; WAL checkpoints and compaction are
 :mod:`~megaclass.gallery.wal`.
 """
 
@@ -38,14 +39,13 @@ from . import provenance
 from .change import Change
 from .crypto import TemplateCipher
 from .store_file import DB_NAME, closing_on_error, connect, create_db, open_db, utc_now, write_error
+from .template_codec import TemplateCodec
 from .wal import truncate_wal, vacuum
 
 __all__ = ["DB_NAME", "RESERVED_KEYS", "Change", "Store", "erased_tag"]
 
 RESERVED_KEYS = frozenset({"format_version", "dim", "uuid", "created_at", "encryption",
                            "recall_monitor", "recall_sample_rate", "query_reservoir"})  # gallery/recall.py
-_VEC_DTYPE = np.dtype("<f4")
-
 
 _NO_IDS = np.empty(0, dtype=np.int64)
 
@@ -189,7 +189,7 @@ class Store:
             raise UnknownLabelError(f"unknown label {label!r}")
         rows = self._conn.execute(
             "SELECT id, vector FROM templates WHERE class_id = ? ORDER BY id", (cid,)).fetchall()
-        return self._decode([r[0] for r in rows], [r[1] for r in rows])
+        return self.codec.decode([r[0] for r in rows], [r[1] for r in rows])
 
     def class_count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM classes").fetchone()[0])
@@ -213,7 +213,7 @@ class Store:
         cur = self._conn.execute("SELECT id, vector FROM templates ORDER BY id")
         while rows := cur.fetchmany(chunk):
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            yield ids, self._decode(ids.tolist(), [r[1] for r in rows])
+            yield ids, self.codec.decode(ids.tolist(), [r[1] for r in rows])
 
     def templates_by_ids(self, ids: np.ndarray) -> np.ndarray:
         """Vectors of the given template ids, in the order given (all must exist)."""
@@ -222,18 +222,7 @@ class Store:
         if len(rows) != len(ids):
             raise NotAGalleryError(f"{self.path}: templates vanished while reading")
         keys = [int(i) for i in ids]
-        return self._decode(keys, [rows[i] for i in keys])
-
-    def _decode(self, ids: list[int], blobs: list[bytes]) -> np.ndarray:
-        if self.cipher is not None:
-            blobs = [self.cipher.decrypt(b, self.cipher.row_aad(self.uuid, i))
-                     for i, b in zip(ids, blobs, strict=True)]
-        nbytes = self.dim * _VEC_DTYPE.itemsize
-        if any(len(b) != nbytes for b in blobs):
-            raise NotAGalleryError(f"{self.path}: damaged template vector (wrong byte length)")
-        buf = b"".join(blobs)
-        return np.frombuffer(buf, dtype=_VEC_DTYPE).reshape(len(blobs), self.dim).astype(
-            np.float32)
+        return self.codec.decode(keys, [rows[i] for i in keys])
 
     def disk_bytes(self) -> int:
         d = self.path.parent
@@ -257,18 +246,14 @@ class Store:
     def _template_rows(self, ids: np.ndarray, cids: np.ndarray, vecs: np.ndarray,
                        model: int) -> Iterator[tuple]:
         """``(id, class id, blob, model)`` rows: blobs sealed with the key when there is one."""
-        return zip(ids.tolist(), cids.tolist(), self.template_blobs(ids, vecs),
+        return zip(ids.tolist(), cids.tolist(), self.codec.encode(ids, vecs),
                    [model] * len(ids), strict=True)
 
-    def template_blobs(self, ids: np.ndarray, vecs: np.ndarray) -> Iterator[bytes]:
-        """The stored bytes of templates ``vecs`` with ids ``ids`` (float32 LE, encrypted and
-        bound to the gallery and the id when the gallery has a key)."""
-        data = np.ascontiguousarray(vecs, dtype=_VEC_DTYPE)
-        blobs = (r.tobytes() for r in data)
-        if self.cipher is not None:
-            c, u = self.cipher, self.uuid
-            blobs = (c.encrypt(b, c.row_aad(u, i)) for i, b in zip(ids.tolist(), blobs, strict=True))
-        return blobs
+    @property
+    def codec(self) -> TemplateCodec:
+        """How templates are stored, at the current ``dim`` (a re-embed's switch to a model of
+        another dim changes it under an open store: see ``GalleryState.load_locked``)."""
+        return TemplateCodec(self.dim, self.uuid, self.cipher, where=str(self.path))
 
     @property
     def connection(self) -> sqlite3.Connection:
