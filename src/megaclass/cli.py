@@ -449,21 +449,39 @@ def calibrate(model: ModelsOpt, gallery: GalleryOpt,
                   "Ensembles (several -m): calibrate for this fusion rule, RULE[:W1,W2,...] (zsum | "
                   "minmax | borda, optional weights in -m order), and store it with the new statistics "
                   "and threshold (default: the ensemble's stored rule)."), show_default=False)] = None,
+              decision: Annotated[str | None, typer.Option("--decision", help=(
+                  "What the threshold applies to: 'score' (the best class's cosine) or 'cohort[:N]' "
+                  "(the best score minus the mean of the next N classes' scores, N=20 by default; "
+                  "lower FNIR at the same FPIR on large galleries, see README). Stored with the "
+                  "threshold (default: the gallery's stored rule, else score)."),
+                  show_default=False)] = None,
               key_file: KeyOpt = None, seed: SeedOpt = 3, as_json: JsonOpt = False) -> None:
     """Set the gallery's threshold for a target FPIR from non-mated searches (at least 10/FPIR)."""
+    from .decisions import DecisionRule
     from .fusion import FusedRecognizer
 
+    rule_given = None if decision is None else DecisionRule.parse(decision)  # before loading anything
     rec = _recognizer(model, gallery, key=key_file, fusion=fusion, change_fusion=True)
     with rec:
+        if rule_given is not None and rule_given.cohort and isinstance(rec, FusedRecognizer):
+            raise ConfigError(f"--decision {decision}: an ensemble decides on its fused score "
+                              "(--fusion), not on a cohort rule")
         images, _ = _labelled(non_mated, rec.encoder.input_spec, per_class, seed)
-        cal = rec.calibrate(images, target_fpir, allow_few=allow_few)
-        rule = rec.fusion if isinstance(rec, FusedRecognizer) else None
+        rule = spec = None
+        if isinstance(rec, FusedRecognizer):
+            cal = rec.calibrate(images, target_fpir, allow_few=allow_few)
+            rule = rec.fusion
+        else:
+            cal = rec.calibrate(images, target_fpir, allow_few=allow_few, decision=decision)
+            spec = rec.decision.spec
     result = cal.to_dict() if rule is None else {**cal.to_dict(), "fusion": rule}
+    if spec is not None:
+        result["decision"] = spec
     if as_json:
         _emit(result, True)
     else:
         lo, hi = cal.fpir_ci95
-        fused = "" if rule is None else f" (fused: {rule})"
+        fused = f" (fused: {rule})" if rule is not None else ("" if spec == "score" else f" ({spec})")
         console.print(f"threshold {cal.threshold:.4f}{fused}: FPIR {cal.achieved_fpir:.4f} on "
                       f"{cal.n_non_mated:,} non-mated searches (95% CI {lo:.4f}-{hi:.4f})")
 
@@ -474,6 +492,8 @@ def stats(gallery: GalleryOpt, key_file: KeyOpt = None, as_json: JsonOpt = False
     with _open_gallery(gallery, key_file, ensemble_ok=True) as g:
         info = g.stats()
         info["threshold"] = g.get_setting("threshold")
+        if info["threshold"] is not None and not g.get_setting("ensemble"):
+            info["decision"] = g.get_setting("decision") or "score"
     _emit(info, as_json, _fields_table(str(gallery), info, justify="right"))
 
 

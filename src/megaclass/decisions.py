@@ -8,6 +8,15 @@ calibrated one; with none calibrated :func:`resolve_threshold` refuses
 :class:`~megaclass.recognizer.Recognizer` and :class:`~megaclass.fusion.FusedRecognizer`
 share these.
 
+:class:`DecisionRule` says *what* is compared with the threshold. ``score`` (the default): the
+best class's cosine score. ``cohort[:N]``: the best score minus the mean score of the next N
+classes of the same search (default N = 20), a per-probe normalisation in the spirit of
+T-norm (Auckenthaler et al. 2000) with the probe's nearest gallery classes as the cohort: a
+non-mated probe's best class hardly stands out from its runners-up, a mated probe's does,
+which a raw score cannot see as the gallery grows. The rule is stored with the calibration
+(the threshold is meaningless without it); README, "Deciding known from unknown", has the
+measurements.
+
 Example
 -------
 >>> resolve_threshold(0.4, calibrated=None, where="g/")
@@ -18,6 +27,13 @@ Example
 True
 >>> Decision(None, 0.12).known
 False
+>>> rule = DecisionRule.parse("cohort:3")
+>>> rule.spec, rule.candidates
+('cohort:3', 4)
+>>> round(rule.statistic([0.9, 0.5, 0.4, 0.3, 0.1]), 6)  # 0.9 - mean(0.5, 0.4, 0.3)
+0.5
+>>> DecisionRule.parse("score").statistic([0.9, 0.5])
+0.9
 """
 
 from __future__ import annotations
@@ -29,7 +45,10 @@ import numpy as np
 from .errors import ConfigError, NotCalibratedError
 from .gallery import Match
 
-__all__ = ["UNSET", "Decision", "Verdict", "resolve_threshold"]
+__all__ = ["UNSET", "Decision", "DecisionRule", "Verdict", "resolve_threshold"]
+
+#: cohort size of ``cohort`` without ``:N``
+DEFAULT_COHORT = 20
 
 
 class _Unset:
@@ -53,6 +72,8 @@ class Decision:
     label: str | None
     score: float
     candidates: list[Match] = field(default_factory=list)
+    #: the value compared with the threshold when the rule is not ``score`` (else None)
+    statistic: float | None = None
 
     @property
     def known(self) -> bool:
@@ -67,6 +88,61 @@ class Verdict:
     accepted: bool
     score: float
     threshold: float | None
+    #: the value compared with the threshold when the rule is not ``score`` (else None)
+    statistic: float | None = None
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """What a decision compares with the threshold: ``score`` or ``cohort:N`` (module doc)."""
+
+    cohort: int = 0  # 0: the best score itself
+
+    @classmethod
+    def parse(cls, spec: str | DecisionRule | None) -> DecisionRule:
+        """``"score"``, ``"cohort"`` or ``"cohort:N"`` (1 <= N <= 1000); None is ``score``."""
+        if isinstance(spec, DecisionRule):
+            return spec
+        if spec is None or spec == "score":
+            return cls(0)
+        if not isinstance(spec, str):
+            raise ConfigError(f"decision rule must be 'score' or 'cohort[:N]', got {spec!r}")
+        name, _, n = spec.strip().partition(":")
+        if name != "cohort" or (n and not n.isdigit()) or not 1 <= int(n or DEFAULT_COHORT) <= 1000:
+            raise ConfigError(f"decision rule must be 'score' or 'cohort[:N]' with 1 <= N <= 1000, "
+                              f"got {spec!r}")
+        return cls(int(n or DEFAULT_COHORT))
+
+    @property
+    def spec(self) -> str:
+        return f"cohort:{self.cohort}" if self.cohort else "score"
+
+    @property
+    def candidates(self) -> int:
+        """How many classes a search must return for the statistic (best + cohort)."""
+        return 1 + self.cohort
+
+    def statistic(self, scores) -> float:
+        """The decision value of one search's class scores, best first. With fewer than N
+        runners-up (a small or filtered gallery) the cohort is the ones there are; with none,
+        the best score itself."""
+        if not self.cohort or len(scores) < 2:
+            return float(scores[0])
+        rest = scores[1:1 + self.cohort]
+        return float(scores[0] - sum(rest) / len(rest))
+
+    def statistics(self, scores: np.ndarray) -> np.ndarray:
+        """:meth:`statistic` of each row of an ``(n, >= candidates)`` score matrix, best first,
+        ``-inf`` where a search returned fewer classes."""
+        scores = np.asarray(scores, dtype=np.float64)
+        best = scores[:, 0].copy()
+        if not self.cohort or scores.shape[1] < 2:
+            return best
+        rest = scores[:, 1:1 + self.cohort]
+        ok = np.isfinite(rest)
+        n = ok.sum(1)
+        mean = np.where(ok, rest, 0.0).sum(1) / np.maximum(n, 1)
+        return np.where((n > 0) & np.isfinite(best), best - mean, best)
 
 
 def resolve_threshold(threshold: float | None | _Unset, *, calibrated: float | None,

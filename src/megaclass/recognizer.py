@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .data.images import to_batch
-from .decisions import UNSET, Decision, Verdict, _Unset, resolve_threshold
+from .decisions import UNSET, Decision, DecisionRule, Verdict, _Unset, resolve_threshold
 from .errors import ConfigError, DimensionMismatchError, InvalidInputError, UnknownLabelError
 from .evaluate.open_set import DEFAULT_TARGET_FPIR, Calibration, calibrate_threshold, too_few_non_mated
 from .gallery import GalleryProtocol
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .models import OnnxEncoder
 
 THRESHOLD_KEY = "threshold"
+DECISION_KEY = "decision"  # the rule the stored threshold applies to (absent: "score")
 CALIBRATION_KEY = "calibration"
 MODEL_KEY = "model_fingerprint"
 MODE_KEY = "template_mode"
@@ -86,10 +87,10 @@ class Recognizer:
     gallery : any gallery (:class:`~megaclass.gallery.GalleryProtocol`: the local
         :class:`Gallery`, or another backend), or a directory path for a local
         :class:`Gallery` (created when missing).
-    threshold : accept threshold on cosine scores; defaults to the gallery's calibrated
-        threshold. On a gallery never calibrated, identify and verify refuse
-        (NotCalibratedError) unless a threshold is given here or to the call, or the
-        call asks for candidates only (``threshold=None``).
+    threshold : accept threshold on the decision rule's statistic (the cosine score under the
+        default rule ``score``); defaults to the gallery's calibrated threshold. On a gallery
+        never calibrated, identify and verify refuse (NotCalibratedError) unless a threshold
+        is given here or to the call, or the call asks for candidates only (``threshold=None``).
     templates : ``"mean"`` (default) keeps one template per class, the L2-normalised
         mean of its samples' embeddings (weight imprinting, Qi et al. 2018); ``"each"``
         keeps one template per sample and scores a class by its best template. On
@@ -99,6 +100,9 @@ class Recognizer:
         default ``$MEGACLASS_GALLERY_KEY`` / ``$MEGACLASS_GALLERY_KEY_FILE``.
     allow_model_mismatch : accept a gallery enrolled with a different model of
         the same dimension (its templates will not be comparable).
+    decision : the decision rule, ``"score"`` or ``"cohort[:N]"``
+        (:class:`~megaclass.decisions.DecisionRule`); defaults to the one the gallery was
+        calibrated with (``score`` if none).
     """
 
     gallery: GalleryProtocol
@@ -118,7 +122,7 @@ class Recognizer:
     def __init__(self, encoder: Encoder | OnnxEncoder | str | os.PathLike,
                  gallery: GalleryProtocol | str | os.PathLike,
                  *, threshold: float | None = None, templates: str | None = None,
-                 key=None, allow_model_mismatch: bool = False) -> None:
+                 key=None, allow_model_mismatch: bool = False, decision: str | None = None) -> None:
         self.encoder = load_encoder(encoder) if isinstance(encoder, str | os.PathLike) else encoder
         self.encoder.eval()
         if not isinstance(gallery, str | os.PathLike):
@@ -157,6 +161,7 @@ class Recognizer:
                 "allow_model_mismatch=True)"
             )
         self._threshold = threshold
+        self._decision = None if decision is None else DecisionRule.parse(decision)
         stored_mode = self.gallery.get_setting(MODE_KEY)
         mode = templates or stored_mode or "mean"
         if mode not in ("mean", "each"):
@@ -178,6 +183,14 @@ class Recognizer:
     @threshold.setter
     def threshold(self, value: float | None) -> None:
         self._threshold = value
+
+    @property
+    def decision(self) -> DecisionRule:
+        """The decision rule (:class:`~megaclass.decisions.DecisionRule`): the one given to the
+        constructor, else the one the gallery was calibrated with, else ``score``."""
+        if self._decision is not None:
+            return self._decision
+        return DecisionRule.parse(self.gallery.get_setting(DECISION_KEY))
 
     # -- embedding -------------------------------------------------------------------
     def embed(self, samples) -> np.ndarray:
@@ -302,14 +315,18 @@ class Recognizer:
                          where: dict | None = None, threshold=UNSET) -> list[Decision]:
         """:meth:`identify` on embeddings that were already computed."""
         threshold = self.decision_threshold(threshold)
+        rule = self.decision
         out = []
-        for matches in self.gallery.search(vectors, k=k, where=where, model=self._search_model):
+        for matches in self.gallery.search(vectors, k=max(k, rule.candidates), where=where,
+                                           model=self._search_model):
             if not matches:
                 out.append(Decision(None, float("-inf"), []))
                 continue
             best = matches[0]
-            accepted = threshold is None or best.score >= threshold
-            out.append(Decision(best.label if accepted else None, best.score, matches))
+            stat = rule.statistic([m.score for m in matches])
+            accepted = threshold is None or stat >= threshold
+            out.append(Decision(best.label if accepted else None, best.score, matches[:k],
+                                stat if rule.cohort else None))
         return out
 
     def verify(self, sample, label: str, *, threshold=UNSET) -> Verdict:
@@ -324,10 +341,17 @@ class Recognizer:
         if len(vector) != 1:
             vector = vector[:1]
         score = float(np.max(self.gallery.templates(label) @ vector[0]))
-        return Verdict(label, threshold is None or score >= threshold, score, threshold)
+        rule = self.decision
+        if not rule.cohort:
+            return Verdict(label, threshold is None or score >= threshold, score, threshold)
+        # the claimed class against the probe's nearest *other* classes
+        found = self.gallery.search(vector, k=rule.candidates + 1, model=self._search_model)[0]
+        stat = rule.statistic([score] + [m.score for m in found if m.label != label])
+        return Verdict(label, threshold is None or stat >= threshold, score, threshold, stat)
 
     def calibrate(self, non_mated_samples, target_fpir: float = DEFAULT_TARGET_FPIR, *,
-                  save: bool = True, allow_few: bool = False) -> Calibration:
+                  save: bool = True, allow_few: bool = False,
+                  decision: str | None = None) -> Calibration:
         """Set the threshold so that FPIR on these non-mated samples is <= ``target_fpir``
         (default ``DEFAULT_TARGET_FPIR``, 1 %: :mod:`megaclass.evaluate.open_set`).
 
@@ -338,16 +362,29 @@ class Recognizer:
         It needs at least ``10 / target_fpir`` non-mated samples (1,000 for 1 %): with
         fewer it raises InvalidInputError saying how many and the achieved FPIR's 95 %
         confidence interval; ``allow_few=True`` turns that into a warning.
+
+        ``decision`` (``"score"`` or ``"cohort[:N]"``, :class:`~megaclass.decisions.DecisionRule`)
+        is the rule the threshold is fitted for; by default the recognizer's current one
+        (:attr:`decision`). With ``save=True`` it is stored beside the threshold.
         """
+        rule = self.decision if decision is None else DecisionRule.parse(decision)  # before embedding
         vectors = self.embed(non_mated_samples)
-        return self.calibrate_vectors(vectors, target_fpir, save=save, allow_few=allow_few)
+        return self.calibrate_vectors(vectors, target_fpir, save=save, allow_few=allow_few,
+                                      decision=rule)
 
     def calibrate_vectors(self, vectors: np.ndarray, target_fpir: float = DEFAULT_TARGET_FPIR, *,
-                          save: bool = True, allow_few: bool = False) -> Calibration:
+                          save: bool = True, allow_few: bool = False,
+                          decision: str | DecisionRule | None = None) -> Calibration:
         """:meth:`calibrate` on embeddings that were already computed."""
         if len(self.gallery) == 0:
             raise ConfigError("calibration needs an enrolled gallery: enroll classes first")
-        top = [m[0].score for m in self.gallery.search(vectors, k=1, model=self._search_model)]
+        rule = self.decision if decision is None else DecisionRule.parse(decision)
+        if rule.cohort and len(self.gallery) <= rule.cohort:
+            raise ConfigError(f"decision rule {rule.spec} needs more than {rule.cohort} enrolled "
+                              f"classes, the gallery has {len(self.gallery)}: use 'score' or a "
+                              "smaller cohort")
+        found = self.gallery.search(vectors, k=rule.candidates, model=self._search_model)
+        top = [rule.statistic([m.score for m in ms]) for ms in found if ms]
         cal = calibrate_threshold(top, target_fpir)
         few = too_few_non_mated(cal)
         if few and not allow_few:
@@ -355,9 +392,12 @@ class Recognizer:
         if few:
             warnings.warn(few, stacklevel=2)
         self._threshold = None if save else cal.threshold
+        self._decision = None if save else rule
         if save:
             self.gallery.set_setting(THRESHOLD_KEY, cal.threshold)
-            self.gallery.set_setting(CALIBRATION_KEY, {**cal.to_dict(), "model": self.fingerprint})
+            self.gallery.set_setting(DECISION_KEY, rule.spec)
+            self.gallery.set_setting(CALIBRATION_KEY, {**cal.to_dict(), "model": self.fingerprint,
+                                                       "decision": rule.spec})
         return cal
 
     # -- lifecycle -------------------------------------------------------------------

@@ -144,10 +144,17 @@ def evaluate(model: ModelsOpt, gallery: GalleryOpt,
              non_mated_meta: Annotated[Path | None, typer.Option("--non-mated-meta", help=(
                  "CSV 'file,<attribute>...' (or 'id,...'): attributes of non-mated probes given as "
                  "files, matched by path, file name or class folder name."))] = None,
+             decision: Annotated[str | None, typer.Option("--decision", help=(
+                 "Decision rule of the open-set rates: 'score' or 'cohort[:N]' (see calibrate "
+                 "--decision); default the gallery's. The gallery-size curve reports both."),
+                 show_default=False)] = None,
              seed: SeedOpt = 4, quiet: QuietOpt = False, skip_bad_files: SkipBadOpt = False,
              as_json: JsonOpt = False) -> None:
     """Closed-set, open-set 1:N, verification 1:1 metrics; optional HTML report and gallery-size curve."""
+    from ..decisions import DecisionRule
     from .pipeline import _embed, evaluate_recognizer
+
+    rule = None if decision is None else DecisionRule.parse(decision)  # a bad rule fails first
 
     if baseline is not None and not gallery_samples:
         raise ConfigError("--baseline needs --gallery-samples: the samples the gallery was enrolled "
@@ -185,7 +192,7 @@ def evaluate(model: ModelsOpt, gallery: GalleryOpt,
 
             nm_meta = probe_meta(nm_files, nm_labels, nm_table)
         ev = evaluate_recognizer(rec, q_vec, truth, nm_vec, fpirs=tuple(target_fpir), seed=seed,
-                                 group_by=group_by, non_mated_meta=nm_meta)
+                                 group_by=group_by, non_mated_meta=nm_meta, decision=decision)
         base_ev, notes = None, []
         if baseline is not None and gallery_samples:  # both or neither (checked above)
             base_ev, note = _baseline(baseline, gallery_samples, gallery_per_class, rec, images,
@@ -196,11 +203,13 @@ def evaluate(model: ModelsOpt, gallery: GalleryOpt,
         if sizes:
             from .scaling import gallery_size_curve, glyph_distractors
 
+            first: DecisionRule = rule or getattr(rec, "decision", None) or DecisionRule()
+            rules = [first.spec] + [r for r in ("score", "cohort") if DecisionRule.parse(r) != first]
             scaling = gallery_size_curve(rec, q_vec, truth, nm_vec,
                                          glyph_distractors(distractors, distractor_samples,
                                                            size=rec.encoder.input_size),
                                          sizes=sizes, target_fpir=target_fpir[0],
-                                         index=scaling_index, log=err_console.print)
+                                         index=scaling_index, log=err_console.print, decisions=rules)
         m = ev.metrics
         # flat keys first (the shape of earlier versions), then every metric by family
         result = {"mated_searches": m["closed_set"]["queries"],

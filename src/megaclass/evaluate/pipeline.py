@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InvalidInputError, UnknownLabelError
+from ..errors import ConfigError, InvalidInputError, UnknownLabelError
 from .classification import accuracy_by_frequency, classification_report
 from .confusion import top_confusions
 from .open_set import cmc_curve, det_curve, fnir_at_fpirs, rank1_miss_rate
@@ -116,7 +116,8 @@ def evaluate_recognizer(rec, images, truth: Sequence[str], non_mated=None, *,
                         fars: Sequence[float] = DEFAULT_FARS, confusions: int = 20,
                         verification_classes: int = 20_000, seed: int = 0,
                         group_by: str | None = None,
-                        non_mated_meta: Sequence[Mapping] | None = None) -> Evaluation:
+                        non_mated_meta: Sequence[Mapping] | None = None,
+                        decision: str | None = None) -> Evaluation:
     """Closed-set, open-set 1:N and verification 1:1 metrics of a recognizer.
 
     Parameters
@@ -138,6 +139,10 @@ def evaluate_recognizer(rec, images, truth: Sequence[str], non_mated=None, *,
         it are ``"unknown"``.
     non_mated_meta : with ``group_by``, the attributes of each non-mated probe's own class
         (one mapping per non-mated sample; without it they are all ``"unknown"``).
+    decision : the decision rule the open-set rates use (``"score"`` or ``"cohort[:N]"``,
+        :class:`~megaclass.decisions.DecisionRule`); default the recognizer's. The mated and
+        non-mated "scores" of the result are then that rule's statistic. Rates "at the
+        gallery threshold" are reported only when the rule is the one it was calibrated for.
 
     Returns
     -------
@@ -164,16 +169,23 @@ def evaluate_recognizer(rec, images, truth: Sequence[str], non_mated=None, *,
     if unknown:
         raise UnknownLabelError(f"{len(unknown)} query labels are not enrolled in the gallery, e.g. "
                                 f"{unknown[0]!r} (pass their samples as non-mated searches instead)")
+    from ..decisions import DecisionRule
+
+    own = getattr(rec, "decision", None)
+    rule = DecisionRule.parse(decision) if decision is not None else (own or DecisionRule())
+    if rule.cohort and own is None:
+        raise ConfigError(f"decision rule {rule.spec}: this recognizer (an ensemble) decides on "
+                          "its fused score only")
     kmax = max(ks)
     # one pass over the candidate lists, keeping O(1) per query (rank, rank-1 label and score)
     pred: list[str | None] = []
     scores = np.full(len(truth), -np.inf)
     ranks = np.zeros(len(truth), dtype=np.int64)
-    for i, m in enumerate(_search(rec, q, kmax)):
+    for i, m in enumerate(_search(rec, q, max(kmax, rule.candidates))):
         pred.append(m[0].label if m else None)
         if m:
-            scores[i] = m[0].score
-        for r, c in enumerate(m, start=1):
+            scores[i] = rule.statistic([c.score for c in m])
+        for r, c in enumerate(m[:kmax], start=1):
             if c.label == truth[i]:
                 ranks[i] = r
                 break
@@ -185,17 +197,18 @@ def evaluate_recognizer(rec, images, truth: Sequence[str], non_mated=None, *,
     nm_vec = vecs(non_mated) if non_mated is not None and len(non_mated) else None
     nm_scores, nm_pred = None, []
     if nm_vec is not None:
-        nm_best = [m[0] if m else None for m in _search(rec, nm_vec, 1)]
-        nm_scores = np.array([-np.inf if m is None else m.score for m in nm_best])
-        nm_pred = [None if m is None else m.label for m in nm_best]
+        nm_found = list(_search(rec, nm_vec, rule.candidates))
+        nm_scores = np.array([rule.statistic([c.score for c in m]) if m else -np.inf for m in nm_found])
+        nm_pred = [m[0].label if m else None for m in nm_found]
     stream, vinfo = _verification(rec, q, truth, nm_vec, verification_classes, seed)
-    threshold = rec.threshold
+    threshold = rec.threshold if own is None or own == rule else None
     open_set = {
+        "decision": rule.spec,
         "mated_searches": len(truth),
         "non_mated_searches": 0 if nm_scores is None else int(nm_scores.size),
         "rank1_miss_rate": rank1_miss_rate(ranks),
         "fnir_at_fpir": fnir_at_fpirs(scores, correct, [] if nm_scores is None else nm_scores, fpirs),
-        "gallery_threshold": threshold,
+        "gallery_threshold": rec.threshold,
     }
     if nm_scores is not None and threshold is not None:
         from .open_set import fnir, fpir

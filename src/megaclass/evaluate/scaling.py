@@ -60,10 +60,19 @@ def glyph_distractors(first_id: int = 10_000_000, per_class: int = 3, seed: int 
     return make
 
 
+def _score_matrix(found, depth: int) -> np.ndarray:
+    """Class scores of each search, best first, padded with -inf to ``depth`` columns."""
+    out = np.full((len(found), depth), -np.inf)
+    for i, m in enumerate(found):
+        out[i, :len(m)] = [c.score for c in m[:depth]]
+    return out
+
+
 def gallery_size_curve(rec, queries: np.ndarray, truth: Sequence[str], non_mated: np.ndarray | None,
                        distractors: Distractors, sizes: Sequence[int] = (1000, 2000, 5000, 10_000),
                        target_fpir: float = DEFAULT_TARGET_FPIR, chunk: int = 2000, workdir=None,
-                       index: str | None = None, log=None) -> dict:
+                       index: str | None = None, log=None,
+                       decisions: Sequence[str] = ("score", "cohort")) -> dict:
     """Rank-1 accuracy and FNIR@FPIR at each gallery size (mated classes + distractors).
 
     Parameters
@@ -77,6 +86,8 @@ def gallery_size_curve(rec, queries: np.ndarray, truth: Sequence[str], non_mated
     workdir : where the scratch gallery goes (a temporary directory, removed, by default).
     index : FAISS index spec of the scratch gallery (default: the gallery default, "auto",
         exact up to 200k templates, then IVF tuned for recall@1 >= 0.99).
+    decisions : decision rules (:class:`~megaclass.decisions.DecisionRule`) to report FNIR
+        for at each size, in ``fnir_by_decision``; ``fnir`` and ``threshold`` are the first's.
 
     Returns
     -------
@@ -87,9 +98,12 @@ def gallery_size_curve(rec, queries: np.ndarray, truth: Sequence[str], non_mated
     ``true``, ``predicted``, ``score`` and ``distractor`` (whether the wrong class is one
     of the added distractors), so the report can show them as image pairs.
     """
+    from ..decisions import DecisionRule
     from ..gallery import Gallery
     from ..recognizer import Recognizer
 
+    rules = [DecisionRule.parse(d) for d in decisions] or [DecisionRule()]
+    depth = max(r.candidates for r in rules)
     truth = list(truth)
     if len(truth) == 0 or len(queries) != len(truth):
         raise InvalidInputError(f"need one label per mated query, got {len(queries)} and {len(truth)}")
@@ -122,23 +136,31 @@ def gallery_size_curve(rec, queries: np.ndarray, truth: Sequence[str], non_mated
                         f"({time.perf_counter() - t:.0f} s)")
             enroll_s = time.perf_counter() - t
             t = time.perf_counter()
-            best = scratch.gallery.search(queries, k=1)
+            best = scratch.gallery.search(queries, k=depth)
             search_s = time.perf_counter() - t
             pred = np.array([m[0].label if m else None for m in best], dtype=object)
             score = np.array([m[0].score if m else -np.inf for m in best])
+            lists = _score_matrix(best, depth)
             ok = pred == truth_arr
             mated = set(labels)
             confusions = _confusions(pred, score, truth_arr, mated)
             to_distractor = sum(1 for p in pred[~ok] if p is not None and p not in mated)
-            nm = [] if non_mated is None else [m[0].score for m in scratch.gallery.search(non_mated, k=1)]
-            r = fnir_at_fpirs(score, ok, nm, (target_fpir,))[0]
+            nm_lists = (np.zeros((0, depth)) if non_mated is None
+                        else _score_matrix(scratch.gallery.search(non_mated, k=depth), depth))
+            by_rule = {rule.spec: fnir_at_fpirs(rule.statistics(lists), ok, rule.statistics(nm_lists),
+                                                (target_fpir,))[0] for rule in rules}
+            r = by_rule[rules[0].spec]
             points.append({"gallery_size": len(scratch.gallery), "top1": float(ok.mean()),
                            "fnir": r["fnir"], "threshold": r["threshold"], "reason": r["reason"],
+                           "decision": rules[0].spec,
+                           "fnir_by_decision": {k: v["fnir"] for k, v in by_rule.items()},
                            "enroll_seconds": enroll_s, "search_seconds": search_s,
                            "wrong": int((~ok).sum()), "wrong_to_distractors": to_distractor})
             if log:
+                rates = "  ".join(f"{k} {v['fnir'] if v['fnir'] is None else round(v['fnir'], 3)}"
+                                  for k, v in by_rule.items())
                 log(f"  gallery {len(scratch.gallery):>9,}: top-1 {ok.mean():.3f}  "
-                    f"FNIR@FPIR {target_fpir:g} {r['fnir'] if r['fnir'] is None else round(r['fnir'], 3)}")
+                    f"FNIR@FPIR {target_fpir:g}: {rates}")
         return {"points": points, "target_fpir": target_fpir, "mated_classes": len(labels),
                 "index": gallery.stats()["index"], "confusions": confusions if points else [],
                 "mated_queries": len(truth), "non_mated_queries": n_nm}

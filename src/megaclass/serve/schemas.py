@@ -38,6 +38,9 @@ class DecisionOut(BaseModel):
     known: bool
     score: float | None = Field(description="Best class's cosine score; null for an empty gallery.")
     candidates: list[MatchOut]
+    statistic: float | None = Field(None, exclude_if=_absent, description=(
+        "Under the decision rule cohort:N, the value compared with the threshold (best score "
+        "minus the mean of the next N classes' scores); absent under the rule 'score'."))
 
 
 class IdentifyOut(BaseModel):
@@ -50,6 +53,9 @@ class VerifyOut(BaseModel):
     accepted: bool
     score: float
     threshold: float | None
+    statistic: float | None = Field(None, exclude_if=_absent, description=(
+        "Under the decision rule cohort:N, the claimed class's score minus the mean of the "
+        "probe's next N classes' scores; absent under the rule 'score'."))
     thumbnail: str | None = Field(None, exclude_if=_absent,
                                   description="With ?thumbnails=true, as in identify.")
 
@@ -121,6 +127,8 @@ class CalibrationOut(BaseModel):
     achieved_fpir: float
     n_non_mated: int
     fpir_ci95: list[float]
+    decision: str | None = Field(None, exclude_if=_absent, description=(
+        "The decision rule the threshold applies to (score or cohort:N); absent for ensembles."))
     warning: str | None = Field(None, description="Set when fewer non-mated searches than "
                                                   "10/FPIR were allowed (allow_few).")
 

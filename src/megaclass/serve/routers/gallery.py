@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from ...errors import ConfigError
 from ...evaluate.open_set import DEFAULT_TARGET_FPIR
 from ...recognizer import CALIBRATION_KEY
 from ..deps import authorize, get_service
@@ -46,22 +47,35 @@ async def calibrate(svc: Svc, key: Annotated[KeyInfo, Depends(authorize("admin",
                         "Largest share of non-mated searches to accept."))] = DEFAULT_TARGET_FPIR,
                     allow_few: Annotated[bool, Form(description=(
                         "Accept fewer than 10/FPIR non-mated images (the answer warns, with the "
-                        "achieved FPIR's 95 % interval)."))] = False) -> CalibrationOut:
+                        "achieved FPIR's 95 % interval)."))] = False,
+                    decision: Annotated[str | None, Form(description=(
+                        "What the threshold applies to: 'score' or 'cohort[:N]' (as `megaclass "
+                        "calibrate --decision`); default the gallery's stored rule."))] = None
+                    ) -> CalibrationOut:
     """Set the gallery's threshold so that at most ``target_fpir`` of these non-mated images
     would be accepted (the same as ``megaclass calibrate``); admin only, audited. Every later
     identify and verify uses it."""
     svc.limits.check_count("calibration images", len(files))
+    rec = svc.recognizer
+    if decision is not None:
+        from ...decisions import DecisionRule
+
+        DecisionRule.parse(decision)  # a bad rule: 4xx before reading the uploads
+        if not hasattr(rec, "decision"):
+            raise ConfigError(f"decision={decision}: an ensemble decides on its fused score")
+    extra: dict[str, Any] = {} if decision is None else {"decision": decision}
     uploads = [(f.filename or f"file {i}", await f.read()) for i, f in enumerate(files)]
 
     def work():
         images = decode_all(uploads, svc.limits, svc.recognizer.encoder.input_spec)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cal = svc.recognizer.calibrate(images, target_fpir, allow_few=allow_few)
+            cal = rec.calibrate(images, target_fpir, allow_few=allow_few, **extra)
         return cal, (str(caught[0].message) if caught else None)
 
     cal, warning = await run_in_threadpool(
         svc.audited, key, "calibrate", [], work,
         lambda r: ([], f"threshold {r[0].threshold:.4f} for FPIR {r[0].target_fpir:g} "
                        f"from {r[0].n_non_mated} non-mated images"))
-    return CalibrationOut(**cal.to_dict(), warning=warning)
+    rule = getattr(rec, "decision", None)
+    return CalibrationOut(**cal.to_dict(), warning=warning, decision=rule.spec if rule else None)

@@ -54,7 +54,7 @@ def _out(decisions, threshold, thumbs: dict[str, bytes]) -> IdentifyOut:
 
     return IdentifyOut(threshold=threshold, results=[
         DecisionOut(label=d.label, known=d.known, score=d.score if math.isfinite(d.score) else None,
-                    candidates=[match(m) for m in d.candidates])
+                    candidates=[match(m) for m in d.candidates], statistic=d.statistic)
         for d in decisions])
 
 
@@ -132,4 +132,4 @@ async def verify(svc: Svc, key: Annotated[KeyInfo, Depends(authorize("reader", "
     svc.metrics.decision("verify", "accepted" if v.accepted else "rejected")
     thumb = svc.thumbnails.first([v.label]).get(v.label) if thumbnails else None
     return VerifyOut(label=v.label, accepted=v.accepted, score=v.score, threshold=v.threshold,
-                     thumbnail=data_url(thumb) if thumb else None)
+                     statistic=v.statistic, thumbnail=data_url(thumb) if thumb else None)
