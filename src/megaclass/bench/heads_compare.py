@@ -35,7 +35,9 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
     """Sweep at ``sweep_classes`` (default the smallest size), converge at every size; write JSON + plot.
 
     ``clock="cpu"`` times training steps (and the wall-clock budgets) in the worker's own CPU
-    seconds, so a box shared with other work does not shorten a head's budget.
+    seconds, so a box shared with other work does not shorten a head's budget; ``timeout`` stays
+    wall-clock seconds per worker (give a loaded box more). A run that failed (timed out,
+    crashed) is tried again when the comparison is resumed; finished runs are kept.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,8 +78,10 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
             chosen[name] = {k: win[k] for k in ("optimizer", "lr", "head_options")}
     for c in sizes:
         for name in heads:
-            if name not in chosen or any(r["classes"] == c and r["head"] == name for r in runs):
+            if name not in chosen or any(r["classes"] == c and r["head"] == name and not r.get("error")
+                                         for r in runs):
                 continue
+            runs = [r for r in runs if not (r["classes"] == c and r["head"] == name)]  # a failed try goes
             spec = {**base, **chosen[name], "head": name, "classes": c, "max_steps": knobs["max_steps"],
                     "eval_every": knobs["eval_every"], "patience": knobs["patience"],
                     "max_seconds": knobs["max_seconds"]}
