@@ -5,7 +5,7 @@ server at ``$MEGACLASS_BENCH_MILVUS_URI``, e.g. ``milvus://root:Milvus@host:1953
 The runner has the shape of :mod:`megaclass.bench.gallery_measure`: it enrolls every class
 (batches of 2,000 classes, each write journaled and acknowledged by Milvus's write-ahead
 log), times 50 single enrolls and erases (``$MEGACLASS_BENCH_MILVUS_SINGLE``), lets the
-gallery pick and tune its index as a user would (``tune()``: FLAT below 200k templates,
+gallery pick and tune its index as a user would (``tune()``: FLAT below 50k templates,
 else HNSW with ``ef`` fitted on its own
 probes, reported as ``recall_reported``), then fits ``ef`` on the mated probes like every
 other system and measures there. ``$MEGACLASS_BENCH_MILVUS_INDEX`` forces the index
