@@ -102,13 +102,16 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for report.json, scores.
         table.add_column("shipped reference model", justify="right")
 
     def row(name: str, key: str, fmt: str = ".1%") -> None:
-        table.add_row(name, *(format(col[key], fmt) for col in cols))
+        table.add_row(name, *(format(col[key], fmt) if key in col else "–" for col in cols))
 
     row("top-1 (enrolled classes)", "top1")
     row("top-5 (enrolled classes)", "top5")
     row(f"FNIR @ FPIR {c['target_fpir']:.0%} (calibrated)", "fnir")
     row(f"FNIR @ FPIR {c['extra_fpir']:.0%} (calibrated)", "fnir_at_extra_fpir")
     row(f"FPIR measured on held-out non-mated (target {c['target_fpir']:.0%})", "fpir", ".2%")
+    row(f"FNIR @ FPIR {c['target_fpir']:.0%}, cohort rule (calibrate --decision cohort)", "fnir_cohort")
+    row(f"FNIR @ FPIR {c['extra_fpir']:.0%}, cohort rule", "fnir_at_extra_fpir_cohort")
+    row("FPIR on held-out non-mated, cohort rule", "fpir_cohort", ".2%")
     row("threshold", "threshold", ".3f")
     console.print(table)
     timing = Table(title="time")

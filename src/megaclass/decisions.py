@@ -45,7 +45,7 @@ import numpy as np
 from .errors import ConfigError, NotCalibratedError
 from .gallery import Match
 
-__all__ = ["UNSET", "Decision", "DecisionRule", "Verdict", "resolve_threshold"]
+__all__ = ["UNSET", "Decision", "DecisionRule", "Verdict", "resolve_threshold", "score_matrix"]
 
 #: cohort size of ``cohort`` without ``:N``
 DEFAULT_COHORT = 20
@@ -131,6 +131,10 @@ class DecisionRule:
         rest = scores[1:1 + self.cohort]
         return float(scores[0] - sum(rest) / len(rest))
 
+    def statistics_of(self, found) -> np.ndarray:
+        """:meth:`statistics` of gallery search results (lists of matches, best first)."""
+        return self.statistics(score_matrix(found, self.candidates))
+
     def statistics(self, scores: np.ndarray) -> np.ndarray:
         """:meth:`statistic` of each row of an ``(n, >= candidates)`` score matrix, best first,
         ``-inf`` where a search returned fewer classes."""
@@ -164,3 +168,11 @@ def resolve_threshold(threshold: float | None | _Unset, *, calibrated: float | N
             "on non-mated samples, give a threshold, or ask for candidates only "
             "(threshold=None)")
     return calibrated
+
+
+def score_matrix(found, depth: int) -> np.ndarray:
+    """Class scores of each search's matches, best first, padded with -inf to ``depth`` columns."""
+    out = np.full((len(found), depth), -np.inf)
+    for i, m in enumerate(found):
+        out[i, :min(len(m), depth)] = [c.score for c in m[:depth]]
+    return out

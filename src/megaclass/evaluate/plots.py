@@ -279,14 +279,19 @@ def f1_histogram(f1: np.ndarray, baseline: np.ndarray | None = None,
 
 
 def gallery_size_plot(points: list[dict], fpir: float | None = None) -> bytes:
-    """Rank-1 accuracy and FNIR@FPIR against the number of enrolled classes (log x)."""
+    """Rank-1 accuracy and FNIR@FPIR against the number of enrolled classes (log x), one FNIR
+    line per decision rule when the points carry ``fnir_by_decision``."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     n = [p["gallery_size"] for p in points]
     ax.plot(n, [p["top1"] for p in points], "o-", label="rank-1 accuracy (closed set)")
-    fn = [(p["gallery_size"], p["fnir"]) for p in points if p.get("fnir") is not None]
-    if fn:
-        ax.plot(*zip(*fn, strict=True), "s-", label=f"FNIR @ FPIR {fpir:g}" if fpir else "FNIR")
+    rules = next((list(p["fnir_by_decision"]) for p in points if p.get("fnir_by_decision")), [None])
+    for rule, marker in zip(rules, ("s-", "^--", "v:", "d-."), strict=False):
+        fn = [(p["gallery_size"], p["fnir_by_decision"][rule] if rule else p["fnir"]) for p in points
+              if (p.get("fnir_by_decision", {}).get(rule) if rule else p.get("fnir")) is not None]
+        if fn:
+            name = f"FNIR @ FPIR {fpir:g}" if fpir else "FNIR"
+            ax.plot(*zip(*fn, strict=True), marker, label=f"{name}, {rule} rule" if rule else name)
     ax.set_xscale("log")
     ax.set_ylim(0, 1)
     ax.set_xlabel("enrolled classes (mated + distractors)")

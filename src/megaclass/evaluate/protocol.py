@@ -6,16 +6,18 @@ recipe comparison. The protocol is the demo's: enroll ``enrolled`` classes never
 training (``per_class`` drawings each), calibrate the threshold on non-mated searches of
 other never-enrolled classes, then identify one fresh drawing per enrolled class (mated)
 and fresh drawings of a third set of never-enrolled classes (non-mated, held out from
-calibration). Search is exact (the real :class:`~megaclass.gallery.Gallery` with a flat
-index), so the numbers measure the model alone.
+calibration); ``*_cohort`` are the same rates under the cohort decision rule
+(:class:`~megaclass.decisions.DecisionRule`, ``cohort:20``). Search is exact (the real
+:class:`~megaclass.gallery.Gallery` with a flat index), so the numbers measure the model alone.
 
 Example
 -------
 >>> from megaclass.models import Encoder, EncoderConfig
 >>> p = OpenSetProtocol.render(OpenSetProtocol(enrolled=20, per_class=2, non_mated=20))
 >>> r = score_encoder(Encoder(EncoderConfig(dim=16, widths=(8, 16))), p)
->>> sorted(r)
-['fnir', 'fnir_at_extra_fpir', 'fpir', 'threshold', 'top1', 'top5']
+>>> sorted(r)  # doctest: +NORMALIZE_WHITESPACE
+['fnir', 'fnir_at_extra_fpir', 'fnir_at_extra_fpir_cohort', 'fnir_cohort', 'fpir',
+ 'fpir_cohort', 'threshold', 'top1', 'top5']
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 from ..data.glyphs import GlyphSource
+from ..decisions import DecisionRule
 from .closed_set import top_k_accuracy
 from .open_set import DEFAULT_TARGET_FPIR, Calibration, calibrate_threshold, fnir, fpir
 
@@ -135,6 +138,13 @@ def run_protocol(rec, protocol: OpenSetProtocol) -> ProtocolRun:
     metrics = {**acc, "threshold": cal.threshold, "fpir": fpir(nm_scores, cal.threshold),
                "fnir": fnir(m_scores, m_correct, cal.threshold),
                "fnir_at_extra_fpir": fnir(m_scores, m_correct, extra)}
+    # the same searches under the cohort rule (thresholds fitted on the same calibration searches)
+    rule = DecisionRule.parse("cohort")
+    c_cal, c_m, c_nm = (rule.statistics_of(rec.gallery.search(v, k=rule.candidates))
+                        for v in (calib, queries, non_mated))
+    c_thr, c_extra = (calibrate_threshold(c_cal, f).threshold for f in (p.target_fpir, p.extra_fpir))
+    metrics.update({"fpir_cohort": fpir(c_nm, c_thr), "fnir_cohort": fnir(c_m, m_correct, c_thr),
+                    "fnir_at_extra_fpir_cohort": fnir(c_m, m_correct, c_extra)})
     return ProtocolRun(metrics, cal, queries, non_mated, calib, enroll_s, search_s)
 
 

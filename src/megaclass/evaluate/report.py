@@ -351,9 +351,17 @@ def render_html(ev: Evaluation, *, title: str = "megaclass evaluation", images=N
 
 def _scaling(scaling: dict, samples: _Samples) -> list[str]:
     """The gallery-size table and, at the largest size, the wrong rank-1 answers as image pairs."""
-    parts = [_table(["enrolled classes", "rank-1 accuracy", f'FNIR @ FPIR {scaling["target_fpir"]:g}',
+    rules = next((list(p["fnir_by_decision"]) for p in scaling["points"] if p.get("fnir_by_decision")), [])
+    fnir_cols = ([f'FNIR @ FPIR {scaling["target_fpir"]:g}, {r}' for r in rules]
+                 or [f'FNIR @ FPIR {scaling["target_fpir"]:g}'])
+
+    def fnirs(p: dict) -> list[str]:
+        by = p.get("fnir_by_decision") or {}
+        return [_fmt(by.get(r), True) for r in rules] if rules else [_fmt(p.get("fnir"), True)]
+
+    parts = [_table(["enrolled classes", "rank-1 accuracy", *fnir_cols,
                      "wrong rank-1 (to distractors)", "note"],
-                    [[f'{p["gallery_size"]:,}', _fmt(p["top1"], True), _fmt(p.get("fnir"), True),
+                    [[f'{p["gallery_size"]:,}', _fmt(p["top1"], True), *fnirs(p),
                       f'{p["wrong"]:,} ({p["wrong_to_distractors"]:,})' if "wrong" in p else "",
                       html.escape(p.get("reason") or "")] for p in scaling["points"]])]
     conf = scaling.get("confusions") or []

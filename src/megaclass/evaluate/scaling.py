@@ -60,14 +60,6 @@ def glyph_distractors(first_id: int = 10_000_000, per_class: int = 3, seed: int 
     return make
 
 
-def _score_matrix(found, depth: int) -> np.ndarray:
-    """Class scores of each search, best first, padded with -inf to ``depth`` columns."""
-    out = np.full((len(found), depth), -np.inf)
-    for i, m in enumerate(found):
-        out[i, :len(m)] = [c.score for c in m[:depth]]
-    return out
-
-
 def gallery_size_curve(rec, queries: np.ndarray, truth: Sequence[str], non_mated: np.ndarray | None,
                        distractors: Distractors, sizes: Sequence[int] = (1000, 2000, 5000, 10_000),
                        target_fpir: float = DEFAULT_TARGET_FPIR, chunk: int = 2000, workdir=None,
@@ -98,7 +90,7 @@ def gallery_size_curve(rec, queries: np.ndarray, truth: Sequence[str], non_mated
     ``true``, ``predicted``, ``score`` and ``distractor`` (whether the wrong class is one
     of the added distractors), so the report can show them as image pairs.
     """
-    from ..decisions import DecisionRule
+    from ..decisions import DecisionRule, score_matrix
     from ..gallery import Gallery
     from ..recognizer import Recognizer
 
@@ -140,13 +132,13 @@ def gallery_size_curve(rec, queries: np.ndarray, truth: Sequence[str], non_mated
             search_s = time.perf_counter() - t
             pred = np.array([m[0].label if m else None for m in best], dtype=object)
             score = np.array([m[0].score if m else -np.inf for m in best])
-            lists = _score_matrix(best, depth)
+            lists = score_matrix(best, depth)
             ok = pred == truth_arr
             mated = set(labels)
             confusions = _confusions(pred, score, truth_arr, mated)
             to_distractor = sum(1 for p in pred[~ok] if p is not None and p not in mated)
             nm_lists = (np.zeros((0, depth)) if non_mated is None
-                        else _score_matrix(scratch.gallery.search(non_mated, k=depth), depth))
+                        else score_matrix(scratch.gallery.search(non_mated, k=depth), depth))
             by_rule = {rule.spec: fnir_at_fpirs(rule.statistics(lists), ok, rule.statistics(nm_lists),
                                                 (target_fpir,))[0] for rule in rules}
             r = by_rule[rules[0].spec]
