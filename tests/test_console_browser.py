@@ -278,3 +278,22 @@ def test_reader_sees_no_enroll_erase_or_audit_and_docs_render(page, site):
     sync_api.expect(page.locator(".swagger-ui .info .title")).to_contain_text("megaclass")
     sync_api.expect(page.locator(".opblock-summary-path", has_text="/v1/calibrate")).to_be_visible()
     shot(page, "docs")
+
+
+def test_identify_under_the_cohort_rule_explains_the_statistic_and_drops_the_cosine_line(page, site):
+    """Calibrated for the cohort rule (over HTTP), the console says what was thresholded and draws
+    no threshold line on the cosine bars (the threshold is not a cosine then)."""
+    import httpx
+
+    admin = {"Authorization": f"Bearer {site['tokens']['admin']}"}
+    nm = [("files", (Path(p).name, Path(p).read_bytes(), "image/png"))
+          for p in site["files"]["non_mated"][:60]]
+    r = httpx.post(site["url"] + "/v1/calibrate", headers=admin, files=nm, timeout=120,
+                   data={"allow_few": "true", "target_fpir": "0.1", "decision": "cohort:1"})
+    assert r.status_code == 200 and r.json()["decision"] == "cohort:1", r.text
+    sign_in(page, site, "admin")
+    result = identify(page, site, [32])[0]
+    sync_api.expect(page.locator("#identify-note")).to_contain_text("cohort rule")
+    sync_api.expect(result.locator(".decision")).to_contain_text("above the mean of its nearest rivals")
+    sync_api.expect(result.locator(".cand .label").first).to_have_text("glyph-32")
+    assert result.locator(".thr").count() == 0

@@ -170,6 +170,7 @@ def test_service_calibrates_with_a_rule_and_answers_with_its_statistic(tiny_enco
                         data={"allow_few": "true", "target_fpir": "0.1", "decision": "cohort:4"})
         assert r.status_code == 200, r.text
         assert r.json()["decision"] == "cohort:4"
+        assert client.get("/v1/stats", headers=admin).json()["decision"] == "cohort:4"  # the console reads it
         r = client.post("/v1/identify", headers=admin, files=files(glyph_pngs(605, 2, seed=7)))
         for d in r.json()["results"]:
             assert d["known"] == (d["statistic"] >= r.json()["threshold"])

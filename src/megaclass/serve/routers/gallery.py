@@ -27,11 +27,14 @@ def stats(svc: Svc, key: Annotated[KeyInfo, Depends(authorize("reader"))]) -> di
     """Classes, templates, dimension, index (with its measured ``recall_at_1`` when tuned), disk
     bytes, threshold (``calibrated: false`` when there is none: identify and verify then need
     ``threshold`` or ``no_threshold``), the calibration it came from (target and achieved FPIR,
-    non-mated searches) and the model fingerprint."""
+    non-mated searches), the decision rule the threshold applies to (``score``, ``cohort:N``;
+    ``fused`` for an ensemble) and the model fingerprint."""
     info = svc.gallery.stats()
     info.pop("path", None)  # server-side file layout is not the caller's business
     info["threshold"] = svc.recognizer.threshold
     info["calibrated"] = info["threshold"] is not None
+    rule = getattr(svc.recognizer, "decision", None)  # an ensemble decides on its fused score
+    info["decision"] = rule.spec if rule is not None else "fused"
     info["calibration"] = svc.gallery.get_setting(CALIBRATION_KEY)
     info["model"] = svc.recognizer.fingerprint
     info["templates_mode"] = svc.recognizer.templates

@@ -11,8 +11,10 @@ export function init() {
 
 export async function enter() {
   stats = await api("/v1/stats");
+  const cohort = (stats.decision || "").startsWith("cohort:") ? stats.decision.slice(7) : null;
   const note = stats.calibrated
     ? `Threshold ${stats.threshold.toFixed(4)}` + (stats.calibration ? ` (calibrated for FPIR ${stats.calibration.target_fpir})` : "")
+      + (cohort ? ` on the cohort rule: the best score minus the mean score of the next ${cohort} classes` : "")
     : "This gallery is not calibrated: candidates are shown without an accept/reject decision (calibrate it on the Gallery page).";
   $("identify-note").textContent = note;
 }
@@ -38,9 +40,18 @@ function candidateRow(rank, match, threshold) {
             scoreBar(match.score, threshold), el("span", { class: "score", text: match.score.toFixed(4) }));
 }
 
+// under a cohort rule the threshold applies to the statistic, not to the cosine bars
+const lineFor = (statistic, threshold) => (statistic === undefined || statistic === null ? threshold : null);
+
 function decisionText(result, threshold) {
   if (!result.candidates.length) return ["The gallery is empty.", "unknown"];
   if (threshold === null) return [`Best candidate: ${result.candidates[0].label} (no threshold: no decision)`, "known"];
+  const stat = result.statistic;
+  if (stat !== undefined && stat !== null) {
+    const how = `stands ${stat.toFixed(4)} above the mean of its nearest rivals (threshold ${threshold.toFixed(4)})`;
+    return result.known ? [`Identified: ${result.label}: its score ${how}`, "known"]
+                        : [`Unknown: the best score ${result.score.toFixed(4)} ${how}`, "unknown"];
+  }
   return result.known
     ? [`Identified: ${result.label}`, "known"]
     : [`Unknown: best score ${result.score.toFixed(4)} is below the threshold ${threshold.toFixed(4)}`, "unknown"];
@@ -57,14 +68,16 @@ async function identify() {
   const box = $("identify-results");
   box.replaceChildren(...out.results.map((result, i) => {
     const [text, kind] = decisionText(result, out.threshold);
+    const line = lineFor(result.statistic, out.threshold);
     return el("div", { class: "result", "data-testid": "identify-result" },
       el("div", { class: "query" }, el("img", { src: URL.createObjectURL(chosen[i]), alt: chosen[i].name }),
          el("div", { class: "legend", text: chosen[i].name })),
       el("div", { style: { flex: "1" } },
          el("p", { class: `decision ${kind}`, text }),
-         el("ol", { class: "candidates" }, result.candidates.map((m, r) => candidateRow(r + 1, m, out.threshold))),
+         el("ol", { class: "candidates" }, result.candidates.map((m, r) => candidateRow(r + 1, m, line))),
          el("p", { class: "legend", text: out.threshold === null ? "cosine scores (no threshold)"
-                                                                 : "cosine scores; red line: threshold" })));
+                                          : line === null ? "cosine scores; the threshold applies to the cohort statistic"
+                                                          : "cosine scores; red line: threshold" })));
   }));
 }
 
@@ -76,12 +89,14 @@ async function verify() {
   const label = $("verify-label").value;
   const v = await api("/v1/verify", { method: "POST", form: formOf({ label, file: chosen[0] }),
                                       query: { thumbnails: true, ...thresholdQuery() } });
+  const cohortNote = v.statistic === undefined || v.statistic === null || v.threshold === null ? ""
+    : ` (its score stands ${v.statistic.toFixed(4)} above the mean of the photo's nearest other classes; threshold ${v.threshold.toFixed(4)})`;
   const verdict = v.threshold === null ? `Score ${v.score.toFixed(4)} (no threshold: no decision)`
-    : v.accepted ? `Accepted: the photo matches ${v.label}` : `Rejected: the photo does not match ${v.label}`;
+    : (v.accepted ? `Accepted: the photo matches ${v.label}` : `Rejected: the photo does not match ${v.label}`) + cohortNote;
   $("verify-result").replaceChildren(el("div", { class: "result", "data-testid": "verify-result" },
     el("div", { class: "query" }, el("img", { src: URL.createObjectURL(chosen[0]), alt: chosen[0].name })),
     el("div", { style: { flex: "1" } },
        el("p", { class: `decision ${v.accepted ? "known" : "unknown"}`, text: verdict }),
        el("ol", { class: "candidates" }, candidateRow(1, { label: v.label, score: v.score, thumbnail: v.thumbnail },
-                                                      v.threshold)))));
+                                                      lineFor(v.statistic, v.threshold))))));
 }
