@@ -73,7 +73,8 @@ def test_protocol_is_deterministic_and_separates_a_trained_model_from_an_untrain
                       progress=False).fit().encoder_
     t = score_encoder(trained, p)
     assert t["top1"] > a["top1"] + 0.15 and t["top5"] > a["top5"] + 0.2, (t, a)
-    assert set(t) == {"top1", "top5", "threshold", "fpir", "fnir", "fnir_at_extra_fpir"}
+    assert set(t) == {"top1", "top5", "threshold", "fpir", "fnir", "fnir_at_extra_fpir",
+                      "fpir_cohort", "fnir_cohort", "fnir_at_extra_fpir_cohort"}  # the cohort rule too
 
 
 def test_bench_recipe_measures_variants_and_resumes(tmp_path):
