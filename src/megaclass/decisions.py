@@ -126,10 +126,7 @@ class DecisionRule:
         """The decision value of one search's class scores, best first. With fewer than N
         runners-up (a small or filtered gallery) the cohort is the ones there are; with none,
         the best score itself."""
-        if not self.cohort or len(scores) < 2:
-            return float(scores[0])
-        rest = scores[1:1 + self.cohort]
-        return float(scores[0] - sum(rest) / len(rest))
+        return float(self.statistics(np.asarray([scores[:self.candidates]], dtype=np.float64))[0])
 
     def statistics_of(self, found) -> np.ndarray:
         """:meth:`statistics` of gallery search results (lists of matches, best first)."""
