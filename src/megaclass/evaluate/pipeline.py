@@ -198,7 +198,7 @@ def evaluate_recognizer(rec, images, truth: Sequence[str], non_mated=None, *,
     nm_scores, nm_pred = None, []
     if nm_vec is not None:
         nm_found = list(_search(rec, nm_vec, rule.candidates))
-        nm_scores = np.array([rule.statistic([c.score for c in m]) if m else -np.inf for m in nm_found])
+        nm_scores = rule.statistics_of(nm_found)
         nm_pred = [m[0].label if m else None for m in nm_found]
     stream, vinfo = _verification(rec, q, truth, nm_vec, verification_classes, seed)
     threshold = rec.threshold if own is None or own == rule else None

@@ -124,27 +124,23 @@ def run_protocol(rec, protocol: OpenSetProtocol) -> ProtocolRun:
         non_mated = rec.embed(p.images["non_mated"][0])
     # the quick miniature has fewer non-mated searches than 10/FPIR: its threshold is rough
     cal = rec.calibrate_vectors(calib, p.target_fpir, allow_few=True)
+    # one search per set, deep enough for top-5 and for the cohort rule; both decision rules
+    # are scored on the same searches, each with thresholds fitted on the calibration searches
+    rules = {"": DecisionRule.parse("score"), "_cohort": DecisionRule.parse("cohort")}
+    k = max(5, *(r.candidates for r in rules.values()))
     t = time.perf_counter()
-    mated = rec.identify_vectors(queries, k=5)
+    found_m = rec.gallery.search(queries, k=k)
     search_s = time.perf_counter() - t
-    nm = rec.identify_vectors(non_mated, k=1)
+    found_nm, found_cal = rec.gallery.search(non_mated, k=k), rec.gallery.search(calib, k=k)
     truth = p.truth
-    acc = top_k_accuracy([[m.label for m in d.candidates] for d in mated], truth, ks=(1, 5))
-    m_scores = np.array([d.score for d in mated])
-    m_correct = np.array([d.candidates[0].label == t for d, t in zip(mated, truth, strict=True)])
-    nm_scores = np.array([d.score for d in nm])
-    calib_best = [m[0].score for m in rec.gallery.search(calib, k=1)]
-    extra = calibrate_threshold(calib_best, p.extra_fpir).threshold
-    metrics = {**acc, "threshold": cal.threshold, "fpir": fpir(nm_scores, cal.threshold),
-               "fnir": fnir(m_scores, m_correct, cal.threshold),
-               "fnir_at_extra_fpir": fnir(m_scores, m_correct, extra)}
-    # the same searches under the cohort rule (thresholds fitted on the same calibration searches)
-    rule = DecisionRule.parse("cohort")
-    c_cal, c_m, c_nm = (rule.statistics_of(rec.gallery.search(v, k=rule.candidates))
-                        for v in (calib, queries, non_mated))
-    c_thr, c_extra = (calibrate_threshold(c_cal, f).threshold for f in (p.target_fpir, p.extra_fpir))
-    metrics.update({"fpir_cohort": fpir(c_nm, c_thr), "fnir_cohort": fnir(c_m, m_correct, c_thr),
-                    "fnir_at_extra_fpir_cohort": fnir(c_m, m_correct, c_extra)})
+    metrics = {**top_k_accuracy([[m.label for m in ms[:5]] for ms in found_m], truth, ks=(1, 5)),
+               "threshold": cal.threshold}
+    m_correct = np.array([bool(ms) and ms[0].label == t for ms, t in zip(found_m, truth, strict=True)])
+    for suffix, rule in rules.items():
+        s_cal, s_m, s_nm = (rule.statistics_of(f) for f in (found_cal, found_m, found_nm))
+        thr, extra = (calibrate_threshold(s_cal, f).threshold for f in (p.target_fpir, p.extra_fpir))
+        metrics.update({f"fpir{suffix}": fpir(s_nm, thr), f"fnir{suffix}": fnir(s_m, m_correct, thr),
+                        f"fnir_at_extra_fpir{suffix}": fnir(s_m, m_correct, extra)})
     return ProtocolRun(metrics, cal, queries, non_mated, calib, enroll_s, search_s)
 
 
