@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megaclass.decisions import DecisionRule
+from megaclass.decisions import AUTO_COHORT_AT, DecisionRule
 from megaclass.errors import ConfigError
 from megaclass.evaluate.pipeline import evaluate_recognizer
 from megaclass.gallery import Gallery
@@ -177,3 +177,27 @@ def test_service_calibrates_with_a_rule_and_answers_with_its_statistic(tiny_enco
         v = client.post("/v1/verify", headers=admin, data={"label": "c605"},
                         files=files(glyph_pngs(605, 1, seed=7), "file")).json()
         assert v["accepted"] == (v["statistic"] >= v["threshold"])
+
+
+@pytest.mark.parametrize("classes, expected", [(AUTO_COHORT_AT - 1, "score"), (AUTO_COHORT_AT, "cohort:20")])
+def test_a_calibration_given_no_rule_picks_it_by_gallery_size_and_a_chosen_rule_sticks(
+        tiny_encoder, tmp_path, classes, expected):
+    rng = np.random.default_rng(1)
+    g = Gallery.open(tmp_path / "g", dim=D, index="Flat")
+    g.enroll_many([(f"c{i}", v[None]) for i, v in enumerate(_unit(rng.normal(size=(classes, D))))])
+    non_mated = _unit(rng.normal(size=(300, D)))
+    with Recognizer(tiny_encoder, g) as r:
+        assert r.decision.spec == "score"  # uncalibrated: a threshold the caller gives is a score
+        cal = r.calibrate_vectors(non_mated, 0.1, allow_few=True)
+        assert r.decision.spec == expected == g.get_setting("decision")
+        assert g.get_setting("calibration")["decision_chosen"] is False
+        # the stored threshold is the picked rule's: identify accepts exactly the probes whose
+        # statistic under that rule reaches it
+        stats = r.decision.statistics_of(g.search(non_mated, k=r.decision.candidates))
+        accepted = [d.known for d in r.identify_vectors(non_mated, k=1)]
+        assert accepted == list(stats >= cal.threshold)
+        r.calibrate_vectors(non_mated, 0.1, allow_few=True, decision="cohort:5")
+    with Recognizer(tiny_encoder, Gallery.open(tmp_path / "g")) as r:  # a chosen rule is kept
+        r.calibrate_vectors(non_mated, 0.1, allow_few=True)
+        assert r.decision.spec == "cohort:5"
+        assert r.gallery.get_setting("calibration")["decision_chosen"] is True

@@ -106,13 +106,13 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for report.json, scores.
 
     row("top-1 (enrolled classes)", "top1")
     row("top-5 (enrolled classes)", "top5")
-    row(f"FNIR @ FPIR {c['target_fpir']:.0%} (calibrated)", "fnir")
-    row(f"FNIR @ FPIR {c['extra_fpir']:.0%} (calibrated)", "fnir_at_extra_fpir")
-    row(f"FPIR measured on held-out non-mated (target {c['target_fpir']:.0%})", "fpir", ".2%")
-    row(f"FNIR @ FPIR {c['target_fpir']:.0%}, cohort rule (calibrate --decision cohort)", "fnir_cohort")
+    row(f"FNIR @ FPIR {c['target_fpir']:.0%}, score rule (calibrated)", "fnir")
+    row(f"FNIR @ FPIR {c['extra_fpir']:.0%}, score rule", "fnir_at_extra_fpir")
+    row(f"FPIR on held-out non-mated, score rule (target {c['target_fpir']:.0%})", "fpir", ".2%")
+    row(f"FNIR @ FPIR {c['target_fpir']:.0%}, cohort rule (the default from 1,000 classes)", "fnir_cohort")
     row(f"FNIR @ FPIR {c['extra_fpir']:.0%}, cohort rule", "fnir_at_extra_fpir_cohort")
     row("FPIR on held-out non-mated, cohort rule", "fpir_cohort", ".2%")
-    row("threshold", "threshold", ".3f")
+    row("threshold of the score rule", "threshold", ".3f")
     console.print(table)
     timing = Table(title="time")
     timing.add_column("step")
@@ -456,7 +456,8 @@ def calibrate(model: ModelsOpt, gallery: GalleryOpt,
                   "What the threshold applies to: 'score' (the best class's cosine) or 'cohort[:N]' "
                   "(the best score minus the mean of the next N classes' scores, N=20 by default; "
                   "lower FNIR at the same FPIR on large galleries, see README). Stored with the "
-                  "threshold (default: the gallery's stored rule, else score)."),
+                  "threshold (default: the rule chosen at an earlier calibration, else cohort:20 for "
+                  "galleries of 1,000 classes or more and score below)."),
                   show_default=False)] = None,
               key_file: KeyOpt = None, seed: SeedOpt = 3, as_json: JsonOpt = False) -> None:
     """Set the gallery's threshold for a target FPIR from non-mated searches (at least 10/FPIR)."""

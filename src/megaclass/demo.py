@@ -120,7 +120,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None, 
         "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
                     "torch": torch.__version__},
         "model": model, "raw_pixel_baseline": baseline, "reference_model": reference,
-        "calibration": cal.to_dict(),
+        "calibration": {**cal.to_dict(), "decision": rec.decision.spec},
         "timing": {"train_seconds": train_s, "train_images_per_second": trainer.images_per_second_,
                    "render_seconds": render_s, "enroll_seconds": run.enroll_seconds,
                    "enroll_ms_per_class": 1000 * run.enroll_seconds / c.enrolled,
@@ -148,12 +148,13 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None, 
                         context={"trained on": f"glyph classes 0..{c.train_classes - 1}",
                                  "enrolled (never seen in training)": f"{c.enrolled:,} classes x "
                                                                       f"{c.per_class} samples",
-                                 "calibrated on": f"{len(calib_vec):,} non-mated searches"})
+                                 "calibrated on": f"{len(calib_vec):,} non-mated searches",
+                                 "decision rule": f"{rec.decision.spec} (raw pixels: score)"})
     report["html_report"] = html.name
     report["timing"]["html_report_seconds"] = time.perf_counter() - t
     report["timing"]["total_seconds"] = time.perf_counter() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    _plot_scores(out / "scores.png", ev, cal.threshold, c.target_fpir)
+    _plot_scores(out / "scores.png", ev, cal.threshold, c.target_fpir, rec.decision.spec)
     rec.close()
     log(f"HTML report (open in a browser): {html}")
     return report
@@ -173,7 +174,7 @@ def _reference_scores(protocol: OpenSetProtocol, log) -> dict | None:
     return {**metrics, "seconds": time.perf_counter() - t}
 
 
-def _plot_scores(path: Path, ev, threshold: float, target: float) -> None:
+def _plot_scores(path: Path, ev, threshold: float, target: float, rule: str = "score") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,11 +182,13 @@ def _plot_scores(path: Path, ev, threshold: float, target: float) -> None:
 
     mated, non_mated = ev.mated_scores[ev.mated_correct], ev.non_mated_scores
     fig, ax = plt.subplots(figsize=(7, 4))
-    bins = np.linspace(min(mated.min(), non_mated.min()), 1.0, 60).tolist()
+    bins = np.linspace(min(mated.min(), non_mated.min()), max(mated.max(), non_mated.max()), 60).tolist()
+    what = "best score" if rule == "score" else "statistic"
     ax.hist(mated, bins=bins, alpha=0.6, density=True, label="mated (correct rank-1)")
-    ax.hist(non_mated, bins=bins, alpha=0.6, density=True, label="non-mated (best score)")
+    ax.hist(non_mated, bins=bins, alpha=0.6, density=True, label=f"non-mated ({what})")
     ax.axvline(threshold, color="k", linestyle="--", label=f"threshold @ FPIR {target:.0%}")
-    ax.set_xlabel("cosine score of the best class")
+    ax.set_xlabel("cosine score of the best class" if rule == "score" else
+                  f"best score minus the mean of the next {rule.partition(':')[2]} ({rule} rule)")
     ax.set_ylabel("density")
     ax.set_title("megaclass demo: unseen classes, open-set identification")
     ax.legend()

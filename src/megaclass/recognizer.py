@@ -364,13 +364,16 @@ class Recognizer:
         confidence interval; ``allow_few=True`` turns that into a warning.
 
         ``decision`` (``"score"`` or ``"cohort[:N]"``, :class:`~megaclass.decisions.DecisionRule`)
-        is the rule the threshold is fitted for; by default the recognizer's current one
-        (:attr:`decision`). With ``save=True`` it is stored beside the threshold.
+        is the rule the threshold is fitted for. By default: the one given to the constructor
+        or chosen at an earlier calibration of this gallery, else one picked by the gallery's
+        size (``cohort:20`` from 1,000 classes on, where it lowers FNIR; ``score`` below). With
+        ``save=True`` it is stored beside the threshold.
         """
-        rule = self.decision if decision is None else DecisionRule.parse(decision)  # before embedding
+        if decision is not None:
+            DecisionRule.parse(decision)  # a bad rule fails before embedding
         vectors = self.embed(non_mated_samples)
         return self.calibrate_vectors(vectors, target_fpir, save=save, allow_few=allow_few,
-                                      decision=rule)
+                                      decision=decision)
 
     def calibrate_vectors(self, vectors: np.ndarray, target_fpir: float = DEFAULT_TARGET_FPIR, *,
                           save: bool = True, allow_few: bool = False,
@@ -378,7 +381,7 @@ class Recognizer:
         """:meth:`calibrate` on embeddings that were already computed."""
         if len(self.gallery) == 0:
             raise ConfigError("calibration needs an enrolled gallery: enroll classes first")
-        rule = self.decision if decision is None else DecisionRule.parse(decision)
+        rule, chosen = self._calibration_rule(decision)
         if rule.cohort and len(self.gallery) <= rule.cohort:
             raise ConfigError(f"decision rule {rule.spec} needs more than {rule.cohort} enrolled "
                               f"classes, the gallery has {len(self.gallery)}: use 'score' or a "
@@ -397,8 +400,21 @@ class Recognizer:
             self.gallery.set_setting(THRESHOLD_KEY, cal.threshold)
             self.gallery.set_setting(DECISION_KEY, rule.spec)
             self.gallery.set_setting(CALIBRATION_KEY, {**cal.to_dict(), "model": self.fingerprint,
-                                                       "decision": rule.spec})
+                                                       "decision": rule.spec,
+                                                       "decision_chosen": chosen})
         return cal
+
+    def _calibration_rule(self, decision) -> tuple[DecisionRule, bool]:
+        """The rule a calibration fits its threshold for, and whether it was chosen (given to
+        this call, to the constructor or to an earlier calibration) rather than picked by the
+        gallery's size (:meth:`DecisionRule.auto <megaclass.decisions.DecisionRule.auto>`)."""
+        if decision is not None:
+            return DecisionRule.parse(decision), True
+        if self._decision is not None:
+            return self._decision, True
+        if (self.gallery.get_setting(CALIBRATION_KEY) or {}).get("decision_chosen"):
+            return DecisionRule.parse(self.gallery.get_setting(DECISION_KEY)), True
+        return DecisionRule.auto(len(self.gallery)), False
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self) -> None:

@@ -133,12 +133,13 @@ def run_protocol(rec, protocol: OpenSetProtocol) -> ProtocolRun:
     search_s = time.perf_counter() - t
     found_nm, found_cal = rec.gallery.search(non_mated, k=k), rec.gallery.search(calib, k=k)
     truth = p.truth
-    metrics = {**top_k_accuracy([[m.label for m in ms[:5]] for ms in found_m], truth, ks=(1, 5)),
-               "threshold": cal.threshold}
+    metrics = top_k_accuracy([[m.label for m in ms[:5]] for ms in found_m], truth, ks=(1, 5))
     m_correct = np.array([bool(ms) and ms[0].label == t for ms, t in zip(found_m, truth, strict=True)])
     for suffix, rule in rules.items():
         s_cal, s_m, s_nm = (rule.statistics_of(f) for f in (found_cal, found_m, found_nm))
         thr, extra = (calibrate_threshold(s_cal, f).threshold for f in (p.target_fpir, p.extra_fpir))
+        if not suffix:
+            metrics["threshold"] = thr  # the score rule's (the recognizer keeps its own rule's)
         metrics.update({f"fpir{suffix}": fpir(s_nm, thr), f"fnir{suffix}": fnir(s_m, m_correct, thr),
                         f"fnir_at_extra_fpir{suffix}": fnir(s_m, m_correct, extra)})
     return ProtocolRun(metrics, cal, queries, non_mated, calib, enroll_s, search_s)

@@ -53,7 +53,8 @@ async def calibrate(svc: Svc, key: Annotated[KeyInfo, Depends(authorize("admin",
                         "achieved FPIR's 95 % interval)."))] = False,
                     decision: Annotated[str | None, Form(description=(
                         "What the threshold applies to: 'score' or 'cohort[:N]' (as `megaclass "
-                        "calibrate --decision`); default the gallery's stored rule."))] = None
+                        "calibrate --decision`); default: the rule chosen before, else cohort:20 from "
+                        "1,000 classes on and score below."))] = None
                     ) -> CalibrationOut:
     """Set the gallery's threshold so that at most ``target_fpir`` of these non-mated images
     would be accepted (the same as ``megaclass calibrate``); admin only, audited. Every later
