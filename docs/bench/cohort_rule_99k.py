@@ -43,10 +43,14 @@ stats = {
   "s1 - 0.5 mean(s2..s10)": lambda t: t[1][:, 0] - 0.5 * t[1][:, 1:10].mean(1),
   "s1 - 0.75 mean(s2..s10)": lambda t: t[1][:, 0] - 0.75 * t[1][:, 1:10].mean(1),
 }
-print(f"gallery {G}, rank-1 {hit.mean():.4f}  (mated {len(hit)}, calib {len(c[1])}, held-out {len(nm[1])})")
-for name, f in stats.items():
-    row = [f"{name:26s}"]
-    for fpir in (0.01, 0.1):
-        cs = np.sort(f(c))[::-1]; thr = cs[int(np.floor(fpir * len(cs)))]
-        row.append(f"FNIR@{fpir:.0%} {1 - (hit & (f(ma) > thr)).mean():.3f} (held FPIR {(f(nm) > thr).mean():.3f})")
-    print("  ".join(row))
+def table(stats, width=26):
+    """One line per statistic: FNIR at FPIR 1 % and 10 % (threshold from the calibration searches)."""
+    print(f"gallery {G}, rank-1 {hit.mean():.4f}  (mated {len(hit)}, calib {len(c[1])}, held-out {len(nm[1])})")
+    for name, f in stats.items():
+        row = [f"{name:{width}s}"]
+        for fpir in (0.01, 0.1):
+            cs = np.sort(f(c))[::-1]; thr = cs[int(np.floor(fpir * len(cs)))]
+            row.append(f"FNIR@{fpir:.0%} {1 - (hit & (f(ma) > thr)).mean():.3f} (held FPIR {(f(nm) > thr).mean():.3f})")
+        print("  ".join(row), flush=True)
+if __name__ == "__main__":
+    table(stats)

@@ -4,8 +4,10 @@ with each enrolled class's own cohort mean z (the mean cosine of its 20 nearest 
 in the gallery) subtracted beside the probe's cohort mean mp. Same features, gallery, mated and
 non-mated searches as cohort_rule_99k.py (which this runs first). Output: cohort_snorm_99k.txt.
 """
-import time
-exec(open(__file__.replace("cohort_snorm_99k", "cohort_rule_99k")).read().split("stats = {")[0])
+import runpy, time
+import numpy as np
+ns = runpy.run_path(__file__.replace("cohort_snorm_99k", "cohort_rule_99k"))  # features, gallery, searches
+G, T, table = ns["G"], ns["T"], ns["table"]
 t=time.time()
 N=20
 z = np.empty(G, np.float32)
@@ -20,10 +22,4 @@ def mk(alpha, beta):
 stats = {"raw s1": lambda t: t[1][:, 0], "cohort:20": mk(1, 0)}
 for a, b in [(0.5, 0.5), (1, 0.5), (1, 1), (0.75, 0.25), (0, 1)]:
     stats[f"s1 - {a} mp - {b} z_best"] = mk(a, b)
-print(f"gallery {G}, rank-1 {hit.mean():.4f}")
-for name, f in stats.items():
-    row = [f"{name:28s}"]
-    for fpir in (0.01, 0.1):
-        cs = np.sort(f(c))[::-1]; thr = cs[int(np.floor(fpir * len(cs)))]
-        row.append(f"FNIR@{fpir:.0%} {1 - (hit & (f(ma) > thr)).mean():.3f} (held FPIR {(f(nm) > thr).mean():.3f})")
-    print("  ".join(row), flush=True)
+table(stats, width=28)
