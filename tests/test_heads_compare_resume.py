@@ -24,3 +24,11 @@ def test_resume_retries_a_timed_out_run_and_keeps_a_finished_one(tmp_path):
     assert len(again["runs"]) == 2                            # the failed try is replaced, not added to
     assert by_size[200] == done[0]                             # kept as it was, not trained again
     assert "error" not in by_size[300] and by_size[300]["test_top1"] > 0.5
+
+
+def test_a_budget_override_stops_the_run_by_the_budget_and_is_recorded(tmp_path):
+    report = run_head_comparison(tmp_path, sizes=(200,), heads=("partial_fc",), quick=True,
+                                 settings=SETTINGS, max_seconds=1e-3, log=None)
+    run, = report["runs"]
+    assert report["config"]["max_seconds"] == 1e-3
+    assert run["stopped_by"] == "max_seconds" and run["steps"] < 60  # quick's step cap is 60

@@ -31,17 +31,23 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
                                                           "hierarchical"),
                         sweep_classes: int | None = None, quick: bool = False, model: str = "reference",
                         batch: int = 256, min_gain: float = 0.002, timeout: float = 3600.0,
-                        settings: dict | None = None, clock: str = "wall", log=print) -> dict:
+                        settings: dict | None = None, clock: str = "wall", max_seconds: float | None = None,
+                        log=print) -> dict:
     """Sweep at ``sweep_classes`` (default the smallest size), converge at every size; write JSON + plot.
 
     ``clock="cpu"`` times training steps (and the wall-clock budgets) in the worker's own CPU
     seconds, so a box shared with other work does not shorten a head's budget; ``timeout`` stays
     wall-clock seconds per worker (give a loaded box more). A run that failed (timed out,
     crashed) is tried again when the comparison is resumed; finished runs are kept.
+    ``max_seconds`` replaces the protocol's training budget per run (900 s; the heads that
+    do not reach their plateau within it are reported as stopped by the budget), e.g. to
+    let dense heads converge at 100k classes.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     knobs = dict(QUICK if quick else FULL)
+    if max_seconds is not None:
+        knobs["max_seconds"] = float(max_seconds)
     sizes = sorted(int(c) for c in sizes)
     sweep_c = int(sweep_classes or sizes[0])
     feats = glyph_features(out / "features", max(sizes + [sweep_c]), model=model, log=log)
