@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .data.glyphs import GlyphSource
+from .decisions import DecisionRule
 from .evaluate.baseline import NearestClassMean, pixel_summary, pixel_templates
 from .evaluate.originals import Glyph, glyph_sources
 from .evaluate.pipeline import evaluate_recognizer
@@ -154,7 +155,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None, 
     report["timing"]["html_report_seconds"] = time.perf_counter() - t
     report["timing"]["total_seconds"] = time.perf_counter() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    _plot_scores(out / "scores.png", ev, cal.threshold, c.target_fpir, rec.decision.spec)
+    _plot_scores(out / "scores.png", ev, cal.threshold, c.target_fpir, rec.decision)
     rec.close()
     log(f"HTML report (open in a browser): {html}")
     return report
@@ -174,7 +175,7 @@ def _reference_scores(protocol: OpenSetProtocol, log) -> dict | None:
     return {**metrics, "seconds": time.perf_counter() - t}
 
 
-def _plot_scores(path: Path, ev, threshold: float, target: float, rule: str = "score") -> None:
+def _plot_scores(path: Path, ev, threshold: float, target: float, rule: DecisionRule) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,12 +184,12 @@ def _plot_scores(path: Path, ev, threshold: float, target: float, rule: str = "s
     mated, non_mated = ev.mated_scores[ev.mated_correct], ev.non_mated_scores
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.linspace(min(mated.min(), non_mated.min()), max(mated.max(), non_mated.max()), 60).tolist()
-    what = "best score" if rule == "score" else "statistic"
+    what = "statistic" if rule.cohort else "best score"
     ax.hist(mated, bins=bins, alpha=0.6, density=True, label="mated (correct rank-1)")
     ax.hist(non_mated, bins=bins, alpha=0.6, density=True, label=f"non-mated ({what})")
     ax.axvline(threshold, color="k", linestyle="--", label=f"threshold @ FPIR {target:.0%}")
-    ax.set_xlabel("cosine score of the best class" if rule == "score" else
-                  f"best score minus the mean of the next {rule.partition(':')[2]} ({rule} rule)")
+    ax.set_xlabel(f"best score minus the mean of the next {rule.cohort} ({rule.spec} rule)" if rule.cohort
+                  else "cosine score of the best class")
     ax.set_ylabel("density")
     ax.set_title("megaclass demo: unseen classes, open-set identification")
     ax.legend()

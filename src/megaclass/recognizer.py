@@ -387,8 +387,7 @@ class Recognizer:
                               f"classes, the gallery has {len(self.gallery)}: use 'score' or a "
                               "smaller cohort")
         found = self.gallery.search(vectors, k=rule.candidates, model=self._search_model)
-        top = [rule.statistic([m.score for m in ms]) for ms in found if ms]
-        cal = calibrate_threshold(top, target_fpir)
+        cal = calibrate_threshold(rule.statistics_of([ms for ms in found if ms]), target_fpir)
         few = too_few_non_mated(cal)
         if few and not allow_few:
             raise InvalidInputError(few + " (or pass allow_few=True)")
@@ -412,8 +411,9 @@ class Recognizer:
             return DecisionRule.parse(decision), True
         if self._decision is not None:
             return self._decision, True
-        if (self.gallery.get_setting(CALIBRATION_KEY) or {}).get("decision_chosen"):
-            return DecisionRule.parse(self.gallery.get_setting(DECISION_KEY)), True
+        before = self.gallery.get_setting(CALIBRATION_KEY) or {}
+        if before.get("decision_chosen"):
+            return DecisionRule.parse(before["decision"]), True
         return DecisionRule.auto(len(self.gallery)), False
 
     # -- lifecycle -------------------------------------------------------------------
