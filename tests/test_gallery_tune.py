@@ -59,6 +59,28 @@ def test_tune_reaches_the_target_on_the_given_probes_and_is_saved(tmp_path, data
         assert (st["nprobe"], st["k_factor"], st["tuned_by"]) == (out["nprobe"], out["k_factor"], "queries")
 
 
+def test_a_search_for_one_class_re_ranks_k_factor_candidates_whatever_the_templates_per_class(tmp_path, data):
+    """With 2 templates per class a k=1 search fetches 2 neighbours; it re-ranks
+    k_factor + 1 candidates (one per extra neighbour), not 2 x k_factor: the depth at
+    which leave-one-out tuning measures (the left-out template is the extra one). Checked
+    against FAISS searched directly for one neighbour at k_factor + 1."""
+    from megaclass.gallery.faiss_api import ivf_params, refine_params
+
+    tpl, probes, _ = data
+    with _gallery(tmp_path / "g", tpl) as g:
+        ci = g.state.index
+        ci.set_knobs(nprobe=2, k_factor=3)  # shallow, so the depth decides many answers
+        ours = np.array([c[0] for c, _ in ci.search(probes, 1)])
+
+        def faiss_best(k_factor):
+            base = ivf_params(2)
+            _, ids = ci.index.search(probes, 1, params=refine_params(k_factor, base, keep=base))
+            return ci.class_map.classes_of(ids)[:, 0]
+
+        assert np.array_equal(ours, faiss_best(4))
+        assert not np.array_equal(ours, faiss_best(6))  # the old depth (2 x 3) answers differently
+
+
 def test_tune_refuses_bad_probes_and_changes_nothing(tmp_path, data):
     tpl, probes, _ = data
     with _gallery(tmp_path / "g", tpl) as g:

@@ -1,5 +1,14 @@
 """Search of a :class:`~megaclass.gallery.index.ClassIndex`: template neighbours from FAISS
-collapsed to the best ``k`` distinct classes, optionally restricted to some classes."""
+collapsed to the best ``k`` distinct classes, optionally restricted to some classes.
+
+Re-rank depth. For an index with an exact re-rank stage (``...,RFlat``) the tuned
+``k_factor`` means *candidates re-ranked per result class wanted*; neighbours fetched
+beyond the wanted results (a class's other templates, tombstones, the probe itself when
+tuning leaves one template out) each add one candidate, not ``k_factor`` more
+(:func:`rerank_factor`). So a search for one class re-ranks about as many candidates
+whatever the number of templates per class, and the tuning probes are measured at the
+depth real searches use: the recall the gallery reports is the recall it delivers.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +43,19 @@ def _collapse(cids: list[int], scores: list[float], k: int) -> tuple[list[int], 
     return best_c, best_s
 
 
+def rerank_factor(k_factor: float, wanted: int, fetched: int) -> float:
+    """Per-call FAISS ``k_factor`` for a search that fetches ``fetched`` neighbours to
+    return ``wanted`` results: ``k_factor`` candidates per wanted result plus one per
+    extra neighbour fetched, spread over ``fetched`` (FAISS re-ranks ``int(fetched *
+    k_factor)`` candidates; the half keeps the product from rounding down).
+
+    >>> int(2 * rerank_factor(128, 1, 2))   # one class among 2 fetched: 128 + 1
+    129
+    """
+    pool = k_factor * wanted + max(0, fetched - wanted)
+    return max(1.0, (pool + 0.5) / fetched)
+
+
 def search_classes(class_index: ClassIndex, queries: np.ndarray, k: int,
                    allowed: np.ndarray | None = None) -> list[tuple[list[int], list[float]]]:
     """Best ``k`` distinct classes per query row: ``[(class ids, scores), ...]`` (lists).
@@ -41,17 +63,18 @@ def search_classes(class_index: ClassIndex, queries: np.ndarray, k: int,
     Searches ``k * max templates per class`` template neighbours (which always holds
     ``k`` distinct classes when the index has them; capped at 4096 to bound memory),
     keeps each class's best score, and doubles the search for rows that came back short.
-    ``allowed`` (class ids) restricts the search to those classes, inside FAISS.
+    ``allowed`` (class ids) restricts the search to those classes, inside FAISS. An exact
+    re-rank stage re-ranks ``k_factor`` candidates per class wanted (:func:`rerank_factor`).
     """
     nq = len(queries)
     out: list[tuple[list[int], list[float]]] = [([], [])] * nq
     cmap = class_index.class_map
-    params, total, nclasses = None, int(class_index.index.ntotal), cmap.num_classes
+    selector, total, nclasses = None, int(class_index.index.ntotal), cmap.num_classes
     if allowed is not None:
         tids = cmap.templates_of(allowed)
         if not len(tids):
             return out
-        params = _filter_params(class_index, faiss.IDSelectorBatch(tids))
+        selector = faiss.IDSelectorBatch(tids)
         total, nclasses = len(tids), len(np.unique(cmap.lookup(tids)))
     if total - class_index.tombstones <= 0 or nq == 0:
         return out
@@ -62,6 +85,7 @@ def search_classes(class_index: ClassIndex, queries: np.ndarray, k: int,
     rows = list(range(nq))
     while rows:
         batch = queries if len(rows) == nq else queries[rows]
+        params = _search_params(class_index, selector, min(k, kk), kk)
         with threads_for(len(rows)):
             scores, ids = class_index.index.search(batch, kk, params=params)
         cids = cmap.classes_of(ids)  # FAISS pads short results with -1; tombstones map to -1 too
@@ -76,22 +100,31 @@ def search_classes(class_index: ClassIndex, queries: np.ndarray, k: int,
     return out
 
 
-def _filter_params(class_index: ClassIndex, selector: faiss.IDSelector) -> faiss.SearchParameters:
-    """Search parameters restricting FAISS to ``selector``, keeping the tuned knob."""
+def _search_params(class_index: ClassIndex, selector: faiss.IDSelector | None, wanted: int,
+                   fetched: int) -> faiss.SearchParameters | None:
+    """Search parameters for fetching ``fetched`` neighbours to return ``wanted`` classes:
+    the re-rank depth of :func:`rerank_factor`, restricted to ``selector`` if given, with
+    the tuned ``nprobe`` / ``efSearch``. None (the index's own settings) when neither a
+    re-rank stage nor a selector needs parameters."""
     inner = faiss.downcast_index(class_index.index.index)
-    if isinstance(inner, faiss.IndexRefine):  # the base search filters: it needs internal ids
+    if isinstance(inner, faiss.IndexRefine):
+        kf = rerank_factor(inner.k_factor, wanted, fetched)
+        if selector is None:
+            base = _knob_params(faiss.downcast_index(inner.base_index), None)
+            return refine_params(kf, base, keep=base)
+        # the base search filters: it needs internal ids
         internal = internal_selector(class_index.index, selector)
         base = _knob_params(faiss.downcast_index(inner.base_index), internal)
-        return refine_params(inner.k_factor, base, keep=(selector, internal, base))
-    return _knob_params(inner, selector)
+        return refine_params(kf, base, keep=(selector, internal, base))
+    return None if selector is None else _knob_params(inner, selector)
 
 
-def _knob_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
-    """Search parameters for ``index`` (not a refine stage) restricted to ``selector``, with
-    its current ``nprobe`` / ``efSearch``."""
+def _knob_params(index: faiss.Index, selector: faiss.IDSelector | None) -> faiss.SearchParameters:
+    """Search parameters for ``index`` (not a refine stage) with its current ``nprobe`` /
+    ``efSearch``, restricted to ``selector`` if given."""
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         return ivf_params(ivf.nprobe, selector)
     if isinstance(index, faiss.IndexHNSW):
         return hnsw_params(index.hnsw.efSearch, selector)
-    return filter_params(selector)
+    return faiss.SearchParameters() if selector is None else filter_params(selector)

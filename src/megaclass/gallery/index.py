@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import ConfigError, MegaclassError
 from .class_map import TemplateClassMap
-from .class_search import search_classes
+from .class_search import rerank_factor, search_classes
 from .concurrency import threads_for
 from .faiss_api import hnsw_params, ivf_params, refine_params, remove_ids
 from .index_spec import min_train, resolve_spec
@@ -41,7 +41,7 @@ from .tuning import K_FACTORS, TUNE_TARGET, fit_knobs, uniform_sample
 
 INDEX_TYPE = "Flat"  # the default spec
 TOMBSTONE_REBUILD = 0.10
-REFINE_K_FACTOR = K_FACTORS[0]  # "...,RFlat": candidates re-ranked exactly per result wanted
+REFINE_K_FACTOR = K_FACTORS[0]  # "...,RFlat": candidates re-ranked exactly per class wanted
 TRAIN_SAMPLE = 200_000  # templates drawn to train IVF / PQ (and to make tuning queries)
 
 
@@ -272,9 +272,14 @@ class ClassIndex:
         return refine_params(k_factor, base, keep=base)
 
     def probe_answers(self, probes: Probes, params: faiss.SearchParameters | None = None) -> np.ndarray:
-        """Best class of each probe by this index (-1 if none), skipping ``probes.exclude``."""
+        """Best class of each probe by this index (-1 if none), skipping ``probes.exclude``.
+        A re-rank ``k_factor`` in ``params`` is per probe answer, as in a real search for
+        one class: the left-out template and tombstones fetched beside it add one
+        candidate each (:func:`~megaclass.gallery.class_search.rerank_factor`)."""
         extra = 1 if probes.exclude is not None else 0
         kk = min(int(self.index.ntotal), 1 + extra + (4 if self.tombstones else 0))
+        if isinstance(params, faiss.IndexRefineSearchParameters):
+            params.k_factor = rerank_factor(params.k_factor, 1, kk)
         _, ids = self.index.search(probes.queries, kk, params=params)
         cids = self.class_map.classes_of(ids)
         skip = cids < 0  # FAISS's padding, tombstones and hidden templates
