@@ -201,3 +201,18 @@ def test_a_calibration_given_no_rule_picks_it_by_gallery_size_and_a_chosen_rule_
         r.calibrate_vectors(non_mated, 0.1, allow_few=True)
         assert r.decision.spec == "cohort:5"
         assert r.gallery.get_setting("calibration")["decision_chosen"] is True
+
+
+def test_calibration_reuses_search_results_that_are_deep_enough_and_searches_again_otherwise(rec):
+    """``calibrate_vectors(found=)`` (the protocol passes the searches it already made):
+    the same calibration as searching itself when the rows hold the rule's candidates;
+    rows too shallow for the rule are not trusted (the vectors are searched again)."""
+    _, _, _, calib, _ = _world()
+    own = rec.calibrate_vectors(calib, 0.1, decision="cohort:5", allow_few=True, save=False)
+    deep = rec.gallery.search(calib, k=21)
+    reused = rec.calibrate_vectors(calib, 0.1, decision="cohort:5", allow_few=True, save=False, found=deep)
+    assert reused.threshold == own.threshold and reused.to_dict() == own.to_dict()
+    # one match per row holds no cohort for the rule: searched again, not used
+    shallow = rec.gallery.search(calib, k=1)
+    again = rec.calibrate_vectors(calib, 0.1, decision="cohort:5", allow_few=True, save=False, found=shallow)
+    assert again.to_dict() == own.to_dict()

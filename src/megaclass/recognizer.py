@@ -377,8 +377,12 @@ class Recognizer:
 
     def calibrate_vectors(self, vectors: np.ndarray, target_fpir: float = DEFAULT_TARGET_FPIR, *,
                           save: bool = True, allow_few: bool = False,
-                          decision: str | DecisionRule | None = None) -> Calibration:
-        """:meth:`calibrate` on embeddings that were already computed."""
+                          decision: str | DecisionRule | None = None,
+                          found: list | None = None) -> Calibration:
+        """:meth:`calibrate` on embeddings that were already computed. ``found``: the
+        gallery's search results for ``vectors`` if the caller has them (e.g. from a search
+        deep enough for top-5 and the cohort rule); used when each row holds the rule's
+        candidates (or every class), else the vectors are searched again."""
         if len(self.gallery) == 0:
             raise ConfigError("calibration needs an enrolled gallery: enroll classes first")
         rule, chosen = self._calibration_rule(decision)
@@ -386,7 +390,9 @@ class Recognizer:
             raise ConfigError(f"decision rule {rule.spec} needs more than {rule.cohort} enrolled "
                               f"classes, the gallery has {len(self.gallery)}: use 'score' or a "
                               "smaller cohort")
-        found = self.gallery.search(vectors, k=rule.candidates, model=self._search_model)
+        deep = min(rule.candidates, len(self.gallery))
+        if found is None or len(found) != len(vectors) or any(len(ms) < deep for ms in found):
+            found = self.gallery.search(vectors, k=rule.candidates, model=self._search_model)
         cal = calibrate_threshold(rule.statistics_of([ms for ms in found if ms]), target_fpir)
         few = too_few_non_mated(cal)
         if few and not allow_few:

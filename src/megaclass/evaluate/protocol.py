@@ -122,16 +122,17 @@ def run_protocol(rec, protocol: OpenSetProtocol) -> ProtocolRun:
         calib = rec.embed(p.images["calib"][0])
         queries = rec.embed(p.images["mated"][0])
         non_mated = rec.embed(p.images["non_mated"][0])
-    # the quick miniature has fewer non-mated searches than 10/FPIR: its threshold is rough
-    cal = rec.calibrate_vectors(calib, p.target_fpir, allow_few=True)
     # one search per set, deep enough for top-5 and for the cohort rule; both decision rules
     # are scored on the same searches, each with thresholds fitted on the calibration searches
     rules = {"": DecisionRule.parse("score"), "_cohort": DecisionRule.parse("cohort")}
     k = max(5, *(r.candidates for r in rules.values()))
+    found_cal = rec.gallery.search(calib, k=k)
+    # the quick miniature has fewer non-mated searches than 10/FPIR: its threshold is rough
+    cal = rec.calibrate_vectors(calib, p.target_fpir, allow_few=True, found=found_cal)
     t = time.perf_counter()
     found_m = rec.gallery.search(queries, k=k)
     search_s = time.perf_counter() - t
-    found_nm, found_cal = rec.gallery.search(non_mated, k=k), rec.gallery.search(calib, k=k)
+    found_nm = rec.gallery.search(non_mated, k=k)
     truth = p.truth
     metrics = top_k_accuracy([[m.label for m in ms[:5]] for ms in found_m], truth, ks=(1, 5))
     m_correct = np.array([bool(ms) and ms[0].label == t for ms, t in zip(found_m, truth, strict=True)])
