@@ -106,8 +106,8 @@ def _search_params(class_index: ClassIndex, selector: faiss.IDSelector | None, w
     the re-rank depth of :func:`rerank_factor`, restricted to ``selector`` if given, with
     the tuned ``nprobe`` / ``efSearch``. None (the index's own settings) when neither a
     re-rank stage nor a selector needs parameters."""
-    inner = faiss.downcast_index(class_index.index.index)
-    if isinstance(inner, faiss.IndexRefine):
+    inner = class_index.refine
+    if inner is not None:
         kf = rerank_factor(inner.k_factor, wanted, fetched)
         if selector is None:
             base = _knob_params(faiss.downcast_index(inner.base_index), None)
@@ -116,7 +116,7 @@ def _search_params(class_index: ClassIndex, selector: faiss.IDSelector | None, w
         internal = internal_selector(class_index.index, selector)
         base = _knob_params(faiss.downcast_index(inner.base_index), internal)
         return refine_params(kf, base, keep=(selector, internal, base))
-    return None if selector is None else _knob_params(inner, selector)
+    return None if selector is None else _knob_params(faiss.downcast_index(class_index.index.index), selector)
 
 
 def _knob_params(index: faiss.Index, selector: faiss.IDSelector | None) -> faiss.SearchParameters:
