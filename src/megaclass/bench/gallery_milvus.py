@@ -9,7 +9,12 @@ gallery pick and tune its index as a user would (``tune()``: FLAT below 50k temp
 else HNSW with ``ef`` fitted on its own
 probes, reported as ``recall_reported``), then fits ``ef`` on the mated probes like every
 other system and measures there. ``$MEGACLASS_BENCH_MILVUS_INDEX`` forces the index
-(``FLAT``, ``HNSW``, ``IVF_FLAT``). The server runs in its own process: ``rss_over_data_mb``
+(``FLAT``, ``HNSW``, ``IVF_FLAT``). ``$MEGACLASS_BENCH_MILVUS_TIMEOUT`` (seconds, default
+600) bounds each call, the index build included (HNSW over 2M templates takes about that
+long on 2 cores); the started server's session TTL is Milvus's default 30 s, not the
+tests' 5 s (at 1M on a loaded box the server went "Abnormal" during the index build; a
+missed 5 s keep-alive is the suspected cause).
+The server runs in its own process: ``rss_over_data_mb``
 is the client's, ``server_rss_mb`` the server's (VmHWM), ``disk_mb`` its data folder.
 """
 
@@ -44,7 +49,7 @@ def run_megaclass_milvus(d: BenchData) -> dict:
     if not uri:
         from megaclass.gallery.milvus.standalone import MilvusProcess
 
-        server = MilvusProcess(d.work / "milvus-server")
+        server = MilvusProcess(d.work / "milvus-server", **{"common.session.ttl": 30})
         server.start()
         uri = server.uri_base
     uri = f"{uri.rstrip('/')}/bench{int(time.time())}"
@@ -52,7 +57,8 @@ def run_megaclass_milvus(d: BenchData) -> dict:
         n_cls = int(d.owner.max()) + 1
         per = len(d.tpl) // n_cls
         by_class = d.tpl.reshape(per, n_cls, -1)
-        g = MilvusGallery.open(uri + "?timeout=600", dim=d.tpl.shape[1])
+        timeout = float(os.environ.get("MEGACLASS_BENCH_MILVUS_TIMEOUT", "600"))
+        g = MilvusGallery.open(f"{uri}?timeout={timeout:g}", dim=d.tpl.shape[1])
         t = time.perf_counter()
         for a in range(0, n_cls, BATCH_CLASSES):
             block = np.ascontiguousarray(by_class[:, a:a + BATCH_CLASSES].transpose(1, 0, 2))
