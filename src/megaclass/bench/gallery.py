@@ -148,7 +148,7 @@ def run_megaclass(d: BenchData) -> dict:
     for a in range(0, n_cls, step):  # one durable transaction per 10k classes
         block = np.ascontiguousarray(by_class[:, a:a + step].transpose(1, 0, 2))  # (classes, per, d)
         g.enroll_many((f"c{a + j}", block[j]) for j in range(len(block)))
-        progress(min(a + step, n_cls), n_cls, t)
+        progress(min(a + step, n_cls) * per, n_cls * per, t)  # in templates, like the peers
     enroll_s = time.perf_counter() - t
     g.wait_for_index()  # background upgrade / re-fit of the index the enrolls called for
     ready_s = time.perf_counter() - t

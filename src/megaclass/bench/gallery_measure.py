@@ -117,6 +117,6 @@ def dir_bytes(p: Path) -> int:
 
 
 def progress(done: int, total: int, started: float) -> None:
-    """A progress line on stderr: what a timed-out run reports as how far it got."""
+    """A progress line on stderr, in templates: what a timed-out run reports as how far it got."""
     print(json.dumps({"built": done, "of": total, "seconds": time.perf_counter() - started}),
           file=sys.stderr, flush=True)

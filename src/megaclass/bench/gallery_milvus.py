@@ -63,7 +63,7 @@ def run_megaclass_milvus(d: BenchData) -> dict:
         for a in range(0, n_cls, BATCH_CLASSES):
             block = np.ascontiguousarray(by_class[:, a:a + BATCH_CLASSES].transpose(1, 0, 2))
             g.enroll_many((f"c{a + j}", block[j]) for j in range(len(block)))
-            progress(min(a + BATCH_CLASSES, n_cls), n_cls, t)
+            progress(min(a + BATCH_CLASSES, n_cls) * per, n_cls * per, t)  # in templates
         enroll_s = time.perf_counter() - t
         single = int(os.environ.get("MEGACLASS_BENCH_MILVUS_SINGLE", "50"))  # enrolls + erases timed
         t = time.perf_counter()
