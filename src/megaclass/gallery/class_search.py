@@ -106,17 +106,15 @@ def _search_params(class_index: ClassIndex, selector: faiss.IDSelector | None, w
     the re-rank depth of :func:`rerank_factor`, restricted to ``selector`` if given, with
     the tuned ``nprobe`` / ``efSearch``. None (the index's own settings) when neither a
     re-rank stage nor a selector needs parameters."""
-    inner = class_index.refine
-    if inner is not None:
-        kf = rerank_factor(inner.k_factor, wanted, fetched)
-        if selector is None:
-            base = _knob_params(faiss.downcast_index(inner.base_index), None)
-            return refine_params(kf, base, keep=base)
-        # the base search filters: it needs internal ids
-        internal = internal_selector(class_index.index, selector)
-        base = _knob_params(faiss.downcast_index(inner.base_index), internal)
-        return refine_params(kf, base, keep=(selector, internal, base))
-    return None if selector is None else _knob_params(faiss.downcast_index(class_index.index.index), selector)
+    refine = class_index.refine
+    if refine is None and selector is None:
+        return None
+    # below a re-rank stage the base search filters: it needs the id map's internal ids
+    sel = selector if refine is None or selector is None else internal_selector(class_index.index, selector)
+    base = _knob_params(class_index.knob_index, sel)
+    if refine is None:
+        return base
+    return refine_params(rerank_factor(refine.k_factor, wanted, fetched), base, keep=(selector, sel, base))
 
 
 def _knob_params(index: faiss.Index, selector: faiss.IDSelector | None) -> faiss.SearchParameters:

@@ -63,6 +63,7 @@ class ClassIndex:
     info : how it was chosen and tuned (``nprobe`` / ``efSearch``, measured recall@1).
     tombstones : erased templates still inside the FAISS index (skipped by search).
     refine : the exact re-rank stage (``...,RFlat``) inside the id map, or None.
+    knob_index : the index whose ``nprobe`` / ``efSearch`` a search sets (below ``refine``).
     """
 
     def __init__(self, dim: int, index: faiss.IndexIDMap2 | None = None, *, spec: str = "Flat",
@@ -74,6 +75,7 @@ class ClassIndex:
         self.index = index if index is not None else _new_faiss(dim, spec)
         inner = faiss.downcast_index(self.index.index)  # kept: downcasting costs ~4 us a search
         self.refine: faiss.IndexRefine | None = inner if isinstance(inner, faiss.IndexRefine) else None
+        self.knob_index = inner if self.refine is None else faiss.downcast_index(self.refine.base_index)
         self.tombstones = 0
         self.class_map = TemplateClassMap()
         self.apply_knobs()
@@ -247,7 +249,7 @@ class ClassIndex:
         (``recall_ci95``) in :attr:`info`; returns :meth:`describe`."""
         knob, limit, refine = self.search_knob()
         def recall_at(value: int, k_factor: int | None) -> float:
-            right = self.probe_answers(probes, self._params(knob, value, k_factor)) == probes.truth
+            right = self.probe_answers(probes, knob, value, k_factor) == probes.truth
             return float(np.mean(right))
 
         value, k_factor, recall = fit_knobs(recall_at, 8 if knob == "nprobe" else 32, limit,
@@ -267,22 +269,23 @@ class ClassIndex:
                              tuned_at=int(self.index.ntotal))
         return self.describe()
 
-    def _params(self, knob: str, value: int, k_factor: int | None) -> faiss.SearchParameters:
-        """Search parameters that set ``knob`` (and the re-ranked candidates) for one call."""
+    def _params(self, knob: str, value: int, k_factor: int | None, fetched: int) -> faiss.SearchParameters:
+        """Search parameters that set ``knob`` (and the re-ranked candidates, per class
+        answer: :func:`~megaclass.gallery.class_search.rerank_factor`) for one call that
+        fetches ``fetched`` neighbours to answer one class."""
         base = ivf_params(value) if knob == "nprobe" else hnsw_params(value)
         if k_factor is None:
             return base
-        return refine_params(k_factor, base, keep=base)
+        return refine_params(rerank_factor(k_factor, 1, fetched), base, keep=base)
 
-    def probe_answers(self, probes: Probes, params: faiss.SearchParameters | None = None) -> np.ndarray:
-        """Best class of each probe by this index (-1 if none), skipping ``probes.exclude``.
-        A re-rank ``k_factor`` in ``params`` is per probe answer, as in a real search for
-        one class: the left-out template and tombstones fetched beside it add one
-        candidate each (:func:`~megaclass.gallery.class_search.rerank_factor`)."""
+    def probe_answers(self, probes: Probes, knob: str, value: int, k_factor: int | None) -> np.ndarray:
+        """Best class of each probe by this index (-1 if none) with ``knob`` at ``value``
+        and ``k_factor`` re-ranked candidates, skipping ``probes.exclude``. The re-rank
+        depth is that of a real search for one class: the left-out template and the
+        tombstones fetched beside the answer add one candidate each."""
         extra = 1 if probes.exclude is not None else 0
         kk = min(int(self.index.ntotal), 1 + extra + (4 if self.tombstones else 0))
-        if isinstance(params, faiss.IndexRefineSearchParameters):
-            params.k_factor = rerank_factor(params.k_factor, 1, kk)
+        params = self._params(knob, value, k_factor, kk)
         _, ids = self.index.search(probes.queries, kk, params=params)
         cids = self.class_map.classes_of(ids)
         skip = cids < 0  # FAISS's padding, tombstones and hidden templates
