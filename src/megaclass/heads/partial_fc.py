@@ -37,118 +37,14 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .base import Head
+from .margin_loss import margin_cross_entropy
 from .margins import Margin, resolve_margin
 from .reduction import LossReduction, reduction_for
 from .rowwise import DTYPES, OPTIMIZERS, check_memory, make_state, rowwise_step, state_names
-
-
-class _MarginCrossEntropy(torch.autograd.Function):
-    """Fused ``CE(s * margin(cos(e, w_j)), y)`` with a hand-written backward.
-
-    Inputs: unit embeddings ``e`` (B, D), raw rows ``w`` (k, D), targets (B,) in [0, k) or -1
-    where the class's row is on another rank, per-sample weights ``a`` (B,) summing to 1, the
-    scale, the target-logit function and the process group of a sharded head (None: all rows
-    are here). With a group, the softmax normaliser is all-reduced (max, then the sum of
-    exponentials and the target logit), so every rank gets the same loss and the gradient
-    of its own rows and of its share of ``e``. Works in chunks of rows (an online
-    log-sum-exp forward; the backward recomputes each chunk's cosines), so no ``B x k``
-    buffer is kept: the step's extra memory is the sampled rows, their gradient and a few
-    ``B x 8192`` chunks. Given ``index`` and a ``sink``, ``w`` is the whole storage: each
-    chunk's rows ``w[index[lo:hi]]`` are read when needed, and backward hands each chunk's
-    gradient to ``sink(rows, grad, first=)`` (the row update) instead of returning it, so
-    neither the sampled rows nor their gradient are ever held whole.
-    """
-
-    @staticmethod
-    def forward(ctx, e, w, targets, a, scale, target_fn, group=None, index=None, sink=None):
-        inv_norm = torch.cat([_rows(w, index, lo, hi).norm(dim=1) for lo, hi, _ in _chunks(_k(w, index))])
-        inv_norm = inv_norm.clamp_min(1e-12).reciprocal()
-        own = (targets >= 0).nonzero().squeeze(1)                    # rows whose class is here
-        col = targets[own]
-        w_col = w.index_select(0, col if index is None else index[col]).float()
-        t = (e[own] * w_col).sum(dim=1) * inv_norm[col]
-        with torch.enable_grad():
-            t_leaf = t.detach().requires_grad_()
-            phi = target_fn(t_leaf)
-        target_logit = torch.zeros(e.shape[0])
-        target_logit[own] = scale * phi.detach()                      # the target logit, on its owner
-        top = torch.full((e.shape[0],), -math.inf)
-        z = torch.zeros(e.shape[0])
-        for lo, hi, sel in _chunks(_k(w, index), col):                # online log-sum-exp over row chunks
-            logits = (e @ _rows(w, index, lo, hi).t()).mul_(inv_norm[lo:hi] * scale)
-            logits[own[sel], col[sel] - lo] = target_logit[own[sel]]
-            new_top = torch.maximum(top, logits.max(dim=1).values)
-            z = z * (top - new_top).exp_() + logits.sub_(new_top[:, None]).exp_().sum(dim=1)
-            top = new_top
-        if group is not None:                                         # the normaliser over all shards
-            local_top = top.clone()
-            dist.all_reduce(top, dist.ReduceOp.MAX, group=group)
-            zt = torch.stack([z * (local_top - top).exp_(), target_logit])
-            dist.all_reduce(zt, group=group)
-            z, target_logit = zt[0], zt[1]
-        lse = top + z.log()
-        loss = ((lse - target_logit) * a).sum()
-        ctx.phi, ctx.t_leaf, ctx.scale = phi, t_leaf, scale
-        ctx.w, ctx.index, ctx.sink = (w, index, sink) if sink is not None else (None, None, None)
-        ctx.save_for_backward(e, w if sink is None else None, own, col, a, inv_norm, lse, target_logit)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        e, w, own, col, a, inv_norm, lse, target_logit = ctx.saved_tensors
-        index, sink = ctx.index, ctx.sink
-        if sink is not None:  # the storage itself (not saved: the sink updates it in place)
-            w, ctx.w = ctx.w, None
-        s = ctx.scale
-        (dphi,) = torch.autograd.grad(ctx.phi, ctx.t_leaf, torch.ones_like(ctx.t_leaf))
-        ctx.phi = ctx.t_leaf = None
-        coef = (a * (s * grad_out))[:, None]                          # dL/dlogit * s = dL/dcos
-        grad_e = torch.zeros_like(e)
-        grad_w = torch.empty_like(w) if sink is None else None
-        for lo, hi, sel in _chunks(_k(w, index), col):                # recomputed per chunk: no B x k buffer
-            rows, c = own[sel], col[sel] - lo
-            w_c = _rows(w, index, lo, hi)
-            cos = (e @ w_c.t()).mul_(inv_norm[lo:hi])
-            d = cos * s
-            d[rows, c] = target_logit[rows]
-            d.sub_(lse[:, None]).exp_()                               # P
-            d[rows, c] -= 1.0
-            d.mul_(coef)
-            d[rows, c] *= dphi[sel]
-            r = (cos * d).sum(dim=0)                                  # sum_i D_ij cos_ij
-            d.mul_(inv_norm[lo:hi])                                   # H = D / |w_j|
-            grad_e.addmm_(d, w_c)
-            g = (d.t() @ e).addcmul_(w_c, (r * inv_norm[lo:hi] ** 2).neg_()[:, None])
-            if grad_w is not None:  # i.e. no sink
-                grad_w[lo:hi] = g
-            else:  # the sink takes the rows' update now: their (k, D) gradient is never held whole
-                sink(index[lo:hi], g, first=lo == 0)
-        return grad_e, grad_w, None, None, None, None, None, None, None
-
-
-#: Rows per chunk of the loss: B x 8192 float32 buffers (8 MiB at B = 256) instead of B x k.
-_LOSS_CHUNK = 8192
-
-
-def _k(w: torch.Tensor, index: torch.Tensor | None) -> int:
-    return w.shape[0] if index is None else index.numel()
-
-
-def _rows(w: torch.Tensor, index: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
-    """Rows ``lo:hi`` of the sampled rows in float32: of ``w`` itself, or ``w[index]`` (the storage)."""
-    return (w[lo:hi] if index is None else w.index_select(0, index[lo:hi])).float()
-
-
-def _chunks(k: int, col: torch.Tensor | None = None):
-    """``(lo, hi, sel)`` per chunk of ``k`` rows; ``sel`` marks the targets in ``col`` it holds."""
-    for lo in range(0, k, _LOSS_CHUNK):
-        hi = min(k, lo + _LOSS_CHUNK)
-        yield lo, hi, None if col is None else ((col >= lo) & (col < hi)).nonzero().squeeze(1)
 
 
 class PartialFCHead(Head):
@@ -279,8 +175,8 @@ class PartialFCHead(Head):
         reduction = self.reduction
         if self.training and self._backward_lr is not None and not reduction.focal_gamma:
             self._pending = None  # rows read from the storage chunk by chunk, updated in backward
-            return _MarginCrossEntropy.apply(e, self.weight, targets, reduction.sample_weights(labels),
-                                             self.scale, self.margin_fn, group, index, self._update_rows)
+            return margin_cross_entropy(e, self.weight, targets, reduction.sample_weights(labels), self.scale,
+                                        self.margin_fn, group=group, index=index, sink=self._update_rows)
         rows = self.weight.index_select(0, index).float().requires_grad_()
         if self.training:
             self._pending = (index, rows)
@@ -292,7 +188,7 @@ class PartialFCHead(Head):
             logits = self.scale * cos.scatter(1, targets[:, None], self.margin_fn(t))
             return reduction(logits, targets, labels)
         a = reduction.sample_weights(labels)
-        return _MarginCrossEntropy.apply(e, rows, targets, a, self.scale, self.margin_fn, group)
+        return margin_cross_entropy(e, rows, targets, a, self.scale, self.margin_fn, group=group)
 
     def update_in_backward(self, lr) -> None:
         """Apply the row-wise update inside each following backward, chunk by chunk, at ``lr``

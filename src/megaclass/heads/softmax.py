@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Head
+from .margin_loss import margin_cross_entropy
 from .margins import ArcFaceMargin, CosFaceMargin, Margin, NoMargin, resolve_margin
 from .reduction import LossReduction, reduction_for
 from .scale import Scale
@@ -125,7 +126,11 @@ class MarginSoftmaxHead(Head):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_batch(embeddings, labels)
-        return self.reduction(self.margin_logits(self.cosine(embeddings), labels), labels)
+        if self.reduction.focal_gamma or self.s.learn:  # autograd through the B x C logits
+            return self.reduction(self.margin_logits(self.cosine(embeddings), labels), labels)
+        # the fused, chunked loss: same value and gradients, no B x C buffers, no normalised W copy
+        return margin_cross_entropy(F.normalize(embeddings.float(), dim=1), self.weight, labels.long(),
+                                    self.reduction.sample_weights(labels), self.scale, self.margin_fn)
 
     def class_centers(self) -> torch.Tensor:
         return F.normalize(self.weight.detach().float(), dim=1)
