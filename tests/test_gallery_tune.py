@@ -81,6 +81,28 @@ def test_a_search_for_one_class_re_ranks_k_factor_candidates_whatever_the_templa
         assert not np.array_equal(ours, faiss_best(6))  # the old depth (2 x 3) answers differently
 
 
+def test_searches_reuse_their_parameters_until_the_knobs_change(tmp_path, data):
+    """Unfiltered searches keep their FAISS parameters per (wanted, fetched); setting the
+    knobs drops them, so the next search runs at the new depth (answers as FAISS's own)."""
+    from megaclass.gallery.faiss_api import ivf_params, refine_params
+
+    tpl, probes, _ = data
+    with _gallery(tmp_path / "g", tpl) as g:
+        ci = g.state.index
+        ci.set_knobs(nprobe=2, k_factor=3)
+        first = [c[0] for c, _ in ci.search(probes, 1)]
+        cached = dict(ci.search_params)
+        assert cached and [c[0] for c, _ in ci.search(probes, 1)] == first
+        assert all(ci.search_params[key] is p for key, p in cached.items())  # reused, not rebuilt
+        ci.set_knobs(nprobe=8, k_factor=40)
+        assert not ci.search_params
+        ours = np.array([c[0] for c, _ in ci.search(probes, 1)])
+        base = ivf_params(8)
+        _, ids = ci.index.search(probes, 1, params=refine_params(41, base, keep=base))
+        assert np.array_equal(ours, ci.class_map.classes_of(ids)[:, 0])
+        assert not np.array_equal(ours, np.array(first))  # the knobs changed the answers
+
+
 def test_tune_refuses_bad_probes_and_changes_nothing(tmp_path, data):
     tpl, probes, _ = data
     with _gallery(tmp_path / "g", tpl) as g:

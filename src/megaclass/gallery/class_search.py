@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .index import ClassIndex
 
 _FIRST_PASS_CAP = 4096  # neighbours per query in the first pass; short rows widen after
+_PARAMS_CACHED = 64  # (wanted, fetched) pairs whose unfiltered search parameters are kept
 
 
 def _collapse(cids: list[int], scores: list[float], k: int) -> tuple[list[int], list[float]]:
@@ -109,6 +110,20 @@ def _search_params(class_index: ClassIndex, selector: faiss.IDSelector | None, w
     refine = class_index.refine
     if refine is None and selector is None:
         return None
+    if selector is None:  # the same few (wanted, fetched) pairs every search: built once per knob setting
+        cache = class_index.search_params
+        params = cache.get((wanted, fetched))
+        if params is None:
+            if len(cache) >= _PARAMS_CACHED:
+                cache.clear()
+            params = cache[wanted, fetched] = _new_search_params(class_index, None, wanted, fetched)
+        return params
+    return _new_search_params(class_index, selector, wanted, fetched)
+
+
+def _new_search_params(class_index: ClassIndex, selector: faiss.IDSelector | None, wanted: int,
+                       fetched: int) -> faiss.SearchParameters | None:
+    refine = class_index.refine
     # below a re-rank stage the base search filters: it needs the id map's internal ids
     sel = selector if refine is None or selector is None else internal_selector(class_index.index, selector)
     base = _knob_params(class_index.knob_index, sel)
