@@ -129,3 +129,19 @@ def test_bad_input_is_refused_before_launch(tmp_path, world2, capsys):
     assert code == 2 and "9 processes but the data has 8 classes" in err, err[-2000:]
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("message,hung", [
+    ("Timed out waiting 15000ms for recv operation to complete", True),
+    ("(Rank 0): Ranks 1 failed to pass monitoredBarrier in 15000 ms", True),
+    ("Connection closed by peer (127.0.0.1:4711)", False),
+])
+def test_a_failed_collective_is_told_as_a_hang_or_a_death(message, hung):
+    from megaclass.train.distributed import DistContext, describe_failure
+
+    ctx = DistContext(rank=0, world=2, local_rank=0, backend="gloo", device=torch.device("cpu"),
+                      head_group=None, timeout=15.0)
+    text = describe_failure(RuntimeError(message), ctx)
+    assert text.startswith("rank 0/2: distributed training stopped: ")
+    assert ("no answer from another rank within 15 s (it hung or died)" in text) == hung
+    assert ("another rank died or closed its connection" in text) == (not hung)

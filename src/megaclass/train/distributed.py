@@ -184,7 +184,9 @@ def comm_bytes_per_step(batch: int, dim: int, world: int, encoder_params: int = 
 def describe_failure(exc: BaseException, ctx: DistContext) -> str:
     """A one-line reason for a collective that failed (a peer died, hung or left)."""
     text = " ".join(str(exc).split())[:200].replace("[", "(").replace("]", ")")  # no rich markup
-    if "timed out" in text.lower() or "timeout" in text.lower():
+    low = text.lower()
+    # gloo says "Rank 1 failed to pass monitoredBarrier in 15000 ms" when a peer hangs at a barrier
+    if "timed out" in low or "timeout" in low or "failed to pass monitoredbarrier" in low:
         why = f"no answer from another rank within {ctx.timeout:.0f} s (it hung or died)"
     else:
         why = "another rank died or closed its connection"
