@@ -160,11 +160,13 @@ def _plot(runs: list[dict], path: Path) -> None:
     if not sizes:
         return
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2), squeeze=False)
+    heads = sorted({r["head"] for r in runs})
+    colour = {h: f"C{i}" for i, h in enumerate(heads)}  # one colour per head in every panel
     for ax, c in zip(axes[0], sizes, strict=True):
-        for r in runs:
+        for r in sorted(runs, key=lambda r: heads.index(r["head"])):
             if r["classes"] == c and r.get("curve"):
                 ax.plot([p["seconds"] for p in r["curve"]], [100 * p["val_top1"] for p in r["curve"]],
-                        "-", label=r["head"])
+                        "-", label=r["head"], color=colour[r["head"]])
         ax.set_xscale("log")
         ax.set_xlabel("training seconds (head only, 1 thread)")
         ax.set_ylabel("validation top-1 (%)")
