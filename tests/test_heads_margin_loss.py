@@ -55,3 +55,57 @@ def test_focal_and_learned_scale_keep_the_autograd_path():
     learned = make_head("cosface", 50, 16, learn_scale=True)
     learned(emb, labels).backward()
     assert learned.s.log_s.grad is not None             # the scale still learns
+
+
+def test_hierarchical_own_group_cosines_equal_the_per_sample_gather():
+    """The batched-by-group cosines of the hierarchical head equal gathering each sample's
+    group rows (the old formulation), in value and in gradient, with groups of uneven counts."""
+    from megaclass.heads.hierarchical import _own_group_cosines
+
+    torch.manual_seed(3)
+    u, smax, d = 5, 7, 6
+    w1 = torch.randn(u, smax, d, requires_grad=True)
+    w2 = w1.detach().clone().requires_grad_()
+    inv = torch.tensor([0, 3, 3, 1, 0, 0, 4, 2, 3, 0])      # samples per group: 4, 1, 1, 3, 1
+    e1 = torch.randn(len(inv), d, requires_grad=True)
+    e2 = e1.detach().clone().requires_grad_()
+    ref = torch.einsum("bd,bsd->bs", e1, w1[inv])
+    got = _own_group_cosines(e2, w2, inv)
+    assert torch.allclose(got, ref, atol=1e-6)
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    got.backward(g)
+    assert torch.allclose(w2.grad, w1.grad, atol=1e-5) and torch.allclose(e2.grad, e1.grad, atol=1e-5)
+
+
+def test_hierarchical_loss_equals_the_two_level_cosine_softmax_written_out():
+    """The hierarchical head's loss (raw rows scaled by their inverse norms, batched by group)
+    equals group CE + in-group CE over normalised rows, computed directly; so do the gradients."""
+    from megaclass.heads.hierarchical import HierarchicalHead
+
+    torch.manual_seed(4)
+    c, d = 60, 8
+    head = HierarchicalHead(c, d, num_groups=6, margin=0.2)
+    with torch.no_grad():
+        head.weight.mul_(torch.rand(c, 1) * 3 + 0.1)
+    labels = torch.tensor([0, 0, 13, 13, 59, 59, 31, 31, 32, 32])
+    e = torch.randn(len(labels), d, requires_grad=True)
+    loss = head(e, labels)
+    loss.backward()
+    g_e, index, leaf = e.grad.clone(), *head._pending
+    e2 = e.detach().clone().requires_grad_()
+    w = head.weight.clone().requires_grad_()
+    en = F.normalize(e2, dim=1)
+    s = head.s()
+    groups = head.group_of[labels]
+    ref = F.cross_entropy(s * en @ F.normalize(head.group_weight, dim=1).t(), groups)
+    wn = F.normalize(w, dim=1)
+    for b, y in enumerate(labels.tolist()):
+        members = (head.group_of == groups[b]).nonzero().squeeze(1)
+        cos = wn[members] @ en[b]
+        cos = torch.where(members == y, cos - head.margin, cos)
+        ref = ref + F.cross_entropy((s * cos)[None], (members == y).nonzero()[0]) / len(labels)
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(g_e, e2.grad, atol=1e-5)
+    assert torch.allclose(leaf.grad, w.grad[index], atol=1e-5)

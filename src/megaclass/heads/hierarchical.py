@@ -185,8 +185,10 @@ class HierarchicalHead(Head):
         leaf = self.weight.index_select(0, index).requires_grad_()  # the only rows this step uses
         if self.training and torch.is_grad_enabled():
             self._pending = (index, leaf)
-        w = F.normalize(leaf, dim=1)[pos].view(rows.shape[0], rows.shape[1], -1)
-        cos = torch.einsum("bd,bsd->bs", e, w[inv])               # (B, Smax): own group only
+        # cosines of the raw rows times their inverse norms: cheaper than normalising the rows
+        inv_norm = leaf.norm(dim=1).clamp_min(1e-12).reciprocal()[pos].view(rows.shape)   # (U, Smax)
+        w = leaf[pos].view(rows.shape[0], rows.shape[1], -1)     # (U, Smax, D)
+        cos = _own_group_cosines(e, w, inv) * inv_norm[inv]      # (B, Smax): own group only
         target = self._slot[labels][:, None]
         cos = cos.scatter(1, target, cos.gather(1, target) - self.margin)
         logits = (self.s() * cos).masked_fill(rows[inv] < 0, -math.inf)
@@ -239,3 +241,21 @@ class HierarchicalHead(Head):
 
     def class_centers(self) -> torch.Tensor:
         return F.normalize(self.weight.detach().float(), dim=1)
+
+
+def _own_group_cosines(e: torch.Tensor, w: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """``cos[b, j] = e[b] . w[inv[b], j]`` without a ``(B, Smax, D)`` copy of the rows.
+
+    The samples are laid out by group, padded to the largest group's count, and multiplied
+    with their group's rows in one batched matmul: ``(U, n, D) x (U, D, Smax)``. Gathering
+    each sample's rows instead (``w[inv]``) moved ``B x Smax x D`` floats a step (256 MB at
+    1M classes in 1,000 groups) and made the step 23x what its flops and traffic predict."""
+    u = w.shape[0]
+    order = torch.argsort(inv, stable=True)
+    counts = torch.bincount(inv, minlength=u)
+    starts = torch.cumsum(counts, 0) - counts
+    at = torch.empty_like(inv)
+    at[order] = torch.arange(inv.numel(), device=inv.device) - starts[inv[order]]   # place in its group
+    grid = e.new_zeros(u, int(counts.max()), e.shape[1]).index_put((inv, at), e)
+    return torch.bmm(grid, w.transpose(1, 2))[inv, at]
+
