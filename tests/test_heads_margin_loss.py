@@ -58,34 +58,44 @@ def test_focal_and_learned_scale_keep_the_autograd_path():
 
 
 def test_hierarchical_own_group_cosines_equal_the_per_sample_gather():
-    """The batched-by-group cosines of the hierarchical head equal gathering each sample's
-    group rows (the old formulation), in value and in gradient, with groups of uneven counts."""
-    from megaclass.heads.hierarchical import _own_group_cosines
+    """The batched-by-group cosines of the hierarchical head (raw rows, hand-written backward)
+    equal gathering each sample's group rows and normalising them (the old formulation), in
+    value and in gradient, with groups of uneven counts and rows of uneven norms; in double
+    precision so that the check is tight, and through torch's own gradient checker."""
+    from megaclass.heads.hierarchical import _OwnGroupCosines
 
     torch.manual_seed(3)
     u, smax, d = 5, 7, 6
-    w1 = torch.randn(u, smax, d, requires_grad=True)
+    w1 = (torch.randn(u, smax, d, dtype=torch.float64) * torch.rand(u, smax, 1) * 3).requires_grad_()
     w2 = w1.detach().clone().requires_grad_()
     inv = torch.tensor([0, 3, 3, 1, 0, 0, 4, 2, 3, 0])      # samples per group: 4, 1, 1, 3, 1
-    e1 = torch.randn(len(inv), d, requires_grad=True)
+    e1 = F.normalize(torch.randn(len(inv), d, dtype=torch.float64), dim=1).requires_grad_()
     e2 = e1.detach().clone().requires_grad_()
-    ref = torch.einsum("bd,bsd->bs", e1, w1[inv])
-    got = _own_group_cosines(e2, w2, inv)
-    assert torch.allclose(got, ref, atol=1e-6)
+    ref = torch.einsum("bd,bsd->bs", e1, F.normalize(w1, dim=2)[inv])
+    got = _OwnGroupCosines.apply(e2, w2, inv)
+    assert torch.allclose(got, ref, atol=1e-12)
     g = torch.randn_like(ref)
     ref.backward(g)
     got.backward(g)
-    assert torch.allclose(w2.grad, w1.grad, atol=1e-5) and torch.allclose(e2.grad, e1.grad, atol=1e-5)
+    assert torch.allclose(w2.grad, w1.grad, atol=1e-10) and torch.allclose(e2.grad, e1.grad, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda e, w: _OwnGroupCosines.apply(e, w, inv),
+                                    (e1.detach().requires_grad_(), w1.detach().requires_grad_()))
 
 
-def test_hierarchical_loss_equals_the_two_level_cosine_softmax_written_out():
+@pytest.mark.parametrize("uneven", [False, True])
+def test_hierarchical_loss_equals_the_two_level_cosine_softmax_written_out(uneven):
     """The hierarchical head's loss (raw rows scaled by their inverse norms, batched by group)
-    equals group CE + in-group CE over normalised rows, computed directly; so do the gradients."""
+    equals group CE + in-group CE over normalised rows, computed directly; so do the gradients.
+    With groups of unequal size the padding slots (which read row 0) get no gradient and the
+    row-wise step updates each real row once, as a dense SGD step on the same loss would."""
     from megaclass.heads.hierarchical import HierarchicalHead
 
     torch.manual_seed(4)
     c, d = 60, 8
-    head = HierarchicalHead(c, d, num_groups=6, margin=0.2)
+    groups = None
+    if uneven:  # class 0 in a small group, so padding slots and a real row 0 meet in one batch
+        groups = torch.cat([torch.zeros(3), torch.ones(20), torch.full((37,), 2)]).long()
+    head = HierarchicalHead(c, d, num_groups=6, margin=0.2, groups=groups, optimizer="sgd", momentum=0.0)
     with torch.no_grad():
         head.weight.mul_(torch.rand(c, 1) * 3 + 0.1)
     labels = torch.tensor([0, 0, 13, 13, 59, 59, 31, 31, 32, 32])
@@ -108,4 +118,11 @@ def test_hierarchical_loss_equals_the_two_level_cosine_softmax_written_out():
     ref.backward()
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     assert torch.allclose(g_e, e2.grad, atol=1e-5)
-    assert torch.allclose(leaf.grad, w.grad[index], atol=1e-5)
+    real = index >= 0
+    grad = leaf.grad.view(index.numel(), d)
+    assert bool(real.all()) != uneven
+    assert torch.allclose(grad[real], w.grad[index[real]], atol=1e-5)
+    assert not grad[~real].any()
+    before = head.weight.clone()
+    head.sparse_step(0.5)
+    assert torch.allclose(head.weight, before - 0.5 * w.grad, atol=1e-6)
