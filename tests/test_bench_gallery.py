@@ -38,11 +38,14 @@ def test_gallery_bench_on_embeddings_reports_accuracy_and_caches_them(tmp_path, 
     assert len(cached) == 1 and np.load(cached[0], mmap_mode="r").shape == (400, 32)
 
 
-def test_the_default_model_is_the_shipped_reference(tmp_path):
+def test_the_default_model_is_the_shipped_benchmark_encoder(tmp_path):
+    """No --model: the shipped reference-v1 the recorded numbers used; a shipped name: that model."""
     from megaclass.bench.gallery_data import resolve_model
+    from megaclass.models.pretrained import shipped_dir
 
-    for asked in (None, "reference"):
-        assert (resolve_model(asked, tmp_path) / "model.safetensors").is_file()
+    assert resolve_model(None, tmp_path) == shipped_dir("reference-v1")
+    for asked in ("reference", "reference-v1"):
+        assert resolve_model(asked, tmp_path) == shipped_dir(asked)
     assert not (tmp_path / "model").exists()  # nothing trained
 
 

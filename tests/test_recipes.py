@@ -30,11 +30,30 @@ def test_recipe_gives_data_and_options_and_the_command_line_overrides(tmp_path):
     assert trained["scale"] == 16.0 and trained["margin"] == 0.2
 
 
+@pytest.mark.parametrize("name, dim, widths", [("reference", 256, [48, 96, 192]),
+                                                ("reference-v1", 128, [32, 64, 128])])
+def test_the_reference_recipes_build_the_shipped_models_architectures(tmp_path, name, dim, widths):
+    """`train --recipe reference` reproduces the shipped `reference` (its card's command), and
+    `reference-v1` the first version: same architecture, dim and training data."""
+    from megaclass.models.pretrained import shipped_dir
+
+    out = tmp_path / "m"
+    r = CliRunner().invoke(cli.app, ["train", "--recipe", name, "-m", str(out), "--steps", "1",
+                                     "--batch-size", "32", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["classes"] == 20000
+    made = json.loads((out / "config.json").read_text())
+    shipped = json.loads((shipped_dir(name) / "config.json").read_text())
+    for key in ("dim", "widths", "blocks", "stem_stride", "input_size"):
+        assert made[key] == shipped[key], key
+    assert made["dim"] == dim and made["widths"] == widths
+
+
 def test_recipe_errors_name_the_problem(tmp_path):
     runner = CliRunner()
     # (main() turns a ConfigError into one line on stderr and exit 2; CliRunner keeps the exception)
     r = runner.invoke(cli.app, ["train", "--recipe", "nope", "-m", str(tmp_path / "m")])
-    assert isinstance(r.exception, ConfigError) and "choose one of demo, reference" in str(r.exception)
+    assert isinstance(r.exception, ConfigError) and "choose one of demo, reference, reference-v1" in str(r.exception)
     r = runner.invoke(cli.app, ["train", "-m", str(tmp_path / "m")])
     assert isinstance(r.exception, ConfigError) and "--recipe" in str(r.exception)
     assert not (tmp_path / "m").exists()

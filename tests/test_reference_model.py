@@ -8,11 +8,16 @@ from megaclass.models import load_encoder
 from megaclass.models.pretrained import SHIPPED, resolve_model_path, shipped_dir
 
 
-def test_reference_weights_ship_and_load_by_name():
-    d = shipped_dir("reference")
-    assert (d / "model.safetensors").is_file() and (d / "CARD.md").is_file(), d
-    enc = load_encoder("reference")
-    assert enc.dim == 128 and enc.fingerprint() == load_encoder(d).fingerprint()
+@pytest.mark.parametrize("name, dim, fingerprint", [("reference", 256, "e2fd7d5376da6d03"),
+                                                     ("reference-v1", 128, "03c005503edb62df")])
+def test_reference_weights_ship_and_load_by_name(name, dim, fingerprint):
+    """Both shipped encoders load by name with the weights their cards describe (the
+    fingerprint is of the weights: a changed file is a different model)."""
+    d = shipped_dir(name)
+    for part in ("model.safetensors", "config.json", "CARD.md", "train-log.json"):
+        assert (d / part).is_file(), d / part
+    enc = load_encoder(name)
+    assert enc.dim == dim and enc.fingerprint() == load_encoder(d).fingerprint() == fingerprint
     assert (d / "model.safetensors").stat().st_size < 20 * 2**20  # "a few MB"
 
 

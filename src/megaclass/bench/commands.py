@@ -45,7 +45,7 @@ def heads(out: Annotated[Path, typer.Option(help="Folder for heads.json and head
           sample_rate: Annotated[float, typer.Option(help="Partial FC sample rate.")] = 0.1,
           acc_sizes: Annotated[str, typer.Option(help="Class counts of the accuracy comparison (each head swept, then trained to a plateau on frozen reference-model features); 'none' to skip.")] = "10k",
           quick: Annotated[bool, typer.Option(help="A seconds-long accuracy protocol (200 classes, tiny sweep) for tests.")] = False,
-          model: Annotated[str, typer.Option(help="Frozen encoder of the accuracy comparison.")] = "reference",
+          model: Annotated[str, typer.Option(help="Frozen encoder of the accuracy comparison (default: reference-v1, the 128-d model the recorded numbers used).")] = "reference-v1",
           ten_million: Annotated[bool, typer.Option(help="Also train Partial FC at 10M classes x 128 (bfloat16).")] = True,
           threads: Annotated[int, typer.Option(help="torch threads per measurement process (1 is stable on a shared box).")] = 1,
           timeout: Annotated[float, typer.Option(help="Seconds allowed per measurement subprocess.")] = 1800,
@@ -183,7 +183,7 @@ _SYSTEMS_HELP = f"Systems to compare (repeat): {', '.join(SYSTEMS)}."
 def gallery(out: Annotated[Path, typer.Option(help="Folder for gallery_bench.json and .png.")] = Path("bench-output/gallery"),
             classes: Annotated[str, typer.Option(help="Enrolled classes, e.g. 100k or 1m.")] = "100k",
             data: Annotated[str, typer.Option(help="embeddings: glyph classes embedded by a trained encoder (real data); random: clustered random vectors (stress test).")] = "embeddings",
-            model: Annotated[str | None, typer.Option("--model", "-m", help="Encoder for --data embeddings (default: the shipped reference model; without it, one trained once with the demo's recipe and cached).")] = None,
+            model: Annotated[str | None, typer.Option("--model", "-m", help="Encoder for --data embeddings (default: the shipped reference-v1, the 128-d model the recorded numbers used; without it, one trained once with the demo's recipe and cached).")] = None,
             cache: Annotated[Path, typer.Option(help="Where the benchmark's model and embeddings are cached (memory-mapped, reused).")] = Path("bench-output/gallery-data"),
             dim: Annotated[int, typer.Option(help="Vector dimension D (--data random; embeddings have the model's).")] = 256,
             templates: Annotated[int, typer.Option(help="Templates per class.")] = 2,
@@ -261,7 +261,7 @@ def digits(model: Annotated[str, typer.Option("--model", "-m", help="Model direc
 
 @bench_app.command("recipe")
 def recipe_bench(out: Annotated[Path, typer.Option(help="Folder for recipe_bench.json.")] = Path("bench-output/recipe"),
-                 base: Annotated[str, typer.Option(help="The recipe the variants change (demo | reference).")] = "demo",
+                 base: Annotated[str, typer.Option(help="The recipe the variants change (demo | reference | reference-v1).")] = "demo",
                  variant: Annotated[list[str] | None, typer.Option("--variant", help="Variants to run (repeat; default: all).")] = None,
                  steps: Annotated[int | None, typer.Option(help="Training steps of every variant (default: the base recipe's).")] = None,
                  enrolled: Annotated[int, typer.Option(help="Unseen classes enrolled in the scoring protocol.")] = 5000,

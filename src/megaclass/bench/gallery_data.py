@@ -10,8 +10,9 @@ best class of each mated probe by exact search: what recall@1 is measured agains
 Embeddings: glyph classes the encoder never saw (ids from :data:`ENROLL_START`), drawings
 ``0 .. templates-1`` as templates and drawing ``templates`` as the mated probe; non-mated
 probes from classes :data:`NON_MATED_START` on. The encoder is ``model`` when given
-(``"reference"``: the shipped reference model); otherwise the shipped reference model
-when this installation has it, else one trained once with the demo's recipe
+(a shipped name such as ``"reference"``: that shipped model); otherwise the shipped
+benchmark encoder (:data:`~megaclass.models.pretrained.BENCH_MODEL`, the 128-d
+``reference-v1`` the recorded numbers were measured with) when this installation has it, else one trained once with the demo's recipe
 (:class:`~megaclass.demo.DemoConfig`) and cached in ``cache/model``. Embeddings are cached per model
 fingerprint and size in ``cache/emb-...`` and reused (memory-mapped) by later runs; an
 interrupted embedding run resumes where it stopped.
@@ -82,13 +83,13 @@ def _save(path: Path, **arrays) -> None:
 
 
 def resolve_model(model: str | None, cache: Path, log=print) -> Path:
-    """The encoder directory to embed with: ``model``, the shipped reference model, or the
+    """The encoder directory to embed with: ``model``, the shipped benchmark encoder, or the
     cached demo-recipe model (trained now if the cache has none, a few minutes on CPU)."""
-    from megaclass.models.pretrained import resolve_model_path
+    from megaclass.models.pretrained import BENCH_MODEL, SHIPPED, resolve_model_path
 
-    if model == "reference" or model is None:
+    if model is None or (model in SHIPPED and not Path(model).exists()):
         try:
-            return resolve_model_path("reference")
+            return resolve_model_path(model or BENCH_MODEL)
         except MegaclassError:
             if model is not None:
                 raise

@@ -3,7 +3,7 @@
 The question ``bench heads`` answers is which head to train at C classes. Speed and
 memory come from :mod:`.heads`; this module measures what each head *learns*:
 
-* **Features.** Glyph classes the shipped reference encoder never saw (ids from
+* **Features.** Glyph classes the shipped reference-v1 encoder (the default) never saw (ids from
   ``FIRST_ID``) are embedded once by that frozen encoder: ``train`` drawings per class to
   learn from, ``val`` to stop on and pick settings with, ``test`` to report. Cached as
   ``.npy`` files, filled chunk by chunk (an interrupted run resumes).
@@ -54,7 +54,7 @@ def _vm_hwm() -> int:
 
 
 # -- features ------------------------------------------------------------------------
-def glyph_features(folder, classes: int, *, model: str = "reference", per_split=None,
+def glyph_features(folder, classes: int, *, model: str = "reference-v1", per_split=None,
                    chunk: int = 1000, log=print) -> Path:
     """Embed ``classes`` unseen glyph classes with the frozen ``model``; return the folder.
 

@@ -8,7 +8,7 @@ its training log.
 Example
 -------
 >>> sorted(SHIPPED)
-['reference']
+['reference', 'reference-v1']
 >>> resolve_model_path("some/dir").as_posix()
 'some/dir'
 """
@@ -23,7 +23,14 @@ from ..errors import ModelFormatError
 #: Shipped model names -> one-line description.
 SHIPPED: dict[str, str] = {
     "reference": "the reference glyph encoder (recipe 'reference'; see its CARD.md)",
+    "reference-v1": "the reference glyph encoder until 2026-12-01, 128-d (recipe 'reference-v1'); "
+                    "the model the benchmarks' recorded numbers were measured with",
 }
+
+#: The encoder of the benchmarks' default data (``bench gallery``, ``bench heads``): the
+#: model their recorded numbers (README, ``docs/bench``) were measured with, so a re-run
+#: reproduces them; ``--model reference`` measures with the current reference model.
+BENCH_MODEL = "reference-v1"
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
