@@ -12,8 +12,9 @@ Embeddings: glyph classes the encoder never saw (ids from :data:`ENROLL_START`),
 probes from classes :data:`NON_MATED_START` on. The encoder is ``model`` when given
 (a shipped name such as ``"reference"``: that shipped model); otherwise the shipped
 benchmark encoder (:data:`~megaclass.models.pretrained.BENCH_MODEL`, the 128-d
-``reference-v1`` the recorded numbers were measured with) when this installation has it, else one trained once with the demo's recipe
-(:class:`~megaclass.demo.DemoConfig`) and cached in ``cache/model``. Embeddings are cached per model
+``reference-v1`` the recorded numbers were measured with) when this installation has it,
+else one trained once with the demo's recipe (:class:`~megaclass.demo.DemoConfig`) and
+cached in ``cache/model``. Embeddings are cached per model
 fingerprint and size in ``cache/emb-...`` and reused (memory-mapped) by later runs; an
 interrupted embedding run resumes where it stopped.
 """
