@@ -18,10 +18,10 @@ are 98 % right, so the joint score (74 % top-1) is dominated by the group's erro
 ranking the beam's classes by cosine keeps the class rows' accuracy.
 
 The class rows are a buffer updated row-wise like Partial FC's (:mod:`.rowwise`): a
-step gathers the rows of the batch's groups, in slot order, into one small leaf tensor, backward yields
-their ``(k, D)`` gradient and :meth:`HierarchicalHead.sparse_step` updates those rows
-and their optimizer state only -- no dense ``C x D`` gradient, so memory is the centres
-plus their state, as for Partial FC. The ``G x D`` group rows are an ordinary parameter
+step gathers the rows of the batch's groups, in slot order, into one small leaf tensor,
+backward yields their gradient and :meth:`HierarchicalHead.sparse_step` updates those
+rows and their optimizer state only -- no dense ``C x D`` gradient, so memory is the
+centres plus their state, as for Partial FC. The ``G x D`` group rows are an ordinary parameter
 for the trainer's optimizer.
 
 Example
