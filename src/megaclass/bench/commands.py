@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..cli_common import JsonOpt, _emit, console
 from ..errors import ConfigError
+from . import BENCH_MODEL
 from .gallery import SYSTEMS
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios side by side, JSON + PNG.")
@@ -45,7 +46,7 @@ def heads(out: Annotated[Path, typer.Option(help="Folder for heads.json and head
           sample_rate: Annotated[float, typer.Option(help="Partial FC sample rate.")] = 0.1,
           acc_sizes: Annotated[str, typer.Option(help="Class counts of the accuracy comparison (each head swept, then trained to a plateau on frozen reference-model features); 'none' to skip.")] = "10k",
           quick: Annotated[bool, typer.Option(help="A seconds-long accuracy protocol (200 classes, tiny sweep) for tests.")] = False,
-          model: Annotated[str, typer.Option(help="Frozen encoder of the accuracy comparison (default: reference-v1, the 128-d model the recorded numbers used).")] = "reference-v1",
+          model: Annotated[str, typer.Option(help="Frozen encoder of the accuracy comparison (default: reference-v1, the 128-d model the recorded numbers used).")] = BENCH_MODEL,
           ten_million: Annotated[bool, typer.Option(help="Also train Partial FC at 10M classes x 128 (bfloat16).")] = True,
           threads: Annotated[int, typer.Option(help="torch threads per measurement process (1 is stable on a shared box).")] = 1,
           timeout: Annotated[float, typer.Option(help="Seconds allowed per measurement subprocess.")] = 1800,

@@ -11,7 +11,7 @@ Embeddings: glyph classes the encoder never saw (ids from :data:`ENROLL_START`),
 ``0 .. templates-1`` as templates and drawing ``templates`` as the mated probe; non-mated
 probes from classes :data:`NON_MATED_START` on. The encoder is ``model`` when given
 (a shipped name such as ``"reference"``: that shipped model); otherwise the shipped
-benchmark encoder (:data:`~megaclass.models.pretrained.BENCH_MODEL`, the 128-d
+benchmark encoder (:data:`~megaclass.bench.BENCH_MODEL`, the 128-d
 ``reference-v1`` the recorded numbers were measured with) when this installation has it,
 else one trained once with the demo's recipe (:class:`~megaclass.demo.DemoConfig`) and
 cached in ``cache/model``. Embeddings are cached per model
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, MegaclassError
+from . import BENCH_MODEL
 
 ENROLL_START = 1_000_000  # enrolled glyph classes: ids ENROLL_START .. ENROLL_START + classes - 1
 NON_MATED_START = 60_000_000  # never-enrolled glyph classes (non-mated probes)
@@ -86,18 +87,17 @@ def _save(path: Path, **arrays) -> None:
 def resolve_model(model: str | None, cache: Path, log=print) -> Path:
     """The encoder directory to embed with: ``model``, the shipped benchmark encoder, or the
     cached demo-recipe model (trained now if the cache has none, a few minutes on CPU)."""
-    from megaclass.models.pretrained import BENCH_MODEL, SHIPPED, resolve_model_path
+    from megaclass.models.pretrained import resolve_model_path
 
-    if model is None or (model in SHIPPED and not Path(model).exists()):
-        try:
-            return resolve_model_path(model or BENCH_MODEL)
-        except MegaclassError:
-            if model is not None:
-                raise
-    if model is not None:
-        if not (Path(model) / "config.json").is_file():
+    if model is not None:  # a folder, or a shipped name (unless a folder of that name exists)
+        path = resolve_model_path(model)
+        if not (path / "config.json").is_file():
             raise ConfigError(f"-m {model}: not a model directory (no config.json)")
-        return Path(model)
+        return path
+    try:
+        return resolve_model_path(BENCH_MODEL)
+    except MegaclassError:
+        pass
     cached = cache / "model"
     if (cached / "config.json").is_file():
         return cached

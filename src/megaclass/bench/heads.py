@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import BENCH_MODEL
 from .workers import spawn_worker, worker_main
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000, 1_000_000)
@@ -130,7 +131,7 @@ def _spawn(spec: dict, timeout: float) -> dict:
 
 def run_heads_bench(out, *, sizes=DEFAULT_SIZES, heads=DEFAULT_HEADS, dim: int = 256, batch: int = 256,
                     steps: int = 10, warmup: int = 2, acc_sizes=(10_000,), quick: bool = False,
-                    model: str = "reference-v1", ten_million: bool = True, sample_rate: float = 0.1,
+                    model: str = BENCH_MODEL, ten_million: bool = True, sample_rate: float = 0.1,
                     timeout: float = 1800.0, threads: int = 1, log=print) -> dict:
     """Run the benchmark, write ``heads.json`` and ``heads.png`` under ``out``; return the report.
 

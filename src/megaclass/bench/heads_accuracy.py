@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import BENCH_MODEL
 from .workers import spawn_worker, worker_main
 
 FIRST_ID = 10_000_000  # disjoint from the reference model's training classes (0-19,999)
@@ -54,7 +55,7 @@ def _vm_hwm() -> int:
 
 
 # -- features ------------------------------------------------------------------------
-def glyph_features(folder, classes: int, *, model: str = "reference-v1", per_split=None,
+def glyph_features(folder, classes: int, *, model: str = BENCH_MODEL, per_split=None,
                    chunk: int = 1000, log=print) -> Path:
     """Embed ``classes`` unseen glyph classes with the frozen ``model``; return the folder.
 

@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from . import BENCH_MODEL
 from .heads_accuracy import SOFTMAX_SCALES, SWEEP, accuracy_at, glyph_features, sweep_grid, time_to
 from .workers import spawn_worker
 
@@ -29,7 +30,7 @@ FULL = {"sweep_steps": 400, "eval_every": 100, "max_steps": 20_000, "max_seconds
 
 def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "partial_fc", "adaptive",
                                                           "hierarchical"),
-                        sweep_classes: int | None = None, quick: bool = False, model: str = "reference-v1",
+                        sweep_classes: int | None = None, quick: bool = False, model: str = BENCH_MODEL,
                         batch: int = 256, min_gain: float = 0.002, timeout: float = 3600.0,
                         settings: dict | None = None, clock: str = "wall", max_seconds: float | None = None,
                         log=print) -> dict:

@@ -27,11 +27,6 @@ SHIPPED: dict[str, str] = {
                     "the model the benchmarks' recorded numbers were measured with",
 }
 
-#: The encoder of the benchmarks' default data (``bench gallery``, ``bench heads``): the
-#: model their recorded numbers (README, ``docs/bench``) were measured with, so a re-run
-#: reproduces them; ``--model reference`` measures with the current reference model.
-BENCH_MODEL = "reference-v1"
-
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
 
