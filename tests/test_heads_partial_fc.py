@@ -183,3 +183,23 @@ def test_bad_input():
         head(torch.randn(2, 4), torch.tensor([0, 10]))
     with pytest.raises(InvalidInputError, match="empty batch"):
         head(torch.randn(0, 4), torch.zeros(0, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("kind,dtype", [("sgd", torch.float32), ("adam", torch.float32),
+                                        ("sgd", torch.bfloat16)])
+def test_rowwise_step_with_rows_already_read_equals_the_gather(kind, dtype):
+    from megaclass.heads.rowwise import make_state, rowwise_step
+
+    torch.manual_seed(0)
+    w1 = torch.randn(40, 6).to(dtype)
+    w2 = w1.clone()
+    s1, s2 = make_state(w1, kind, torch.float32), make_state(w2, kind, torch.float32)
+    for step in (1, 2):
+        idx = torch.randperm(40)[:9]
+        grad = torch.randn(9, 6)
+        rowwise_step(w1, s1, idx, grad, lr=0.1, kind=kind, weight_decay=0.01, step=step)
+        current = w2.index_select(0, idx).float()
+        rowwise_step(w2, s2, idx, grad, lr=0.1, kind=kind, weight_decay=0.01, step=step, current=current)
+    assert torch.equal(w1, w2) and all(torch.equal(s1[k], s2[k]) for k in s1)
+    with pytest.raises(ValueError, match="current rows have shape"):
+        rowwise_step(w2, s2, idx, grad, lr=0.1, kind=kind, current=current[:3])

@@ -199,11 +199,12 @@ class HierarchicalHead(Head):
             return
         self.step_count += 1
         grad = leaf.grad.view(index.numel(), -1)
+        current = leaf.detach().view(index.numel(), -1)  # the rows as the forward read them
         real = index >= 0
         if not bool(real.all()):  # drop the padding slots: row ids must be unique
-            index, grad = index[real], grad[real]
+            index, grad, current = index[real], grad[real], current[real]
         state = {k: getattr(self, k) for k in state_names(self.optimizer, self.momentum)}
-        rowwise_step(self.weight, state, index, grad, lr=lr, kind=self.optimizer,
+        rowwise_step(self.weight, state, index, grad, lr=lr, kind=self.optimizer, current=current,
                      momentum=self.momentum, weight_decay=self.weight_decay, step=int(self.step_count))
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:

@@ -215,16 +215,18 @@ class PartialFCHead(Head):
         index, rows = self._pending
         self._pending = None
         grad, rows.grad = rows.grad, None
+        current = rows.detach()  # the rows as the forward read them: no second gather
         # the caller's last loss still holds the (k, D) leaf until its next forward: free it now
         rows.data = rows.new_empty(0)
         if grad is not None:
-            self._step_rows(index, grad, lr)
+            self._step_rows(index, grad, lr, current=current)
 
-    def _step_rows(self, index: torch.Tensor, grad: torch.Tensor, lr: float, count: bool = True) -> None:
+    def _step_rows(self, index: torch.Tensor, grad: torch.Tensor, lr: float, count: bool = True,
+                   current: torch.Tensor | None = None) -> None:
         if count:
             self.step_count += 1
         state = {k: getattr(self, k) for k in state_names(self.optimizer, self.momentum)}
-        rowwise_step(self.weight, state, index, grad, lr=lr, kind=self.optimizer,
+        rowwise_step(self.weight, state, index, grad, lr=lr, kind=self.optimizer, current=current,
                      momentum=self.momentum, weight_decay=self.weight_decay, step=int(self.step_count))
 
     # -- inference -------------------------------------------------------------------

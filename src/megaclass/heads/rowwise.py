@@ -71,17 +71,28 @@ def check_memory(what: str, needed: int, *, fraction: float = 0.9) -> None:
 def rowwise_step(weight: torch.Tensor, state: dict[str, torch.Tensor], idx: torch.Tensor,
                  grad: torch.Tensor, *, lr: float, kind: str = "sgd", momentum: float = 0.9,
                  nesterov: bool = True, weight_decay: float = 0.0, betas=(0.9, 0.999),
-                 eps: float = 1e-8, step: int = 1) -> None:
+                 eps: float = 1e-8, step: int = 1, current: torch.Tensor | None = None) -> None:
     """Update rows ``idx`` (unique) of ``weight`` and ``state`` in place from ``grad`` (k, D).
 
     ``sgd`` follows ``torch.optim.SGD`` (coupled weight decay, optional Nesterov);
     ``adam`` follows ``torch.optim.AdamW`` (decoupled decay) with bias correction by the
     global ``step``. Math is float32 whatever the storage dtype.
+
+    ``current`` (k, D), optional: the rows' values as the caller already read them (the
+    forward's leaf), which saves gathering them from ``weight`` again -- at 1M classes a
+    large random read a step. It must equal ``weight[idx]``; a float32 ``current`` is
+    overwritten with the updated rows.
     """
+    if current is not None and tuple(current.shape) != (idx.numel(), weight.shape[1]):
+        raise ValueError(f"current rows have shape {tuple(current.shape)}, expected "
+                         f"({idx.numel()}, {weight.shape[1]})")
     for lo in range(0, idx.numel(), _CHUNK_ROWS):
         rows = idx[lo: lo + _CHUNK_ROWS]
         g = grad[lo: lo + _CHUNK_ROWS].float()
-        w = weight.index_select(0, rows).float()
+        if current is None:
+            w = weight.index_select(0, rows).float()
+        else:
+            w = current[lo: lo + _CHUNK_ROWS].detach().float()
         if kind == "sgd":
             if weight_decay:
                 g = g.add(w, alpha=weight_decay)
