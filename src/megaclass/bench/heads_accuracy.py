@@ -19,6 +19,10 @@ memory come from :mod:`.heads`; this module measures what each head *learns*:
   The accuracy-vs-training-time curve gives accuracy at equal wall-clock budgets and the
   time to reach a given accuracy; test top-1/top-5 are measured once, at the end.
 
+With ``checkpoint_dir`` in its spec a run saves its state at every evaluation and a
+second start continues from there (:mod:`.head_run_state`), so runs longer than a
+session finish across sessions.
+
 Each training run is a fresh subprocess (``python -m megaclass.bench.heads_accuracy``),
 so its peak resident memory (``VmHWM``) is its own.
 """
@@ -168,6 +172,7 @@ def train_worker(spec: dict) -> dict:
     import torch
 
     from ..heads import make_head
+    from .head_run_state import load_run, save_run
     from .heads import state_bytes, train_step
 
     torch.manual_seed(spec.get("seed", 0))
@@ -197,8 +202,16 @@ def train_worker(spec: dict) -> dict:
     clock = time.process_time if spec.get("clock") == "cpu" else time.perf_counter
     batch, m = int(spec["batch"]), 4
     curve, step_times, trained, step = [], [], 0.0, 0
-    best, since, drops, stopped = -1.0, 0, 0, "max_steps"
-    while step < spec["max_steps"]:
+    best, since, drops, stopped, done = -1.0, 0, 0, "max_steps", False
+    run_dir = spec.get("checkpoint_dir")  # resumable: state saved at every evaluation
+    run_spec = {k: v for k, v in spec.items() if k != "checkpoint_dir"}
+    loop = load_run(run_dir, run_spec, head, opt) if run_dir else None
+    if loop is not None:
+        rng.bit_generator.state = loop["np_state"]
+        curve, step_times, trained, step = loop["curve"], loop["step_times"], loop["trained"], loop["step"]
+        best, since, drops, lr = loop["best"], loop["since"], loop["drops"], loop["lr"]
+        stopped, done = loop["stopped"], loop["done"]
+    while step < spec["max_steps"] and not done:
         classes = rng.choice(c, size=batch // m, replace=c < batch // m)
         idx = torch.from_numpy(np.repeat(classes, m) * n_tr + rng.integers(0, n_tr, batch))
         labels = torch.from_numpy(np.repeat(classes, m))
@@ -226,11 +239,14 @@ def train_worker(spec: dict) -> dict:
                         for g in opt.param_groups:
                             g["lr"] = lr
                 else:
-                    stopped = "plateau"
-                    break
-            if trained >= spec["max_seconds"]:
-                stopped = "max_seconds"
-                break
+                    stopped, done = "plateau", True
+            if not done and trained >= spec["max_seconds"]:
+                stopped, done = "max_seconds", True
+            if run_dir:
+                save_run(run_dir, run_spec, head, opt, np_state=dict(rng.bit_generator.state),
+                         loop={"step": step, "trained": trained, "step_times": step_times, "curve": curve,
+                               "best": best, "since": since, "drops": drops, "lr": lr,
+                               "stopped": stopped, "done": done})
     hits: list = []
     top1, top5 = _evaluate(head, test_x, test_y, hits=hits)
     clusters = _by_cluster(head, test_y, torch.cat(hits))

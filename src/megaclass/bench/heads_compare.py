@@ -11,7 +11,9 @@ test can run the whole protocol in well under a minute.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -39,7 +41,8 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
     ``clock="cpu"`` times training steps (and the wall-clock budgets) in the worker's own CPU
     seconds, so a box shared with other work does not shorten a head's budget; ``timeout`` stays
     wall-clock seconds per worker (give a loaded box more). A run that failed (timed out,
-    crashed) is tried again when the comparison is resumed; finished runs are kept.
+    crashed) is tried again when the comparison is resumed, from its last evaluation (its
+    state is kept under ``out/runs/`` until it finishes); finished runs are kept.
     ``max_seconds`` replaces the protocol's training budget per run (900 s; the heads that
     do not reach their plateau within it are reported as stopped by the budget), e.g. to
     let dense heads converge at 100k classes.
@@ -92,8 +95,13 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
             spec = {**base, **chosen[name], "head": name, "classes": c, "max_steps": knobs["max_steps"],
                     "eval_every": knobs["eval_every"], "patience": knobs["patience"],
                     "max_seconds": knobs["max_seconds"]}
+            # a run cut short (timeout, session end) continues from its last evaluation
+            key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+            run_dir = out / "runs" / f"{name}-{c}-{key}"
             log and log(f"converge C={c:,} {name} with {chosen[name]}")
-            res = spawn_worker(WORKER, spec, timeout)
+            res = spawn_worker(WORKER, {**spec, "checkpoint_dir": str(run_dir)}, timeout)
+            if not res.get("error"):
+                shutil.rmtree(run_dir, ignore_errors=True)
             runs.append({"classes": c, "head": name, "settings": chosen[name], **res})
             _write(report_path, quick, model, knobs, sweep, runs, started)
     report = _write(report_path, quick, model, knobs, sweep, runs, started)

@@ -25,7 +25,8 @@ from ..tensorio import read_json, read_tensors
 LATEST = "latest"
 
 
-def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's ``state_dict`` as ``(tensors by "<param>.<key>", JSON-able rest)``."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
     for pid, pstate in state["state"].items():
@@ -38,7 +39,8 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, 
     return tensors, {"scalars": scalars, "param_groups": state["param_groups"]}
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The ``state_dict`` :func:`flatten_optimizer` took apart."""
     state: dict[int, dict[str, Any]] = {}
     for name, value in list(tensors.items()) + list(meta["scalars"].items()):
         pid, key = name.split(".", 1)
@@ -56,7 +58,7 @@ def save_checkpoint(root: str | Path, *, encoder: Encoder, head: Head,
     shutil.rmtree(tmp, ignore_errors=True)
     encoder.save(tmp / "encoder")
     head.save(tmp / "head")
-    tensors, meta = _flatten_optimizer(optimizer.state_dict())
+    tensors, meta = flatten_optimizer(optimizer.state_dict())
     tensors["__rng__"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps({**info, "optimizer": meta}, indent=1))
@@ -97,4 +99,4 @@ def load_state(path: str | Path) -> tuple[dict, dict]:
     rng = tensors.pop("__rng__", None)
     if rng is not None:
         info["rng_state"] = rng
-    return _unflatten_optimizer(tensors, info.pop("optimizer")), info
+    return unflatten_optimizer(tensors, info.pop("optimizer")), info

@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from ..errors import ConfigError
 from ..heads.partial_fc_sharded import shard_range
 from ..tensorio import read_json, read_tensors
-from .checkpoint import LATEST, _flatten_optimizer, latest_checkpoint
+from .checkpoint import LATEST, flatten_optimizer, latest_checkpoint
 from .distributed import DistContext, barrier
 
 SHARDS = "head-shards"
@@ -58,7 +58,7 @@ def save_sharded(root, *, ctx: DistContext, encoder, head, optimizer, info: dict
     _write_shard(head, tmp / SHARDS / shard_name(ctx.rank, ctx.world), torch.get_rng_state())
     if ctx.is_main:
         encoder.save(tmp / "encoder")
-        tensors, meta = _flatten_optimizer(optimizer.state_dict())
+        tensors, meta = flatten_optimizer(optimizer.state_dict())
         tensors["__rng__"] = torch.get_rng_state()
         save_file(tensors, str(tmp / "optimizer.safetensors"))
     barrier(ctx)
