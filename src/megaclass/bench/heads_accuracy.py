@@ -60,11 +60,15 @@ def _vm_hwm() -> int:
 
 # -- features ------------------------------------------------------------------------
 def glyph_features(folder, classes: int, *, model: str = BENCH_MODEL, per_split=None,
-                   chunk: int = 1000, log=print) -> Path:
+                   eval_stride: int = 1, chunk: int = 1000, log=print) -> Path:
     """Embed ``classes`` unseen glyph classes with the frozen ``model``; return the folder.
 
     Files: ``{split}_x.npy`` (classes * n, D) float32, class-major (class i's drawings are
     rows ``i*n .. i*n+n-1``), and ``meta.json``. A folder holding more classes is reused.
+    ``eval_stride`` > 1 embeds validation and test drawings only for every
+    ``eval_stride``-th class (classes 0, s, 2s, ...; row block ``j`` is class ``j*s``): the
+    head still chooses among all classes, and at 1M classes the features cost the training
+    drawings plus a sample to score on, not three splits of a million classes.
     """
     import torch
 
@@ -79,7 +83,11 @@ def glyph_features(folder, classes: int, *, model: str = BENCH_MODEL, per_split=
     folder.mkdir(parents=True, exist_ok=True)
     meta_path = folder / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    want = {"model": model, "per_split": per_split, "first_id": FIRST_ID}
+    if eval_stride < 1:
+        raise ConfigError(f"eval_stride must be >= 1, got {eval_stride}")
+    if meta:
+        meta.setdefault("eval_stride", 1)  # caches from before the option: every class
+    want = {"model": model, "per_split": per_split, "first_id": FIRST_ID, "eval_stride": eval_stride}
     if {k: meta.get(k) for k in want} != want or meta.get("classes", 0) < classes:
         if meta.get("done", 0) and {k: meta.get(k) for k in want} == want:
             done = min(meta["done"], classes)  # grow an existing, compatible cache
@@ -92,16 +100,20 @@ def glyph_features(folder, classes: int, *, model: str = BENCH_MODEL, per_split=
     meta["fingerprint"] = enc.fingerprint()
     dim = int(enc.config.dim)
     arrays = {}
+    def blocks(split: str, c: int) -> int:  # class blocks a split holds for the first c classes
+        return c if split == "train" else -(-c // eval_stride)
+
     for split, n in per_split.items():
         path = folder / f"{split}_x.npy"
         old = np.load(path, mmap_mode="r") if path.exists() else None
-        if old is not None and old.shape == (classes * n, dim):
+        if old is not None and old.shape == (blocks(split, classes) * n, dim):
             arrays[split] = np.load(path, mmap_mode="r+")
             continue
         new = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float32,
-                                        shape=(classes * n, dim))
+                                        shape=(blocks(split, classes) * n, dim))
         if old is not None and meta["done"]:
-            new[: meta["done"] * n] = old[: meta["done"] * n]
+            keep = blocks(split, meta["done"]) * n
+            new[:keep] = old[:keep]
         del old
         new.flush()
         os.replace(path.with_suffix(".tmp.npy"), path)
@@ -109,12 +121,15 @@ def glyph_features(folder, classes: int, *, model: str = BENCH_MODEL, per_split=
     started, first = time.perf_counter(), meta["done"]
     with torch.inference_mode():
         for lo in range(meta["done"], classes, chunk):
-            ids = np.arange(FIRST_ID + lo, FIRST_ID + min(classes, lo + chunk))
+            hi = min(classes, lo + chunk)
             for split, n in per_split.items():
-                imgs, _ = GlyphSource.batch(ids, n, seed=SPLITS[split])
-                arrays[split][lo * n: (lo + ids.size) * n] = enc.embed(imgs).numpy()
-                arrays[split].flush()
-            meta["done"] = lo + ids.size
+                b0, b1 = blocks(split, lo), blocks(split, hi)  # the blocks of classes j*step in [lo, hi)
+                step = 1 if split == "train" else eval_stride
+                if b1 > b0:
+                    imgs, _ = GlyphSource.batch(FIRST_ID + np.arange(b0, b1) * step, n, seed=SPLITS[split])
+                    arrays[split][b0 * n: b1 * n] = enc.embed(imgs).numpy()
+                    arrays[split].flush()
+            meta["done"] = hi
             meta_path.write_text(json.dumps(meta, indent=1))
             rate = (meta["done"] - first) / max(time.perf_counter() - started, 1e-9)
             log and log(f"features: {meta['done']:,}/{classes:,} classes embedded "
@@ -123,10 +138,12 @@ def glyph_features(folder, classes: int, *, model: str = BENCH_MODEL, per_split=
     return folder
 
 
-def _load_split(folder: Path, split: str, classes: int) -> tuple[np.ndarray, int]:
+def _load_split(folder: Path, split: str, classes: int) -> tuple[np.ndarray, int, int]:
+    """The first ``classes`` classes' rows of ``split``, drawings per class, class stride."""
     meta = json.loads((folder / "meta.json").read_text())
     n = int(meta["per_split"][split])
-    return np.load(folder / f"{split}_x.npy", mmap_mode="r")[: classes * n], n
+    stride = 1 if split == "train" else int(meta.get("eval_stride", 1))
+    return np.load(folder / f"{split}_x.npy", mmap_mode="r")[: -(-classes // stride) * n], n, stride
 
 
 # -- one training run (in a worker process) -------------------------------------------
@@ -178,12 +195,13 @@ def train_worker(spec: dict) -> dict:
     torch.manual_seed(spec.get("seed", 0))
     rng = np.random.default_rng(spec.get("seed", 0))
     folder, c, name = Path(spec["features"]), int(spec["classes"]), spec["head"]
-    tr_rows_mapped, n_tr = _load_split(folder, "train", c)
+    tr_rows_mapped, n_tr, _ = _load_split(folder, "train", c)
     tr = torch.from_numpy(np.array(tr_rows_mapped))  # a writable in-memory copy of the memory-mapped rows
-    va, n_va = _load_split(folder, "val", c)
-    te, n_te = _load_split(folder, "test", c)
+    va, n_va, va_stride = _load_split(folder, "val", c)
+    te, n_te, te_stride = _load_split(folder, "test", c)
     vr, vy = _subset(va.shape[0], n_va, spec["val_samples"], 1)
     tr_rows, ty = _subset(te.shape[0], n_te, spec["test_samples"], 2)
+    vy, ty = vy * va_stride, ty * te_stride  # row block j holds class j * stride
     val_x, val_y = torch.from_numpy(np.asarray(va[vr])), torch.from_numpy(vy)
     test_x, test_y = torch.from_numpy(np.asarray(te[tr_rows])), torch.from_numpy(ty)
     opts = dict(spec.get("head_options", {}))

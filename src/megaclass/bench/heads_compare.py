@@ -35,7 +35,7 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
                         sweep_classes: int | None = None, quick: bool = False, model: str = BENCH_MODEL,
                         batch: int = 256, min_gain: float = 0.002, timeout: float = 3600.0,
                         settings: dict | None = None, clock: str = "wall", max_seconds: float | None = None,
-                        log=print) -> dict:
+                        eval_stride: int = 1, log=print) -> dict:
     """Sweep at ``sweep_classes`` (default the smallest size), converge at every size; write JSON + plot.
 
     ``clock="cpu"`` times training steps (and the wall-clock budgets) in the worker's own CPU
@@ -45,7 +45,9 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
     state is kept under ``out/runs/`` until it finishes); finished runs are kept.
     ``max_seconds`` replaces the protocol's training budget per run (900 s; the heads that
     do not reach their plateau within it are reported as stopped by the budget), e.g. to
-    let dense heads converge at 100k classes.
+    let dense heads converge at 100k classes. ``eval_stride``: validation and test drawings
+    of every ``eval_stride``-th class only (see :func:`.heads_accuracy.glyph_features`), for
+    class counts where three full splits would cost hours to embed (1M).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +56,8 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
         knobs["max_seconds"] = float(max_seconds)
     sizes = sorted(int(c) for c in sizes)
     sweep_c = int(sweep_classes or sizes[0])
-    feats = glyph_features(out / "features", max(sizes + [sweep_c]), model=model, log=log)
+    feats = glyph_features(out / "features", max(sizes + [sweep_c]), model=model, eval_stride=eval_stride,
+                           log=log)
     started = time.perf_counter()
     base = {"features": str(feats), "batch": batch, "min_gain": min_gain, "clock": clock,
             "val_samples": knobs["val_samples"], "test_samples": knobs["test_samples"]}
