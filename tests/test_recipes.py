@@ -31,10 +31,12 @@ def test_recipe_gives_data_and_options_and_the_command_line_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("name, dim, widths", [("reference", 256, [48, 96, 192]),
+                                                ("reference-v2", 256, [48, 96, 192]),
                                                 ("reference-v1", 128, [32, 64, 128])])
 def test_the_reference_recipes_build_the_shipped_models_architectures(tmp_path, name, dim, widths):
     """`train --recipe reference` reproduces the shipped `reference` (its card's command), and
-    `reference-v1` the first version: same architecture, dim and training data."""
+    `reference-v2` and `reference-v1` the earlier versions: same architecture, dim and
+    training data."""
     from megaclass.models.pretrained import shipped_dir
 
     out = tmp_path / "m"
@@ -54,7 +56,7 @@ def test_recipe_errors_name_the_problem(tmp_path):
     # (main() turns a ConfigError into one line on stderr and exit 2; CliRunner keeps the exception)
     r = runner.invoke(cli.app, ["train", "--recipe", "nope", "-m", str(tmp_path / "m")])
     assert isinstance(r.exception, ConfigError)
-    assert "choose one of demo, reference, reference-v1" in str(r.exception)
+    assert "choose one of demo, reference, reference-v1, reference-v2" in str(r.exception)
     r = runner.invoke(cli.app, ["train", "-m", str(tmp_path / "m")])
     assert isinstance(r.exception, ConfigError) and "--recipe" in str(r.exception)
     assert not (tmp_path / "m").exists()

@@ -8,7 +8,7 @@ its training log.
 Example
 -------
 >>> sorted(SHIPPED)
-['reference', 'reference-v1']
+['reference', 'reference-v1', 'reference-v2']
 >>> resolve_model_path("some/dir").as_posix()
 'some/dir'
 """
@@ -25,6 +25,8 @@ SHIPPED: dict[str, str] = {
     "reference": "the reference glyph encoder (recipe 'reference'; see its CARD.md)",
     "reference-v1": "the reference glyph encoder until 2026-12-01, 128-d (recipe 'reference-v1'); "
                     "the model the benchmarks' recorded numbers were measured with",
+    "reference-v2": "the second reference glyph encoder (2026-12-01, one block per stage, 256-d; "
+                    "recipe 'reference-v2')",
 }
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"

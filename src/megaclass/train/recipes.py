@@ -12,7 +12,7 @@ Example
 >>> recipe("nope")
 Traceback (most recent call last):
 ...
-megaclass.errors.ConfigError: unknown recipe 'nope'; choose one of demo, reference, reference-v1
+megaclass.errors.ConfigError: unknown recipe 'nope'; choose one of demo, reference, reference-v1, reference-v2
 """
 
 from __future__ import annotations
@@ -48,10 +48,16 @@ RECIPES: dict[str, Recipe] = {
     "reference": Recipe(
         "reference", "glyphs:0-20000", 32,
         {"head": "cosface", "scale": 16.0, "margin": 0.2, "steps": 10000, "batch_size": 256,
-         "dim": 256, "backbone": "resnet:widths=48,96,192;blocks=1", "checkpoint_every": 500},
+         "dim": 256, "backbone": "resnet:widths=48,96,192;blocks=2", "checkpoint_every": 500},
         "the shipped reference model: 20,000 classes with fresh drawings every epoch, "
-        "CosFace s=16 m=0.2, 10,000 steps, a 1.5x wider network, 256-d embeddings "
-        "(see README, 'Reference model')"),
+        "CosFace s=16 m=0.2, 10,000 steps, a 1.5x wider network with two blocks per stage, "
+        "256-d embeddings (see README, 'Reference model')"),
+    "reference-v2": Recipe(
+        "reference-v2", "glyphs:0-20000", 32,
+        {"head": "cosface", "scale": 16.0, "margin": 0.2, "steps": 10000, "batch_size": 256,
+         "dim": 256, "backbone": "resnet:widths=48,96,192;blocks=1", "checkpoint_every": 500},
+        "the second reference model (shipped as 'reference-v2'): the same data and steps with "
+        "one block per stage"),
     "reference-v1": Recipe(
         "reference-v1", "glyphs:0-20000", 32,
         {"head": "cosface", "scale": 16.0, "margin": 0.2, "steps": 10000, "batch_size": 256,
