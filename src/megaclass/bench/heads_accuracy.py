@@ -101,7 +101,7 @@ def glyph_features(folder, classes: int, *, model: str = BENCH_MODEL, per_split=
     dim = int(enc.config.dim)
     arrays = {}
     def blocks(split: str, c: int) -> int:  # class blocks a split holds for the first c classes
-        return c if split == "train" else -(-c // eval_stride)
+        return _blocks(c, _split_stride(split, eval_stride))
 
     for split, n in per_split.items():
         path = folder / f"{split}_x.npy"
@@ -124,7 +124,7 @@ def glyph_features(folder, classes: int, *, model: str = BENCH_MODEL, per_split=
             hi = min(classes, lo + chunk)
             for split, n in per_split.items():
                 b0, b1 = blocks(split, lo), blocks(split, hi)  # the blocks of classes j*step in [lo, hi)
-                step = 1 if split == "train" else eval_stride
+                step = _split_stride(split, eval_stride)
                 if b1 > b0:
                     imgs, _ = GlyphSource.batch(FIRST_ID + np.arange(b0, b1) * step, n, seed=SPLITS[split])
                     arrays[split][b0 * n: b1 * n] = enc.embed(imgs).numpy()
@@ -142,8 +142,18 @@ def _load_split(folder: Path, split: str, classes: int) -> tuple[np.ndarray, int
     """The first ``classes`` classes' rows of ``split``, drawings per class, class stride."""
     meta = json.loads((folder / "meta.json").read_text())
     n = int(meta["per_split"][split])
-    stride = 1 if split == "train" else int(meta.get("eval_stride", 1))
-    return np.load(folder / f"{split}_x.npy", mmap_mode="r")[: -(-classes // stride) * n], n, stride
+    stride = _split_stride(split, int(meta.get("eval_stride", 1)))
+    return np.load(folder / f"{split}_x.npy", mmap_mode="r")[: _blocks(classes, stride) * n], n, stride
+
+
+def _split_stride(split: str, eval_stride: int) -> int:
+    """Class stride of a split's rows: training drawings exist for every class."""
+    return 1 if split == "train" else eval_stride
+
+
+def _blocks(classes: int, stride: int) -> int:
+    """Row blocks (classes 0, stride, 2*stride, ...) among the first ``classes`` classes."""
+    return -(-classes // stride)
 
 
 # -- one training run (in a worker process) -------------------------------------------

@@ -39,6 +39,10 @@ class Recipe:
                       {**self.options, **options}, self.summary)
 
 
+#: what every reference model's training shares (the versions differ in the network)
+_REFERENCE_TRAINING = {"head": "cosface", "scale": 16.0, "margin": 0.2, "steps": 10000, "batch_size": 256,
+                       "checkpoint_every": 500}
+
 RECIPES: dict[str, Recipe] = {
     "demo": Recipe(
         "demo", "glyphs:0-2000", 64,
@@ -47,21 +51,17 @@ RECIPES: dict[str, Recipe] = {
         "(128-d until 2026-11-30: the recipe table measured 256 better at no speed cost)"),
     "reference": Recipe(
         "reference", "glyphs:0-20000", 32,
-        {"head": "cosface", "scale": 16.0, "margin": 0.2, "steps": 10000, "batch_size": 256,
-         "dim": 256, "backbone": "resnet:widths=48,96,192;blocks=2", "checkpoint_every": 500},
+        {**_REFERENCE_TRAINING, "dim": 256, "backbone": "resnet:widths=48,96,192;blocks=2"},
         "the shipped reference model: 20,000 classes with fresh drawings every epoch, "
         "CosFace s=16 m=0.2, 10,000 steps, a 1.5x wider network with two blocks per stage, "
         "256-d embeddings (see README, 'Reference model')"),
     "reference-v2": Recipe(
         "reference-v2", "glyphs:0-20000", 32,
-        {"head": "cosface", "scale": 16.0, "margin": 0.2, "steps": 10000, "batch_size": 256,
-         "dim": 256, "backbone": "resnet:widths=48,96,192;blocks=1", "checkpoint_every": 500},
+        {**_REFERENCE_TRAINING, "dim": 256, "backbone": "resnet:widths=48,96,192;blocks=1"},
         "the second reference model (shipped as 'reference-v2'): the same data and steps with "
         "one block per stage"),
     "reference-v1": Recipe(
-        "reference-v1", "glyphs:0-20000", 32,
-        {"head": "cosface", "scale": 16.0, "margin": 0.2, "steps": 10000, "batch_size": 256,
-         "checkpoint_every": 500},
+        "reference-v1", "glyphs:0-20000", 32, dict(_REFERENCE_TRAINING),
         "the reference model until 2026-12-01 (shipped as 'reference-v1'): the same data and "
         "steps with widths 32/64/128 and 128-d embeddings"),
 }
