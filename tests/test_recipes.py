@@ -128,3 +128,32 @@ def test_head_variants_train_with_each_heads_defaults():
         t = Trainer(GlyphSource(range(40), samples_per_class=4), **opts)
         t.fit()
         assert t.head_.name == opts["head"] and len(t.history_) == 2, name
+
+
+def test_bench_recipe_variant_resumes_from_its_checkpoint_and_scores_a_curve(tmp_path, monkeypatch):
+    """A variant cut after training resumes from its last checkpoint (not step 0); --curve
+    scores every checkpoint, with the training seconds carried across the two starts."""
+    from megaclass.bench import recipe as rb
+
+    real = rb.score_encoder
+    calls = {"n": 0}
+
+    def cut(encoder, protocol):
+        calls["n"] += 1
+        raise RuntimeError("session ended")
+
+    monkeypatch.setattr(rb, "score_encoder", cut)
+    with pytest.raises(RuntimeError, match="session ended"):
+        rb.run_recipe_bench(tmp_path, variants=["base"], steps=4, enrolled=20, curve=True, log=None)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert sorted(p.name for p in run_dir.glob("step-*")) == [f"step-{i:08d}" for i in (1, 2, 3, 4)]
+    saved = json.loads((run_dir / "step-00000004" / "state.json").read_text())["history"][-1]
+    monkeypatch.setattr(rb, "score_encoder", real)
+    row = rb.run_recipe_bench(tmp_path, variants=["base"], steps=4, enrolled=20, curve=True,
+                              log=None)["rows"][0]
+    assert row["final_loss"] == saved["loss"] and row["train_seconds"] == saved["seconds"] > 0
+    assert [p["step"] for p in row["curve"]] == [1, 2, 3, 4]
+    assert all(0 <= p["top1"] <= 1 for p in row["curve"]) and row["curve"][-1]["top1"] == row["top1"]
+    secs = [p["seconds"] for p in row["curve"]]
+    assert secs == sorted(secs) and secs[-1] == row["train_seconds"]
+    assert not any((tmp_path / "runs").iterdir())  # the run's checkpoints go once its row is written

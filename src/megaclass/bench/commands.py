@@ -268,13 +268,14 @@ def recipe_bench(out: Annotated[Path, typer.Option(help="Folder for recipe_bench
                  enrolled: Annotated[int, typer.Option(help="Unseen classes enrolled in the scoring protocol.")] = 5000,
                  threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
                  fresh: Annotated[bool, typer.Option(help="Ignore variants measured by an earlier run.")] = False,
+                 curve: Annotated[bool, typer.Option(help="Also score the ten checkpoints along each run (accuracy vs training time).")] = False,
                  as_json: JsonOpt = False) -> None:
     """Each training change side by side: images/s (ratio to base) and unseen-class accuracy."""
     from .recipe import run_recipe_bench
 
     log = (lambda *a: None) if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
     report = run_recipe_bench(out, base=base, variants=variant, steps=steps, enrolled=enrolled,
-                              threads=threads, resume=not fresh, log=log)
+                              threads=threads, resume=not fresh, curve=curve, log=log)
     if as_json:
         _emit(dict(report), True)
         return

@@ -10,11 +10,18 @@ that only change speed (``SPEED_ONLY``: bf16 autocast, ``torch.compile``) train 
 steps and report no accuracy.
 Results are appended to ``recipe_bench.json`` after each variant, so an interrupted run
 continues where it stopped (``resume``); variants already measured are not trained again.
+A variant in training checkpoints ten times (``runs/<variant>-<hash>`` under the output
+folder, removed once its row is written), so an interrupted variant resumes from its last
+checkpoint instead of step 0. With ``curve`` every checkpoint is scored too: the row's
+``curve`` holds unseen-class accuracy against training seconds (accuracy vs time, and
+whether the run had stopped improving).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import TypedDict
@@ -24,7 +31,9 @@ import torch
 from ..data.spec import open_source
 from ..errors import ConfigError
 from ..evaluate.protocol import OpenSetProtocol, score_encoder
+from ..models import Encoder
 from ..train import Trainer
+from ..train.checkpoint import load_state
 from ..train.recipes import Recipe, recipe
 
 RESNET = "resnet:widths={w};blocks={b}"
@@ -78,8 +87,11 @@ def variant(base: Recipe, name: str) -> Recipe:
 
 def run_recipe_bench(out: str | Path, *, base: str = "demo", variants: list[str] | None = None,
                      steps: int | None = None, enrolled: int = 5000, threads: int | None = None,
-                     resume: bool = True, log=print) -> RecipeReport:
-    """Train and score each variant; returns (and writes) ``recipe_bench.json``."""
+                     resume: bool = True, curve: bool = False, log=print) -> RecipeReport:
+    """Train and score each variant; returns (and writes) ``recipe_bench.json``.
+
+    ``curve``: also score the ten checkpoints along each training run (row ``curve``)."""
+    log = log or (lambda *a: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "recipe_bench.json"
@@ -109,24 +121,58 @@ def run_recipe_bench(out: str | Path, *, base: str = "demo", variants: list[str]
         n_steps = min(SPEED_STEPS, total_steps or SPEED_STEPS) if speed_only else total_steps
         options = {**r.options, "steps": n_steps, "progress": False}
         options.pop("checkpoint_every", None)
+        run_dir = None
+        if not speed_only:  # resumable: ten checkpoints along the run
+            key = json.dumps({"variant": name, "settings": settings, "options": options}, sort_keys=True,
+                             default=str)
+            run_dir = out / "runs" / f"{_slug(name)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+            options.update(checkpoint_dir=str(run_dir), checkpoint_every=max(1, -(-n_steps // 10)),
+                           resume=True)
         log(f"{name}: training {n_steps} steps on {r.data}{' (speed only)' if speed_only else ''} ...")
         source = open_source(r.data, samples_per_class=r.samples_per_class)
         t = time.perf_counter()
         trainer = Trainer(source, **options)
         encoder = trainer.fit().encoder_
         metrics = {} if speed_only else score_encoder(encoder, protocol)
+        last = trainer.history_[-1]
+        train_s = float(last.get("seconds", trainer.seconds_))  # across resumed sessions
+        batch = int(encoder.config.extra["trained_with"]["batch_size"])
         row = {"variant": name, "changes": VARIANTS.get(name, {}), "data": r.data, "steps": n_steps,
-               "images_per_second": trainer.images_per_second_, "train_seconds": trainer.seconds_,
-               "final_loss": trainer.history_[-1]["loss"], **metrics,
+               "images_per_second": n_steps * batch / max(train_s, 1e-9),
+               "train_seconds": train_s, "final_loss": last["loss"], **metrics,
                "wall_seconds": time.perf_counter() - t}
+        if curve and run_dir is not None:
+            row["curve"] = _score_checkpoints(run_dir, protocol, n_steps, metrics, train_s, log=log)
         report["rows"].append(row)
         _ratios(report)
         path.write_text(json.dumps(report, indent=2))
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
         log(f"{name}: {row['images_per_second']:.0f} img/s" + (
             "" if speed_only else f", top-1 {row['top1']:.1%}, FNIR@FPIR1% {row['fnir']:.1%}"))
     _ratios(report)
     path.write_text(json.dumps(report, indent=2))
     return report
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
+
+
+def _score_checkpoints(run_dir: Path, protocol: OpenSetProtocol, steps: int, final: dict,
+                       final_seconds: float, log=print) -> list[dict]:
+    """Unseen-class accuracy of every checkpoint of a run: ``[{step, seconds, top1, ...}]``."""
+    points = []
+    for ckpt in sorted(run_dir.glob("step-*")):
+        _, info = load_state(ckpt)
+        step = int(info["step"])
+        if step >= steps:
+            continue  # the final model, scored already
+        metrics = score_encoder(Encoder.load(ckpt / "encoder"), protocol)
+        seconds = float(info["history"][-1].get("seconds", 0.0)) if info.get("history") else 0.0
+        points.append({"step": step, "seconds": seconds, **metrics})
+        log(f"  step {step}: top-1 {metrics['top1']:.1%}")
+    return points + [{"step": steps, "seconds": final_seconds, **final}]
 
 
 def _ratios(report: RecipeReport) -> None:

@@ -178,7 +178,8 @@ class Trainer:
     ----------
     config : the run's own :class:`TrainConfig` (validated copy).
     encoder_, head_ : the trained modules (after :meth:`fit`).
-    history_ : list of ``{"step", "loss", "lr"}`` records, one per step.
+    history_ : list of ``{"step", "loss", "lr", "seconds"}`` records, one per step (``seconds``:
+        training time so far, carried across a resumed run).
     init_report_, backbone_report_ : what ``init_from`` / ``backbone_weights`` loaded
         (:class:`~megaclass.models.finetune.InitReport`, None when not used).
     seconds_, images_per_second_ : wall time and throughput of :meth:`fit`.
@@ -383,6 +384,7 @@ class Trainer:
         head.train()
         labels = self.source.labels
         started = time.perf_counter()
+        before = float(self.history_[-1].get("seconds", 0.0)) if self.history_ else 0.0  # a resumed run's
         images = 0
         with TrainProgress(total, enabled=c.progress and self.is_main, start=step) as bar:
             while step < total:
@@ -415,7 +417,8 @@ class Trainer:
                     head.sparse_step(opt.param_groups[0]["lr"])
                     step += 1
                     images += len(y)
-                    rec = {"step": step, "loss": round(loss.item(), 5), "lr": opt.param_groups[0]["lr"]}
+                    rec = {"step": step, "loss": round(loss.item(), 5), "lr": opt.param_groups[0]["lr"],
+                           "seconds": round(before + time.perf_counter() - started, 3)}
                     if influence is not None:
                         rec["influence"] = round(influence.last_, 5)
                     self.history_.append(rec)
