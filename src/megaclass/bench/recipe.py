@@ -99,7 +99,9 @@ def run_recipe_bench(out: str | Path, *, base: str = "demo", variants: list[str]
     base_recipe = recipe(base)
     for name in names:
         variant(base_recipe, name)  # unknown names fail before anything is trained
-    total_steps: int | None = steps or base_recipe.options.get("steps")
+    total_steps = int(steps or base_recipe.options.get("steps") or 0)
+    if total_steps < 1:
+        raise ConfigError(f"recipe {base!r} gives no step count: pass steps")
     settings: dict[str, object] = {"base": base, "steps": total_steps, "enrolled": enrolled,
                                    "base_options": {k: v for k, v in base_recipe.options.items()
                                                     if k not in ("steps", "checkpoint_every")}}
@@ -118,7 +120,7 @@ def run_recipe_bench(out: str | Path, *, base: str = "demo", variants: list[str]
             continue
         r = variant(base_recipe, name)
         speed_only = name in SPEED_ONLY
-        n_steps = min(SPEED_STEPS, total_steps or SPEED_STEPS) if speed_only else total_steps
+        n_steps = min(SPEED_STEPS, total_steps) if speed_only else total_steps
         options = {**r.options, "steps": n_steps, "progress": False}
         options.pop("checkpoint_every", None)
         run_dir = None
