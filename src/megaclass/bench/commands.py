@@ -263,7 +263,7 @@ def digits(model: Annotated[str, typer.Option("--model", "-m", help="Model direc
 @bench_app.command("recipe")
 def recipe_bench(out: Annotated[Path, typer.Option(help="Folder for recipe_bench.json.")] = Path("bench-output/recipe"),
                  base: Annotated[str, typer.Option(help="The recipe the variants change (demo | reference | reference-v1).")] = "demo",
-                 variant: Annotated[list[str] | None, typer.Option("--variant", help="Variants to run (repeat; default: all).")] = None,
+                 variant: Annotated[list[str] | None, typer.Option("--variant", help="Variants to run (repeat; default: all but the head comparison's 'head NAME, 10k' / 'head NAME, 100k', run by name).")] = None,
                  steps: Annotated[int | None, typer.Option(help="Training steps of every variant (default: the base recipe's).")] = None,
                  enrolled: Annotated[int, typer.Option(help="Unseen classes enrolled in the scoring protocol.")] = 5000,
                  threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
