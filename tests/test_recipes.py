@@ -157,3 +157,4 @@ def test_bench_recipe_variant_resumes_from_its_checkpoint_and_scores_a_curve(tmp
     secs = [p["seconds"] for p in row["curve"]]
     assert secs == sorted(secs) and secs[-1] == row["train_seconds"]
     assert not any((tmp_path / "runs").iterdir())  # the run's checkpoints go once its row is written
+    assert (tmp_path / "recipe_curves.png").stat().st_size > 1000  # accuracy vs training time

@@ -156,7 +156,36 @@ def run_recipe_bench(out: str | Path, *, base: str = "demo", variants: list[str]
             "" if speed_only else f", top-1 {row['top1']:.1%}, FNIR@FPIR1% {row['fnir']:.1%}"))
     _ratios(report)
     path.write_text(json.dumps(report, indent=2))
+    if any(r.get("curve") for r in report["rows"]):
+        plot_curves(report, out / "recipe_curves.png")
     return report
+
+
+def plot_curves(report: RecipeReport, path: Path) -> None:
+    """Unseen-class top-1 vs training seconds of the rows with a ``curve``, one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r.get("curve")]
+    datas = list(dict.fromkeys(r["data"] for r in rows))
+    fig, axes = plt.subplots(1, len(datas), figsize=(5.5 * len(datas), 4.2), squeeze=False)
+    names = list(dict.fromkeys(r["variant"].split(",")[0] for r in rows))
+    colour = {n: f"C{i}" for i, n in enumerate(names)}  # one colour per variant family in every panel
+    for ax, data in zip(axes[0], datas, strict=True):
+        for r in (r for r in rows if r["data"] == data):
+            c = r["curve"]
+            ax.plot([p["seconds"] / 60 for p in c], [100 * p["top1"] for p in c], "o-", ms=3,
+                    label=r["variant"], color=colour[r["variant"].split(",")[0]])
+        ax.set_xlabel("training minutes (encoder + head)")
+        ax.set_ylabel("top-1 on unseen classes (%)")
+        ax.set_title(f"trained on {data}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _slug(name: str) -> str:
