@@ -136,10 +136,8 @@ def test_bench_recipe_variant_resumes_from_its_checkpoint_and_scores_a_curve(tmp
     from megaclass.bench import recipe as rb
 
     real = rb.score_encoder
-    calls = {"n": 0}
 
     def cut(encoder, protocol):
-        calls["n"] += 1
         raise RuntimeError("session ended")
 
     monkeypatch.setattr(rb, "score_encoder", cut)

@@ -11,13 +11,12 @@ test can run the whole protocol in well under a minute.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
 
-from . import BENCH_MODEL
+from . import BENCH_MODEL, run_state_dir
 from .heads_accuracy import SOFTMAX_SCALES, SWEEP, accuracy_at, glyph_features, sweep_grid, time_to
 from .workers import spawn_worker
 
@@ -99,8 +98,7 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
                     "eval_every": knobs["eval_every"], "patience": knobs["patience"],
                     "max_seconds": knobs["max_seconds"]}
             # a run cut short (timeout, session end) continues from its last evaluation
-            key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
-            run_dir = out / "runs" / f"{name}-{c}-{key}"
+            run_dir = run_state_dir(out, f"{name}-{c}", spec)
             log and log(f"converge C={c:,} {name} with {chosen[name]}")
             res = spawn_worker(WORKER, {**spec, "checkpoint_dir": str(run_dir)}, timeout)
             if not res.get("error"):

@@ -19,7 +19,6 @@ whether the run had stopped improving).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -35,6 +34,7 @@ from ..models import Encoder
 from ..train import Trainer
 from ..train.checkpoint import load_state
 from ..train.recipes import Recipe, recipe
+from . import run_state_dir
 
 RESNET = "resnet:widths={w};blocks={b}"
 
@@ -127,9 +127,8 @@ def run_recipe_bench(out: str | Path, *, base: str = "demo", variants: list[str]
         options.pop("checkpoint_every", None)
         run_dir = None
         if not speed_only:  # resumable: ten checkpoints along the run
-            key = json.dumps({"variant": name, "settings": settings, "options": options}, sort_keys=True,
-                             default=str)
-            run_dir = out / "runs" / f"{_slug(name)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+            run_dir = run_state_dir(out, _slug(name), {"variant": name, "settings": settings,
+                                                       "options": options})
             options.update(checkpoint_dir=str(run_dir), checkpoint_every=max(1, -(-n_steps // 10)),
                            resume=True)
         log(f"{name}: training {n_steps} steps on {r.data}{' (speed only)' if speed_only else ''} ...")
