@@ -84,3 +84,32 @@ def test_credentials_on_a_secured_server(milvus_server, capsys, monkeypatch):
     assert code == 2 and "refused the credentials" in out and len(out.splitlines()) == 1
     with open_gallery(f"milvus://{host}/sec", dim=8, token=milvus_server.token) as g:
         assert len(g) == 0
+
+
+def test_server_config_retries_when_a_chosen_port_is_taken(tmp_path, monkeypatch):
+    """A port chosen free but taken before Milvus's own bind check (CI saw "set
+    query_coord_port=..., but bind failed") costs a retry with fresh ports, not the run."""
+    import socket
+
+    from megaclass.gallery.milvus import standalone
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    real, calls = standalone.free_ports, []
+
+    def first_set_collides(n):
+        calls.append(n)
+        ports = real(n)
+        if len(calls) == 1:
+            ports[6] = taken.getsockname()[1]  # the query coordinator's port
+        return ports
+
+    monkeypatch.setattr(standalone, "free_ports", first_set_collides)
+    try:
+        server = standalone.MilvusProcess(tmp_path)
+    finally:
+        taken.close()
+    assert len(calls) == 2
+    conf = (tmp_path / "configs" / "milvus.yaml").read_text()
+    assert f"port: {server.port}" in conf

@@ -25,6 +25,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: all held open at once while chosen, so none repeats."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+_PORT_KEYS = ("etcd_port", "root_coord_port", "proxy_internal_port", "query_coord_port",
+              "query_node_port", "index_coord_port", "index_node_port", "data_coord_port",
+              "data_node_port")
+
+
 class MilvusProcess:
     """``start()`` / ``kill()`` / ``restart()`` one Milvus standalone on ``port``."""
 
@@ -32,18 +49,24 @@ class MilvusProcess:
         from milvus import MilvusServerConfig, _initialize_data_files
 
         self.base = Path(base)
-        self.port = free_port()
-        self.metrics_port = free_port()
-        ports = {k: free_port() for k in ("etcd_port", "root_coord_port", "proxy_internal_port",
-                                          "query_coord_port", "query_node_port", "index_coord_port",
-                                          "index_node_port", "data_coord_port", "data_node_port")}
-        cfg = MilvusServerConfig(data_dir=str(self.base), proxy_port=self.port, **ports)
-        # a killed server's etcd session (lease) blocks its successor until it expires:
-        # 30 s by default, 5 s here, so a restart after kill -9 serves again in seconds
-        for key, value in {"common.session.ttl": 5, **config}.items():
-            cfg.set(key, value)
-        cfg.resolve()  # writes configs/milvus.yaml under base
-        self._embedded_etcd_ports(ports["etcd_port"], free_port())
+        # A port chosen free can be taken (or left in TIME_WAIT by a client's connection)
+        # before Milvus's config check binds it: choose a fresh set and try again.
+        for attempt in range(5):
+            self.port, self.metrics_port, peer, *chosen = free_ports(3 + len(_PORT_KEYS))
+            ports = dict(zip(_PORT_KEYS, chosen, strict=True))
+            cfg = MilvusServerConfig(data_dir=str(self.base), proxy_port=self.port, **ports)
+            # a killed server's etcd session (lease) blocks its successor until it expires:
+            # 30 s by default, 5 s here, so a restart after kill -9 serves again in seconds
+            for key, value in {"common.session.ttl": 5, **config}.items():
+                cfg.set(key, value)
+            try:
+                cfg.resolve()  # writes configs/milvus.yaml under base
+                break
+            except RuntimeError:  # "set X_port=N, but bind failed"
+                cfg.cleanup_listen_ports()
+                if attempt == 4:
+                    raise
+        self._embedded_etcd_ports(ports["etcd_port"], peer)
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "megaclass-milvus-server"
         _initialize_data_files(str(cache))  # unpacks the ~60 MB binary once (md5-checked)
         self.exe = cache / "bin" / "milvus"
