@@ -32,3 +32,17 @@ def test_a_budget_override_stops_the_run_by_the_budget_and_is_recorded(tmp_path)
     run, = report["runs"]
     assert report["config"]["max_seconds"] == 1e-3
     assert run["stopped_by"] == "max_seconds" and run["steps"] < 60  # quick's step cap is 60
+
+
+def test_the_class_mean_baseline_scores_the_heads_test_drawings(tmp_path):
+    """The gallery's answer (no head trained) sits in the report beside the heads, on the
+    same test drawings, and is a real classifier (far above chance on 200 classes)."""
+    from megaclass.bench.heads_accuracy import class_mean_baseline
+
+    report = run_head_comparison(tmp_path, sizes=(200,), heads=("partial_fc",), quick=True,
+                                 settings=SETTINGS, log=None)
+    base, = report["class_mean"]
+    assert base["classes"] == 200 and base["test_samples"] == report["runs"][0]["test_samples"]
+    assert 0.5 < base["test_top1"] <= base["test_top5"] <= 1.0
+    again = class_mean_baseline(tmp_path / "features", 200, base["test_samples"])
+    assert again["test_top1"] == base["test_top1"]  # deterministic: same rows, same templates

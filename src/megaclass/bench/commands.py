@@ -109,6 +109,9 @@ def _print_comparison(comparison: dict) -> None:
                       f"{r['test_top1']:.1%}", f"{r['test_top5']:.1%}", f"{r['gap_to_best_points']:.1f}",
                       r["stopped_by"], *[f"{v:.1%}" if v is not None else "-" for v in vals],
                       f"{r['seconds_to_bar']:.0f}" if r["seconds_to_bar"] is not None else "never")
+    for b in comparison.get("class_mean", []):
+        table.add_row(f"{b['classes']:,}", "class mean", "no training (gallery)", f"{b['test_top1']:.1%}",
+                      f"{b['test_top5']:.1%}", "", f"enrol {b['enrol_cpu_seconds']:.1f} s", *[""] * len(budgets), "")
     console.print(table)
 
 

@@ -194,6 +194,41 @@ def _subset(n_rows: int, n_per: int, keep: int, seed: int):
     return rows, rows // n_per
 
 
+def _test_split(folder: Path, classes: int, samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """The test drawings every head is scored on (features, class ids): the same rows for all."""
+    te, n_te, te_stride = _load_split(folder, "test", classes)
+    rows, ty = _subset(te.shape[0], n_te, samples, 2)
+    return np.asarray(te[rows]), ty * te_stride  # row block j holds class j * stride
+
+
+def class_mean_baseline(folder: Path, classes: int, test_samples: int, chunk: int = 100_000) -> dict:
+    """What the gallery does without training any head: each class's template is the mean of
+    its training drawings' (unit) features, and a test drawing goes to the nearest template
+    by cosine (exact search). Scored on the heads' own test drawings; CPU seconds to build the
+    templates ("enrol") and to search."""
+    import torch
+    import torch.nn.functional as F
+
+    t0 = time.process_time()
+    tr, n_tr, _ = _load_split(Path(folder), "train", classes)
+    means = torch.empty(classes, tr.shape[1])
+    for a in range(0, classes, chunk):
+        b = min(classes, a + chunk)
+        rows = torch.from_numpy(np.array(tr[a * n_tr: b * n_tr])).view(b - a, n_tr, -1)
+        means[a:b] = F.normalize(F.normalize(rows, dim=2).mean(dim=1), dim=1)
+    enrol = time.process_time() - t0
+    x, y = _test_split(Path(folder), classes, test_samples)
+    q, y_t = F.normalize(torch.from_numpy(x), dim=1), torch.from_numpy(y)
+    hit1 = hit5 = 0
+    for a in range(0, len(q), 512):
+        top = (q[a:a + 512] @ means.T).topk(min(5, classes), dim=1).indices
+        hit1 += int((top[:, 0] == y_t[a:a + 512]).sum())
+        hit5 += int((top == y_t[a:a + 512, None]).any(dim=1).sum())
+    return {"classes": classes, "method": "class mean (gallery, no head training)",
+            "test_top1": hit1 / len(q), "test_top5": hit5 / len(q), "test_samples": len(q),
+            "enrol_cpu_seconds": enrol, "search_cpu_seconds": time.process_time() - t0 - enrol}
+
+
 def train_worker(spec: dict) -> dict:
     """Train one head with one setting on cached features; return its curve and test accuracy."""
     import torch
@@ -208,12 +243,10 @@ def train_worker(spec: dict) -> dict:
     tr_rows_mapped, n_tr, _ = _load_split(folder, "train", c)
     tr = torch.from_numpy(np.array(tr_rows_mapped))  # a writable in-memory copy of the memory-mapped rows
     va, n_va, va_stride = _load_split(folder, "val", c)
-    te, n_te, te_stride = _load_split(folder, "test", c)
     vr, vy = _subset(va.shape[0], n_va, spec["val_samples"], 1)
-    tr_rows, ty = _subset(te.shape[0], n_te, spec["test_samples"], 2)
-    vy, ty = vy * va_stride, ty * te_stride  # row block j holds class j * stride
+    vy = vy * va_stride  # row block j holds class j * stride
     val_x, val_y = torch.from_numpy(np.asarray(va[vr])), torch.from_numpy(vy)
-    test_x, test_y = torch.from_numpy(np.asarray(te[tr_rows])), torch.from_numpy(ty)
+    test_x, test_y = (torch.from_numpy(a) for a in _test_split(folder, c, spec["test_samples"]))
     opts = dict(spec.get("head_options", {}))
     if opts.pop("groups", None) == "kmeans":  # hierarchical: groups of similar classes, not id blocks
         opts["centers"] = tr.view(c, n_tr, -1).mean(dim=1)

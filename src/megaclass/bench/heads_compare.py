@@ -4,6 +4,8 @@ Runs :func:`megaclass.bench.heads_accuracy.train_worker` in subprocesses (see th
 for the features and the stopping rule) and summarises: per class count and head, test
 top-1/top-5 after convergence, validation top-1 at equal wall-clock budgets, time to
 reach a common accuracy, step time and peak memory; a plot of accuracy vs training time.
+Beside the heads, ``class_mean``: what the gallery does with no head trained (each class's
+mean feature as its template, nearest by cosine), on the same test drawings.
 
 ``quick=True`` shrinks everything (200 classes, a two-point sweep, tens of steps) so a
 test can run the whole protocol in well under a minute.
@@ -17,7 +19,15 @@ import time
 from pathlib import Path
 
 from . import BENCH_MODEL, run_state_dir
-from .heads_accuracy import SOFTMAX_SCALES, SWEEP, accuracy_at, glyph_features, sweep_grid, time_to
+from .heads_accuracy import (
+    SOFTMAX_SCALES,
+    SWEEP,
+    accuracy_at,
+    class_mean_baseline,
+    glyph_features,
+    sweep_grid,
+    time_to,
+)
 from .workers import spawn_worker
 
 WORKER = "megaclass.bench.heads_accuracy"
@@ -65,6 +75,8 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
     same = old.get("config", {}).get("quick") == quick and old.get("config", {}).get("model") == model
     sweep = old.get("sweep", {}) if same else {}
     runs = old.get("runs", []) if same else []
+    # the gallery's answer on the same features and test drawings: no head trained at all
+    baselines = [class_mean_baseline(feats, c, int(knobs["test_samples"])) for c in sizes]
     chosen = dict(settings or {})
     for name in heads:
         if name in chosen:
@@ -84,7 +96,7 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
             win = max(ok, key=lambda t: t["best_val_top1"]) if ok else None
             sweep[name] = {"classes": sweep_c, "steps": knobs["sweep_steps"], "tried": tried, "winner": win,
                            "winner_on_grid_edge": grid_edges(win)}
-            _write(report_path, quick, model, knobs, sweep, runs, started)
+            _write(report_path, quick, model, knobs, sweep, runs, baselines, started)
         win = sweep[name]["winner"]
         if win is not None:
             chosen[name] = {k: win[k] for k in ("optimizer", "lr", "head_options")}
@@ -104,8 +116,8 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
             if not res.get("error"):
                 shutil.rmtree(run_dir, ignore_errors=True)
             runs.append({"classes": c, "head": name, "settings": chosen[name], **res})
-            _write(report_path, quick, model, knobs, sweep, runs, started)
-    report = _write(report_path, quick, model, knobs, sweep, runs, started)
+            _write(report_path, quick, model, knobs, sweep, runs, baselines, started)
+    report = _write(report_path, quick, model, knobs, sweep, runs, baselines, started)
     _plot(runs, out / "head_comparison.png")
     return report
 
@@ -149,10 +161,10 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def _write(path: Path, quick, model, knobs, sweep, runs, started) -> dict:
+def _write(path: Path, quick, model, knobs, sweep, runs, baselines, started) -> dict:
     report = {"config": {"quick": quick, "model": model, **knobs, "budgets_s": BUDGETS_S,
                          "protocol": "head-only, frozen reference-encoder features, unseen glyph classes"},
-              "sweep": sweep, "runs": runs, "summary": summarise(runs),
+              "sweep": sweep, "runs": runs, "summary": summarise(runs), "class_mean": baselines,
               "seconds": time.perf_counter() - started}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=1))
