@@ -76,7 +76,9 @@ def run_head_comparison(out, *, sizes=(10_000,), heads=("softmax", "cosface", "p
     sweep = old.get("sweep", {}) if same else {}
     runs = old.get("runs", []) if same else []
     # the gallery's answer on the same features and test drawings: no head trained at all
-    baselines = [class_mean_baseline(feats, c, int(knobs["test_samples"])) for c in sizes]
+    # (deterministic, so a resumed comparison keeps the one it measured: minutes at 1M)
+    measured = {b["classes"]: b for b in old.get("class_mean", [])} if same else {}
+    baselines = [measured.get(c) or class_mean_baseline(feats, c, int(knobs["test_samples"])) for c in sizes]
     chosen = dict(settings or {})
     for name in heads:
         if name in chosen:
