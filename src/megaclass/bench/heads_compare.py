@@ -179,6 +179,7 @@ def _plot(runs: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     sizes = sorted({r["classes"] for r in runs if "curve" in r})
     if not sizes:
@@ -192,6 +193,9 @@ def _plot(runs: list[dict], path: Path) -> None:
                 ax.plot([p["seconds"] for p in r["curve"]], [100 * p["val_top1"] for p in r["curve"]],
                         "-", label=r["head"], color=colour[r["head"]])
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 100, 200, 500, 1000, ...
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the default minor labels overlap
         ax.set_xlabel("training seconds (head only, 1 thread)")
         ax.set_ylabel("validation top-1 (%)")
         ax.set_title(f"{c:,} classes")
