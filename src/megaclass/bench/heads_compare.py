@@ -194,7 +194,7 @@ def _plot(runs: list[dict], path: Path) -> None:
                         "-", label=r["head"], color=colour[r["head"]])
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 100, 200, 500, 1000, ...
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())  # the default minor labels overlap
         ax.set_xlabel("training seconds (head only, 1 thread)")
         ax.set_ylabel("validation top-1 (%)")
