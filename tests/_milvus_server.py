@@ -5,7 +5,7 @@ from megaclass.gallery.milvus.standalone import MilvusProcess, free_port
 
 def drop_gallery(g) -> None:
     """Drop an open Milvus gallery's two collections (a test's cleanup): every collection
-    left loaded on the session's server is reloaded after each restart of the fault test."""
+    left loaded on a server is reloaded after each restart, and holds its memory."""
     for name in (g.name, g.meta_name):
         g.link.client.drop_collection(name)
 

@@ -2,7 +2,11 @@
 loop, 20 times in CI (``$MEGACLASS_MILVUS_FAULT_CYCLES``, set by ``.ci/run``; 5 in a plain
 ``make test``). Every acknowledged enroll is there after the restart, no class is ever
 visible with part of its templates, and while the server is down each call fails with a
-retryable MilvusUnavailableError within a bounded time instead of hanging."""
+retryable MilvusUnavailableError within a bounded time instead of hanging.
+
+The test kills a server of its own, with a 5-second etcd session: a restarted server waits
+out its killed predecessor's session, so the session-wide one (30 s, which survives CPU
+stalls on a loaded box) would make each cycle half a minute longer."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import pytest
 
 pytest.importorskip("pymilvus")
 
-from _milvus_server import drop_gallery  # noqa: E402
+from _milvus_server import MilvusProcess, drop_gallery  # noqa: E402
 from megaclass.gallery.milvus import MilvusGallery, MilvusUnavailableError  # noqa: E402
 
 # make test: 5 cycles; CI (.ci/run) sets 20, the issue's claim (a cycle is ~10-25 s here)
@@ -46,7 +50,19 @@ def _visible(g) -> dict[str, int]:
             time.sleep(0.5)
 
 
-def test_kill_9_mid_enroll_loop(milvus_server, tmp_path):
+@pytest.fixture(scope="module")
+def fault_server(tmp_path_factory):
+    """A Milvus server this test may kill: authorization on, like the session's."""
+    pytest.importorskip("milvus")
+    server = MilvusProcess(tmp_path_factory.mktemp("milvus-faults"), session_ttl=5,
+                           authorization_enabled=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_kill_9_mid_enroll_loop(fault_server, tmp_path):
+    milvus_server = fault_server
     rng = random.Random(0)
     vec_rng = np.random.default_rng(0)
     g = MilvusGallery.open(f"{milvus_server.uri_base}/faults?timeout={TIMEOUT:g}", dim=16)

@@ -49,7 +49,7 @@ def run_megaclass_milvus(d: BenchData) -> dict:
     if not uri:
         from megaclass.gallery.milvus.standalone import MilvusProcess
 
-        server = MilvusProcess(d.work / "milvus-server", **{"common.session.ttl": 30})
+        server = MilvusProcess(d.work / "milvus-server")
         server.start()
         uri = server.uri_base
     uri = f"{uri.rstrip('/')}/bench{int(time.time())}"

@@ -43,9 +43,16 @@ _PORT_KEYS = ("etcd_port", "root_coord_port", "proxy_internal_port", "query_coor
 
 
 class MilvusProcess:
-    """``start()`` / ``kill()`` / ``restart()`` one Milvus standalone on ``port``."""
+    """``start()`` / ``kill()`` / ``restart()`` one Milvus standalone on ``port``.
 
-    def __init__(self, base: Path, **config):
+    ``session_ttl``: seconds the server's etcd session (lease) outlives a silence. A server
+    that cannot renew it in time exits on its own, so a short one fails on a loaded box: at
+    5 s, a CPU stall of that length on 2 shared cores stopped a CI run's server. It is also
+    how long a successor waits after ``kill()``, so a kill-and-restart test wants it short.
+    Milvus's own default (30 s) by default.
+    """
+
+    def __init__(self, base: Path, session_ttl: int = 30, **config):
         from milvus import MilvusServerConfig, _initialize_data_files
 
         self.base = Path(base)
@@ -55,9 +62,8 @@ class MilvusProcess:
             self.port, self.metrics_port, peer, *chosen = free_ports(3 + len(_PORT_KEYS))
             ports = dict(zip(_PORT_KEYS, chosen, strict=True))
             cfg = MilvusServerConfig(data_dir=str(self.base), proxy_port=self.port, **ports)
-            # a killed server's etcd session (lease) blocks its successor until it expires:
-            # 30 s by default, 5 s here, so a restart after kill -9 serves again in seconds
-            for key, value in {"common.session.ttl": 5, **config}.items():
+            # a killed server's etcd session (lease) blocks its successor until it expires
+            for key, value in {"common.session.ttl": session_ttl, **config}.items():
                 cfg.set(key, value)
             try:
                 cfg.resolve()  # writes configs/milvus.yaml under base
