@@ -3,6 +3,17 @@
 from megaclass.gallery.milvus.standalone import MilvusProcess, free_port
 
 
+def running(base, **config):
+    """A fixture's body: a ``MilvusProcess(base, **config)`` started, yielded, then stopped
+    (``yield from running(...)``)."""
+    server = MilvusProcess(base, **config)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def drop_gallery(g) -> None:
     """Drop an open Milvus gallery's two collections (a test's cleanup): every collection
     left loaded on a server is reloaded after each restart, and holds its memory."""
@@ -10,4 +21,4 @@ def drop_gallery(g) -> None:
         g.link.client.drop_collection(name)
 
 
-__all__ = ["MilvusProcess", "drop_gallery", "free_port"]
+__all__ = ["MilvusProcess", "drop_gallery", "free_port", "running"]

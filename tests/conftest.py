@@ -99,9 +99,6 @@ def milvus_server(tmp_path_factory):
     package (``make setup`` installs it)."""
     pytest.importorskip("milvus")
     pytest.importorskip("pymilvus")
-    from _milvus_server import MilvusProcess
+    from _milvus_server import running
 
-    server = MilvusProcess(tmp_path_factory.mktemp("milvus"), authorization_enabled=True)
-    server.start()
-    yield server
-    server.stop()
+    yield from running(tmp_path_factory.mktemp("milvus"), authorization_enabled=True)

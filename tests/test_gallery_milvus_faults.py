@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("pymilvus")
 
-from _milvus_server import MilvusProcess, drop_gallery  # noqa: E402
+from _milvus_server import drop_gallery, running  # noqa: E402
 from megaclass.gallery.milvus import MilvusGallery, MilvusUnavailableError  # noqa: E402
 
 # make test: 5 cycles; CI (.ci/run) sets 20, the issue's claim (a cycle is ~10-25 s here)
@@ -54,18 +54,14 @@ def _visible(g) -> dict[str, int]:
 def fault_server(tmp_path_factory):
     """A Milvus server this test may kill: authorization on, like the session's."""
     pytest.importorskip("milvus")
-    server = MilvusProcess(tmp_path_factory.mktemp("milvus-faults"), session_ttl=5,
-                           authorization_enabled=True)
-    server.start()
-    yield server
-    server.stop()
+    yield from running(tmp_path_factory.mktemp("milvus-faults"), session_ttl=5,
+                       authorization_enabled=True)
 
 
 def test_kill_9_mid_enroll_loop(fault_server, tmp_path):
-    milvus_server = fault_server
     rng = random.Random(0)
     vec_rng = np.random.default_rng(0)
-    g = MilvusGallery.open(f"{milvus_server.uri_base}/faults?timeout={TIMEOUT:g}", dim=16)
+    g = MilvusGallery.open(f"{fault_server.uri_base}/faults?timeout={TIMEOUT:g}", dim=16)
     acked: set[str] = set()
     failed: set[str] = set()
     n = 0
@@ -84,11 +80,11 @@ def test_kill_9_mid_enroll_loop(fault_server, tmp_path):
                 acked.add(label)
                 ok += 1
                 if ok == kill_after:  # kill -9 a moment later: in the middle of a later enroll
-                    killer = threading.Timer(rng.uniform(0.0, 0.3), milvus_server.kill)
+                    killer = threading.Timer(rng.uniform(0.0, 0.3), fault_server.kill)
                     killer.start()
             except MilvusUnavailableError as exc:
                 assert time.monotonic() - t0 < 4 * TIMEOUT + 2, "an enroll hung while the server was down"
-                assert "retry" in str(exc) and str(milvus_server.port) in str(exc)
+                assert "retry" in str(exc) and str(fault_server.port) in str(exc)
                 failed.add(label)
                 break
         killer.join()
@@ -96,7 +92,7 @@ def test_kill_9_mid_enroll_loop(fault_server, tmp_path):
         with pytest.raises(MilvusUnavailableError):  # reads fail fast too while it is down
             g.search(_unit(vec_rng, 1, 16), k=3)
         assert time.monotonic() - t_down < 4 * TIMEOUT + 2
-        restarts.append(milvus_server.start())
+        restarts.append(fault_server.start())
         t_up = time.monotonic()
         seen = _visible(g)
         print(f"cycle {cycle}: {len(acked)} acknowledged, restart {restarts[-1]:.1f} s, readable "
