@@ -97,3 +97,19 @@ def test_megaclass_milvus_runs_beside_the_local_gallery(tmp_path, milvus_server,
     assert r["index"] == "milvus:HNSW" and r["recall_at_1"] >= 0.99 and "ef" in r["knob"]
     assert r["durable"] is True and r["p50_ms"] > 0 and r["single_enroll_per_s"] > 0
     assert 0 <= r["accuracy"] <= 1
+
+
+def test_one_template_per_class_reports_the_gallery_after_its_monitor_recalibrated(tmp_path):
+    """Tuned on the near-tie prior (one template per class, no leave-one-out), the gallery is
+    then shown after its live monitor observed half the queries: re-tuned on probes
+    calibrated to those searches, measured on the other half."""
+    cfg = GalleryBenchConfig(classes=4000, dim=16, templates=1, queries=1000, non_mated=10, single=10,
+                             data="random", index="IVF32,PQ8x4fs,RFlat")
+    report = run_bench(cfg, tmp_path, systems=("megaclass",), log=lambda *a: None)
+    r = report["results"]["megaclass"]
+    assert r["tuned_by"] == "calibrated" and r["calibrated_to"] == "prior", r
+    after = r["after_observed"]
+    seen, words = after["calibrated_to"].split(" ", 1)
+    assert words == "observed searches" and int(seen) >= 500
+    assert after["held_out_queries"] == 500 and after["recall_held_out"] >= 0.98
+    assert after["recall_reported"] >= 0.99 and after["p50_ms"] > 0 and after["own_knobs"]["nprobe"] >= 1

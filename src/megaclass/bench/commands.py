@@ -235,6 +235,12 @@ def gallery(out: Annotated[Path, typer.Option(help="Folder for gallery_bench.jso
                       f"recall@1 {mc['recall_reported']} (95 % {mc['reported_ci95']}), measured on these "
                       f"queries {mc['recall_at_own_knobs']:.3f}; accuracy is against the true class "
                       f"(exact search: {mc.get('exact_accuracy', float('nan')):.3f})")
+    if after := mc.get("after_observed"):
+        console.print(f"after its recall monitor observed searches (probes calibrated to "
+                      f"{after['calibrated_to']}, {after['own_knobs']}): reported "
+                      f"{after['recall_reported']} (95 % {after['reported_ci95']}), measured on "
+                      f"{after['held_out_queries']} other queries {after['recall_held_out']:.3f}, "
+                      f"p50 {after['p50_ms']:.2f} ms")
     console.print(f"wrote {out / 'gallery_bench.json'} and {out / 'gallery_bench.png'}")
 
 

@@ -111,6 +111,11 @@ class RecallWatch:
         """Wait for a running exact pass (the gallery is closing); pending samples are dropped."""
         with self._lock:
             self._pending = []
+        self.wait()
+
+    def wait(self) -> None:
+        """Wait for a running exact pass and the re-tune it may trigger."""
+        with self._lock:
             worker = self._worker
         if worker is not None:
             worker.join()
