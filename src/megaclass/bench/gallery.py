@@ -368,12 +368,17 @@ def _plot(report: dict, path: Path) -> None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     names = list(res)
-    axes[0].bar(names, [res[n]["p50_ms"] for n in names])
-    axes[0].set_ylabel("single-query p50 (ms)")
-    axes[0].set_yscale("log")
-    axes[1].bar(names, [res[n]["enroll_templates_per_s"] for n in names])
-    axes[1].set_ylabel("enroll / build (templates/s)")
-    axes[1].set_yscale("log")
+    for ax, key, label in ((axes[0], "p50_ms", "single-query p50 (ms)"),
+                           (axes[1], "enroll_templates_per_s", "enroll / build (templates/s)")):
+        values = [res[n].get(key) or 0.0 for n in names]
+        bars = ax.bar(names, values)
+        ax.bar_label(bars, labels=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values], fontsize=8)
+        ax.set_ylabel(label)
+        positive = [v for v in values if v > 0]
+        if positive and max(positive) > 20 * min(positive):  # orders of magnitude apart
+            ax.set_yscale("log")
+        else:  # linear from zero: a log axis cut at the smallest bar makes 1.1x look like 10x
+            ax.set_ylim(0, max(positive or [1.0]) * 1.15)
     c = report["config"]
     fig.suptitle(f"gallery bench ({c.get('data', 'random')}): {c['classes']:,} classes x "
                  f"{c['templates']} templates, D={c['dim']}")
