@@ -166,10 +166,7 @@ def run_megaclass(d: BenchData) -> dict:
     def search_cls(q):
         return np.array([int(m[0].label[1:]) for m in g.search(q, k=1)])
 
-    own = {"recall_reported": info.get("recall_at_1", 1.0), "reported_ci95": info.get("recall_ci95"),
-           "tuned_by": info.get("tuned_by", "exact"), "calibrated_to": info.get("calibrated_to"),
-           "own_knobs": {k: info[k] for k in ("nprobe", "efSearch", "k_factor") if k in info},
-           "recall_at_own_knobs": float(np.mean(search_cls(d.mated) == d.truth))}
+    own = {**_own_tuning(info), "recall_at_own_knobs": float(np.mean(search_cls(d.mated) == d.truth))}
     knobs: dict = {}
     start = g.search_knobs()
     if start:
@@ -196,33 +193,36 @@ def run_megaclass(d: BenchData) -> dict:
                single_enroll_per_s=200 / single_s, rss_after_mb=serving_mb)
 
 
+def _own_tuning(info: dict) -> dict:
+    """What the gallery's ``stats()`` says its own tuning chose and claims (exact: 1.0)."""
+    return {"recall_reported": info.get("recall_at_1", 1.0), "reported_ci95": info.get("recall_ci95"),
+            "tuned_by": info.get("tuned_by", "exact"), "calibrated_to": info.get("calibrated_to"),
+            "own_knobs": {k: info[k] for k in ("nprobe", "efSearch", "k_factor") if k in info}}
+
+
 def _after_observed(g, d: BenchData, search_cls) -> dict:
     """What the live recall monitor does to a gallery tuned on the near-tie prior (one
     template per class): the first half of the mated queries is searched with every row
     sampled (what 1 % of ~50,000 live searches would give the monitor); their exact
     re-runs' (best score, gap) pairs replace the prior and the gallery re-tunes itself.
     Measured on the other half, at the knobs it chose."""
-    from megaclass.gallery.recall import BATCH, INTERVAL, RATE
-
     half = len(d.mated) // 2
     watch = g._recall  # the gallery's monitor: sampled in one pass here instead of over hours
+    rate, interval, batch = watch.rate, watch.interval, watch.batch
     g.monitor_recall(rate=1.0)
     watch.interval, watch.batch = 0.0, half
     t = time.perf_counter()
     g.search(d.mated[:half], k=1)
     watch.wait()  # for the exact pass and the re-tune it triggers
     retune_s = time.perf_counter() - t
-    g.monitor_recall(rate=RATE)  # back to the defaults for the timing
-    watch.interval, watch.batch = INTERVAL, BATCH
-    info = g.stats()
+    g.monitor_recall(rate=rate)  # back to the gallery's own monitor settings for the timing
+    watch.interval, watch.batch = interval, batch
+    tuning = _own_tuning(g.stats())  # what it re-tuned to, before the held-out searches
     held_out, truth = d.mated[half:], d.truth[half:]
     pred = search_cls(held_out)
     speeds = speed(lambda q: g.search(q, k=1), lambda q: g.search(q, k=1), held_out, d.single)
-    return {"calibrated_to": info.get("calibrated_to"), "tuned_by": info.get("tuned_by"),
-            "recall_reported": info.get("recall_at_1"), "reported_ci95": info.get("recall_ci95"),
-            "own_knobs": {k: info[k] for k in ("nprobe", "efSearch", "k_factor") if k in info},
-            "recall_held_out": float(np.mean(pred == truth)), "held_out_queries": len(held_out),
-            "retune_s": retune_s, **speeds}
+    return {**tuning, "recall_held_out": float(np.mean(pred == truth)),
+            "held_out_queries": len(held_out), "retune_s": retune_s, **speeds}
 
 
 def _faiss_spec(work: Path) -> tuple[str, dict]:
